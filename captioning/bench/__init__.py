@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): each subcommand measures alternatives side by side in one run."""

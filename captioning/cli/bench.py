@@ -1,0 +1,52 @@
+"""captioning-bench: benchmarks that print figures measured side by side in one run.
+
+    captioning-bench beam        # batched vs per-image beam search
+    captioning-bench eval        # our BLEU vs the official scorer
+    captioning-bench encoder     # feature extraction: plain loop vs ours (fp32/bf16)
+    captioning-bench decoder     # decoder training step: tokens/s and GFLOP/s vs matmul peak
+    captioning-bench all
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from captioning.bench.common import machine_description, markdown_table
+
+SUBCOMMANDS = ["beam", "eval", "encoder", "decoder"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="captioning-bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    modules = {}
+    for name in SUBCOMMANDS:
+        try:
+            modules[name] = importlib.import_module(f"captioning.bench.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"captioning.bench.{name}":
+                raise
+            continue
+        p = sub.add_parser(name, help=modules[name].__doc__.strip().splitlines()[0])
+        modules[name].add_arguments(p)
+    sub.add_parser("all", help="run every benchmark with its defaults")
+    args = parser.parse_args(argv)
+    names = list(modules) if args.command == "all" else [args.command]
+    print(f"Machine: {machine_description()}\n")
+    for name in names:
+        run_args = args if args.command != "all" else _defaults(modules[name])
+        print(f"## {name}\n")
+        print(markdown_table(modules[name].run(run_args)))
+        print(flush=True)
+
+
+def _defaults(module) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    module.add_arguments(p)
+    return p.parse_args([])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""captioning-caption (not yet implemented)."""
+
+
+def main() -> None:
+    print("captioning-caption: not yet implemented")

@@ -1,0 +1,5 @@
+"""captioning-gradflow (not yet implemented)."""
+
+
+def main() -> None:
+    print("captioning-gradflow: not yet implemented")
