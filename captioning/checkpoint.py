@@ -1,0 +1,45 @@
+"""Checkpoints: plain data + tensors, loadable with torch.load(weights_only=True), written atomically.
+
+A checkpoint is self-contained (as in nanoGPT): the model's state, the vocabulary and the
+model's configuration (encoder spec + decoder arguments) rebuild the captioner with no
+other file and no download; `train_state` lets a run resume; `run_config` records the run.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+
+from captioning.io import InputError, atomic_path
+from captioning.text import Vocabulary
+
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: str | Path, *, model_state: dict, vocab: Vocabulary, model_config: dict,
+                    train_state: dict | None = None, run_config: dict | None = None) -> None:
+    from captioning import __version__
+
+    payload = {"format_version": FORMAT_VERSION, "captioning_version": __version__, "model": model_state,
+               "vocab": vocab.to_dict(), "model_config": model_config, "train_state": train_state,
+               "run_config": run_config}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load and check a checkpoint; InputError names the file and what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        raise InputError(f"{path} is not a readable captioning checkpoint: {str(e).splitlines()[0]}") from e
+    if not isinstance(ckpt, dict) or "format_version" not in ckpt or "model_config" not in ckpt:
+        raise InputError(f"{path} is not a captioning checkpoint (no format_version/model_config)")
+    if ckpt["format_version"] != FORMAT_VERSION:
+        raise InputError(f"{path} has checkpoint format {ckpt['format_version']} (written by captioning "
+                         f"{ckpt.get('captioning_version', '?')}); this version reads format {FORMAT_VERSION}")
+    return ckpt

@@ -1,0 +1,118 @@
+"""Generating captions from image features: argmax, sampling and beam search.
+
+All three work on a whole batch at once (beam search on (batch x beam) rows): there is no
+Python loop over images, only over time steps. Each returns token ids (B, L) without the
+<start> token; everything after a sequence's <end> is <pad>.
+
+The decoder must offer `init_state(features)`, `step(tokens, state, features)` and
+`reorder_state(state, index)` (see captioning.models.decoder.CaptionDecoder).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+
+def _pad_after_eos(seqs: Tensor, eos_id: int, pad_id: int) -> Tensor:
+    """Replace every token after the first <end> of each row by <pad>."""
+    after = (seqs == eos_id).long().cumsum(1) - (seqs == eos_id).long() > 0  # strictly after first eos
+    return seqs.masked_fill(after, pad_id)
+
+
+def _generate(decoder, features: Tensor, choose: Callable[[Tensor], Tensor], bos_id: int, eos_id: int,
+              pad_id: int, max_len: int) -> Tensor:
+    """Feed each step's chosen token back in; stop when every row has produced <end>."""
+    B = features.shape[0]
+    state = decoder.init_state(features)
+    tokens = features.new_full((B,), bos_id, dtype=torch.long)
+    done = torch.zeros(B, dtype=torch.bool, device=features.device)
+    out = []
+    for _ in range(max_len):
+        logits, state = decoder.step(tokens, state, features)  # (B, V)
+        tokens = choose(logits.float()).masked_fill(done, pad_id)
+        out.append(tokens)
+        done |= tokens == eos_id
+        if done.all():
+            break
+    return _pad_after_eos(torch.stack(out, 1), eos_id, pad_id)
+
+
+def greedy(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int = 0, max_len: int = 20) -> Tensor:
+    """Argmax decoding: w_t = argmax_w p(w | w_<t, v). Deterministic, but prone to generic captions."""
+    return _generate(decoder, features, lambda logits: logits.argmax(-1), bos_id, eos_id, pad_id, max_len)
+
+
+def sample(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int = 0, max_len: int = 20,
+           temperature: float = 1.0, top_k: int | None = None, generator: torch.Generator | None = None) -> Tensor:
+    """Sampling: w_t ~ softmax(logits / temperature), optionally restricted to the top-k words.
+
+    Temperature < 1 sharpens the distribution towards argmax; > 1 flattens it (more variety).
+    """
+    if temperature <= 0:
+        raise ValueError("temperature must be > 0 (use greedy for argmax)")
+
+    def choose(logits: Tensor) -> Tensor:
+        logits = logits / temperature
+        if top_k is not None:
+            kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+
+    return _generate(decoder, features, choose, bos_id, eos_id, pad_id, max_len)
+
+
+def beam_search(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int = 0, max_len: int = 20,
+                beam_size: int = 3, length_norm: float = 0.0) -> Tensor:
+    """Beam search over (B * K) rows; returns the best sequence per image (B, L).
+
+    Keeps the K highest-scoring prefixes, score = sum_t log p(w_t | w_<t, v). A finished
+    beam (ended with <end>) stays in the beam with its score frozen, competing with the
+    unfinished ones. The winner maximises score / length ** length_norm (0: raw log-prob).
+    """
+    B, K, device = features.shape[0], beam_size, features.device
+    feats = features.repeat_interleave(K, 0)  # (B*K, D)
+    state = decoder.reorder_state(decoder.init_state(features), torch.arange(B, device=device).repeat_interleave(K))
+    tokens = torch.full((B * K,), bos_id, dtype=torch.long, device=device)
+    scores = torch.full((B, K), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # all beams start identical: expand only the first
+    finished = torch.zeros(B, K, dtype=torch.bool, device=device)
+    lengths = torch.zeros(B, K, device=device)
+    seqs = torch.empty(B * K, 0, dtype=torch.long, device=device)
+    offsets = (torch.arange(B, device=device) * K)[:, None]  # (B, 1)
+    for _ in range(max_len):
+        logits, state = decoder.step(tokens, state, feats)
+        logp = logits.float().log_softmax(-1).view(B, K, -1)  # (B, K, V)
+        V = logp.shape[-1]
+        # A finished beam may only "emit" <end> again, at no cost, so its score stays put.
+        frozen = torch.full_like(logp, float("-inf"))
+        frozen[..., eos_id] = 0.0
+        logp = torch.where(finished[..., None], frozen, logp)
+        cand = (scores[..., None] + logp).view(B, K * V)
+        scores, idx = cand.topk(K, dim=-1)  # (B, K)
+        beam, tokens = idx // V, idx % V
+        rows = (offsets + beam).view(-1)  # (B*K,) parent row of each new beam
+        state = decoder.reorder_state(state, rows)
+        seqs = torch.cat([seqs[rows], tokens.view(-1, 1)], 1)
+        lengths = lengths.gather(1, beam) + (~finished.gather(1, beam)).float()
+        finished = finished.gather(1, beam) | (tokens == eos_id)
+        tokens = tokens.view(-1)
+        if finished.all():
+            break
+    best = (scores / lengths.clamp(min=1) ** length_norm).argmax(-1)  # (B,)
+    return _pad_after_eos(seqs[(offsets[:, 0] + best)], eos_id, pad_id)
+
+
+def decode(decoder, features: Tensor, method: str = "greedy", *, bos_id: int, eos_id: int, pad_id: int = 0,
+           max_len: int = 20, beam_size: int = 3, length_norm: float = 0.0, temperature: float = 1.0,
+           top_k: int | None = None, generator: torch.Generator | None = None) -> Tensor:
+    """Dispatch on `method` (greedy | sample | beam); returns token ids (B, L)."""
+    common = dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, max_len=max_len)
+    if method == "greedy":
+        return greedy(decoder, features, **common)
+    if method == "sample":
+        return sample(decoder, features, temperature=temperature, top_k=top_k, generator=generator, **common)
+    if method == "beam":
+        return beam_search(decoder, features, beam_size=beam_size, length_norm=length_norm, **common)
+    raise ValueError(f"decode method must be greedy, sample or beam, got {method!r}")

@@ -1,0 +1,99 @@
+"""The caption decoder: word embedding -> recurrent core -> linear layer to the vocabulary.
+
+Where the image feature v (B, D) enters is configurable (`inject`):
+
+* ``init`` (default): it sets the initial state of every layer,
+  h0 = tanh(W_ih v + b)  (and c0 = tanh(W_ic v + b_c) for LSTMs);
+* ``pre``: the projected image W_ie v is the first input token, before <start> (Show and Tell);
+* ``par``: the projected image is added to the word input at every step, as in the lecture's
+  h_t = tanh(W_xh x_t + W_hh h_{t-1} + W_ih v).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from captioning.models.cells import State, build_recurrent
+
+INJECT_MODES = ("init", "pre", "par")
+
+
+@dataclass
+class DecoderConfig:
+    vocab_size: int
+    feature_dim: int
+    embed_dim: int = 256
+    hidden_dim: int = 512
+    num_layers: int = 1
+    cell: str = "lstm"      # lstm | gru | rnn
+    impl: str = "fused"     # fused | explicit
+    inject: str = "init"    # init | pre | par
+    dropout: float = 0.0
+
+
+class CaptionDecoder(nn.Module):
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        if config.inject not in INJECT_MODES:
+            raise ValueError(f"inject must be one of {INJECT_MODES}, got {config.inject!r}")
+        self.config = c = config
+        self.embed = nn.Embedding(c.vocab_size, c.embed_dim)
+        self.rnn = build_recurrent(c.cell, c.impl, c.embed_dim, c.hidden_dim, c.num_layers, c.dropout)
+        self.dropout = nn.Dropout(c.dropout)
+        self.out = nn.Linear(c.hidden_dim, c.vocab_size)
+        if c.inject == "init":
+            self.init_state_proj = nn.Linear(c.feature_dim, c.num_layers * c.hidden_dim)  # W_ih, b
+            if c.cell == "lstm":
+                self.init_cell_proj = nn.Linear(c.feature_dim, c.num_layers * c.hidden_dim)  # W_ic, b_c
+        else:
+            self.image_proj = nn.Linear(c.feature_dim, c.embed_dim)  # W_ie: image -> word-embedding space
+
+    def _layers(self, x: Tensor) -> Tensor:
+        """(B, L*H) -> (L, B, H), one initial state per layer."""
+        return x.view(x.shape[0], self.config.num_layers, self.config.hidden_dim).transpose(0, 1).contiguous()
+
+    def init_state(self, features: Tensor) -> State:
+        """The recurrent state before <start>: (B, D) -> h (L, B, H) or (h, c)."""
+        c = self.config
+        if c.inject == "init":
+            h0 = self._layers(torch.tanh(self.init_state_proj(features)))  # h0 = tanh(W_ih v + b)
+            if c.cell == "lstm":
+                return h0, self._layers(torch.tanh(self.init_cell_proj(features)))
+            return h0
+        if c.inject == "pre":  # run the image "token" through the core; its output is not scored
+            _, state = self.rnn(self.image_proj(features)[:, None], None)
+            return state
+        zeros = features.new_zeros(c.num_layers, features.shape[0], c.hidden_dim)  # par: image enters as input
+        return (zeros, zeros) if c.cell == "lstm" else zeros
+
+    def _inputs(self, tokens: Tensor, features: Tensor) -> Tensor:
+        x = self.embed(tokens)  # (B, T, E)
+        if self.config.inject == "par":
+            x = x + self.image_proj(features)[:, None]  # + W_ih v at every step
+        return self.dropout(x)
+
+    def forward(self, features: Tensor, captions: Tensor) -> Tensor:
+        """Teacher forcing: logits (B, T-1, V) predicting captions[:, 1:] from captions[:, :-1]."""
+        out, _ = self.rnn(self._inputs(captions[:, :-1], features), self.init_state(features))  # (B, T-1, H)
+        return self.out(self.dropout(out))
+
+    def step(self, tokens: Tensor, state: State, features: Tensor) -> tuple[Tensor, State]:
+        """One decoding step for N sequences: tokens (N,) -> logits (N, V) and the next state."""
+        out, state = self.rnn(self._inputs(tokens[:, None], features), state)  # (N, 1, H)
+        return self.out(out[:, 0]), state
+
+    @staticmethod
+    def reorder_state(state: State, index: Tensor) -> State:
+        """Select / reorder sequences (beam search): batch is dim 1 of every state tensor."""
+        if isinstance(state, tuple):
+            return tuple(s.index_select(1, index) for s in state)
+        return state.index_select(1, index)
+
+
+def caption_loss(logits: Tensor, targets: Tensor, pad_id: int, label_smoothing: float = 0.0) -> Tensor:
+    """Mean cross-entropy over the non-padding target tokens: logits (B, T, V), targets (B, T)."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                           ignore_index=pad_id, label_smoothing=label_smoothing)
