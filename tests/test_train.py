@@ -1,0 +1,90 @@
+"""Integration: captioning-train through its Hydra entry point on a tiny generated dataset."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from captioning.checkpoint import load_checkpoint
+from captioning.data.shapes import make_shapes_dataset
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def tiny_shapes(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shapes")
+    make_shapes_dataset(root, n_train=48, n_val=12, n_test=12, seed=0, image_size=64)
+    return root
+
+
+def train(run_dir: Path, data: Path, *overrides: str, multirun: bool = False) -> subprocess.CompletedProcess:
+    args = [str(BIN / "captioning-train"), *(["-m"] if multirun else []),
+            f"dataset.root={data}", "encoder=small_cnn", f"cache_dir={data / 'cache'}",
+            "decoder.hidden_dim=32", "decoder.embed_dim=16", "decoder.dropout=0.1",
+            "trainer.batch_size=16", "trainer.progress=false", "trainer.tensorboard=false",
+            "optim.scheduler=constant", "optim.warmup_steps=0", *overrides]
+    args.append(f"hydra.sweep.dir={run_dir}" if multirun else f"hydra.run.dir={run_dir}")
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_run_writes_checkpoints_metrics_and_captions(tmp_path, tiny_shapes):
+    run = tmp_path / "run"
+    proc = train(run, tiny_shapes, "trainer.max_epochs=2")
+    for name in ["checkpoints/best.pt", "checkpoints/last.pt", "metrics.json", "metrics.csv",
+                 "test_captions.json", "curves.png", "vocab.json"]:
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["test"]) >= {"bleu1", "bleu2", "bleu3", "bleu4", "loss"}
+    assert all(0.0 <= metrics["test"][f"bleu{n}"] <= 1.0 for n in range(1, 5))
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
+    results = json.loads((run / "test_captions.json").read_text())
+    test_ids = {im["id"] for im in json.loads((tiny_shapes / "captions_test.json").read_text())["images"]}
+    assert {r["image_id"] for r in results} == test_ids
+    assert all(isinstance(r["caption"], str) for r in results)
+    assert "BLEU-4" in proc.stdout and str(run) in proc.stdout
+    ckpt = load_checkpoint(run / "checkpoints/last.pt")
+    assert ckpt["train_state"]["epoch"] == 2
+
+
+def test_resume_continues_exactly(tmp_path, tiny_shapes):
+    full = tmp_path / "full"
+    train(full, tiny_shapes, "trainer.max_epochs=3", "trainer.patience=99")
+    part = tmp_path / "part"
+    train(part, tiny_shapes, "trainer.max_epochs=1", "trainer.patience=99")
+    resumed = tmp_path / "resumed"
+    train(resumed, tiny_shapes, "trainer.max_epochs=3", "trainer.patience=99",
+          f"trainer.resume={part / 'checkpoints/last.pt'}")
+    a = json.loads((full / "metrics.json").read_text())["epochs"]
+    b = json.loads((resumed / "metrics.json").read_text())["epochs"]
+    assert [e["epoch"] for e in b] == [1, 2, 3]  # history carried over, epochs 2-3 trained after resume
+    assert b[1]["step"] == a[1]["step"] > b[0]["step"]
+    for ea, eb in zip(a, b):
+        assert eb["train_loss"] == pytest.approx(ea["train_loss"], abs=1e-6)
+        assert eb["val_loss"] == pytest.approx(ea["val_loss"], abs=1e-6)
+    wa = load_checkpoint(full / "checkpoints/last.pt")["model"]
+    wb = load_checkpoint(resumed / "checkpoints/last.pt")["model"]
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_sweep_makes_one_run_per_value(tmp_path, tiny_shapes):
+    sweep = tmp_path / "sweep"
+    train(sweep, tiny_shapes, "trainer.max_epochs=1", "decoder.cell=rnn,lstm", multirun=True)
+    runs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
+    assert len(runs) == 2
+    cells = {load_checkpoint(r / "checkpoints/last.pt")["model_config"]["decoder"]["cell"] for r in runs}
+    assert cells == {"rnn", "lstm"}
+
+
+def test_missing_annotations_is_a_clear_error(tmp_path):
+    args = [str(BIN / "captioning-train"), f"dataset.root={tmp_path / 'nowhere'}", "encoder=small_cnn",
+            f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "captions_train.json" in proc.stderr and "Traceback" not in proc.stderr
