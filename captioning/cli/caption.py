@@ -1,5 +1,78 @@
-"""captioning-caption (not yet implemented)."""
+"""captioning-caption: caption every image in a folder with a trained checkpoint.
+
+    captioning-caption checkpoint=runs/demo/checkpoints/best.pt images=photos/ output=captions/
+
+Writes OUTDIR/captions.json, OUTDIR/captions.csv and OUTDIR/index.html (a gallery with
+thumbnails). Unreadable files are listed with their error and never stop the run; the exit
+status is 0 when at least one image was captioned.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from captioning.cli._conf import CONF_DIR
+from captioning.io import InputError
+
+
+def caption_folder(cfg: DictConfig) -> list[dict]:
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from captioning.data.folder import IMAGE_EXTENSIONS, ImageFolderDataset, collate_folder, find_images
+    from captioning.gallery import summary_line, write_outputs
+    from captioning.models import load_captioner
+    from captioning.training import resolve_device
+
+    root, out_dir = Path(cfg.images), Path(cfg.output)
+    if not root.is_dir():
+        raise InputError(f"images folder not found: {root}")
+    inside = out_dir.resolve().is_relative_to(root.resolve())
+    paths = find_images(root, exclude=out_dir if inside else None)
+    if inside:
+        print(f"note: output {out_dir} is inside the images folder; its files are not captioned", file=sys.stderr)
+    if not paths:
+        raise InputError(f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)")
+    captioner = load_captioner(cfg.checkpoint, device=resolve_device(cfg.device))
+    decode = {k: cfg.decode[k] for k in ("method", "beam_size", "max_len", "length_norm", "temperature", "top_k")}
+    loader = DataLoader(ImageFolderDataset(paths, captioner.transform), batch_size=cfg.batch_size,
+                        num_workers=cfg.num_workers, collate_fn=collate_folder)
+    rows: list[dict] = [{} for _ in paths]
+    with torch.inference_mode():
+        for n, (indices, images, bad) in enumerate(tqdm(loader, desc="caption", unit="batch",
+                                                         disable=not cfg.progress)):
+            for i, error in bad:
+                rows[i] = {"file_name": paths[i].relative_to(root).as_posix(), "error": error}
+            if images is None:
+                continue
+            features = captioner.encoder(images.to(captioner.device))
+            captions = captioner.caption_features(features, seed=cfg.seed + n, **decode)
+            for i, caption in zip(indices, captions):
+                rows[i] = {"file_name": paths[i].relative_to(root).as_posix(), "caption": caption}
+    written = write_outputs(rows, root, out_dir, cfg.thumbnail_size, title=f"Captions for {root}")
+    print(f"{summary_line(rows)}; gallery: {written['html']}  (also {written['json'].name}, {written['csv'].name})")
+    return rows
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="caption")
+def run(cfg: DictConfig) -> None:
+    try:
+        rows = caption_folder(cfg)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    if not any("caption" in r for r in rows):
+        print("error: no image could be read", file=sys.stderr)
+        sys.exit(1)
 
 
 def main() -> None:
-    print("captioning-caption: not yet implemented")
+    run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""A folder of the user's own images: discovery and fault-tolerant loading.
+
+Bad files (corrupt, truncated, zero bytes, not an image, over Pillow's decompression-bomb
+limit) must not stop a run over thousands of photos: the dataset returns the error message
+instead of a tensor, and the caller records it next to the file name.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+
+
+def find_images(root: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[Path]:
+    """Image files below `root` (recursive, extension case-insensitive), sorted; skips `exclude`."""
+    root = Path(root)
+    skip = Path(exclude).resolve() if exclude is not None else None
+    found = []
+    for path in root.rglob("*"):
+        if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+            continue
+        if skip is not None and path.resolve().is_relative_to(skip):
+            continue
+        found.append(path)
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def open_rgb(path: str | os.PathLike) -> Image.Image:
+    """Fully decode an image as RGB; raises on anything that is not a sound, reasonably sized image."""
+    with warnings.catch_warnings():
+        # Pillow only warns between 1x and 2x its pixel limit; a captioner treats both as refusals.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            im.load()  # decode now, so truncated files fail here and not later
+            return im.convert("RGB")
+
+
+def describe_error(e: Exception) -> str:
+    if isinstance(e, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return f"image too large (Pillow's decompression-bomb limit): {e}"
+    if isinstance(e, Image.UnidentifiedImageError):
+        return "not a readable image file"
+    return f"{type(e).__name__}: {e}"
+
+
+class ImageFolderDataset(Dataset):
+    """Items `(index, tensor (3, H, W) or None, error message or None)`."""
+
+    def __init__(self, paths: Sequence[Path], transform: Callable[[Image.Image], torch.Tensor]):
+        self.paths, self.transform = list(paths), transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            return i, self.transform(open_rgb(self.paths[i])), None
+        except Exception as e:  # noqa: BLE001 - any failure to read one file is recorded, not raised
+            return i, None, describe_error(e)
+
+
+def collate_folder(items: list[tuple[int, torch.Tensor | None, str | None]]):
+    """-> (indices of good images, stacked tensors (B, 3, H, W) or None, [(index, error), ...])."""
+    good = [(i, t) for i, t, err in items if err is None]
+    bad = [(i, err) for i, _, err in items if err is not None]
+    images = torch.stack([t for _, t in good]) if good else None
+    return [i for i, _ in good], images, bad

@@ -1,0 +1,78 @@
+"""Writing a captioned folder: captions.json, captions.csv and a self-contained index.html.
+
+The gallery only references files inside the output directory (thumbnails are written
+there), so it can be zipped, mailed or opened offline.
+"""
+from __future__ import annotations
+
+import csv
+import html
+import io
+from pathlib import Path
+
+from PIL import Image
+
+from captioning.data.folder import open_rgb
+from captioning.io import atomic_path, atomic_write_json, atomic_write_text
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 24px; background: #fafafa; color: #222; }}
+h1 {{ font-size: 1.4em; }} .summary {{ color: #555; }}
+.grid {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(220px, 1fr)); gap: 16px; }}
+figure {{ margin: 0; background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: 8px; }}
+img {{ width: 100%; height: 200px; object-fit: contain; background: #eee; }}
+figcaption {{ margin-top: 6px; font-size: 0.95em; }} .file {{ color: #888; font-size: 0.8em; word-break: break-all; }}
+.failed li {{ color: #a00; }}
+</style></head><body>
+<h1>{title}</h1>
+<p class="summary">{summary}</p>
+<div class="grid">
+{figures}
+</div>
+{failures}
+</body></html>
+"""
+
+
+def summary_line(rows: list[dict]) -> str:
+    ok = sum("caption" in r for r in rows)
+    return f"{ok} images captioned, {len(rows) - ok} failed"
+
+
+def write_thumbnail(source: Path, dest: Path, size: int) -> None:
+    image = open_rgb(source)
+    image.thumbnail((size, size))
+    with atomic_path(dest) as tmp:
+        image.save(tmp, format="JPEG", quality=85)
+
+
+def write_outputs(rows: list[dict], images_root: Path, out_dir: Path, thumbnail_size: int = 256,
+                  title: str = "Captions") -> dict[str, Path]:
+    """rows: [{"file_name": rel path, "caption": str} | {"file_name": ..., "error": str}]."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "captions.json", "csv": out_dir / "captions.csv", "html": out_dir / "index.html"}
+    atomic_write_json(paths["json"], rows)
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["file_name", "caption", "error"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(paths["csv"], buf.getvalue())
+
+    figures, failures = [], []
+    for n, row in enumerate(rows):
+        name = html.escape(row["file_name"])
+        if "caption" not in row:
+            failures.append(f"<li><b>{name}</b>: {html.escape(row['error'])}</li>")
+            continue
+        thumb = Path("thumbs") / f"{n:06d}.jpg"
+        write_thumbnail(images_root / row["file_name"], out_dir / thumb, thumbnail_size)
+        figures.append(f'<figure><img src="{thumb.as_posix()}" alt="{name}">'
+                       f'<figcaption>{html.escape(row["caption"])}<div class="file">{name}</div></figcaption></figure>')
+    failed = (f'<h2>Could not be read</h2><ul class="failed">{"".join(failures)}</ul>' if failures else "")
+    page = PAGE.format(title=html.escape(title), summary=html.escape(summary_line(rows)),
+                       figures="\n".join(figures), failures=failed)
+    atomic_write_text(paths["html"], page)
+    return paths

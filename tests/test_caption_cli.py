@@ -1,0 +1,151 @@
+"""captioning-caption: outputs, bad files, error cases, and the gallery as a browser renders it."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from hydra import compose, initialize_config_dir
+
+from captioning.checkpoint import save_checkpoint
+from captioning.cli._conf import CONF_DIR
+from captioning.cli.caption import caption_folder
+from captioning.io import InputError
+from captioning.data.shapes import make_shapes_dataset
+from captioning.models import Captioner, CaptionDecoder, DecoderConfig, build_encoder
+from captioning.text import Vocabulary
+
+BIN = Path(sys.executable).parent
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """An untrained small captioner: captions are arbitrary words, which is all these tests need."""
+    torch.manual_seed(0)
+    vocab = Vocabulary(["a", "red", "circle", "on", "the", "left"])
+    encoder = build_encoder("small_cnn")
+    config = DecoderConfig(vocab_size=len(vocab), feature_dim=encoder.out_dim, embed_dim=8, hidden_dim=16)
+    model = Captioner(encoder, CaptionDecoder(config), vocab)
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    save_checkpoint(path, model_state=model.state_dict(), vocab=vocab,
+                    model_config={"encoder": encoder.spec, "decoder": vars(config)})
+    return path
+
+
+@pytest.fixture()
+def photos(tmp_path) -> Path:
+    """Good images in nested folders with mixed-case extensions, plus every kind of bad file."""
+    root = tmp_path / "photos"
+    make_shapes_dataset(tmp_path / "shapes", n_train=1, n_val=1, n_test=4, seed=1, image_size=48, demo_images=0)
+    pngs = sorted((tmp_path / "shapes" / "images").rglob("*.png"))
+    (root / "nested" / "deeper").mkdir(parents=True)
+    shutil.copy(pngs[0], root / "a.png")
+    shutil.copy(pngs[1], root / "nested" / "B.PNG")
+    Image.open(pngs[2]).convert("RGB").save(root / "nested" / "deeper" / "c.JpG", format="JPEG")
+    Image.open(pngs[3]).save(root / "d.gif")
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "notes.webp").write_text("not an image at all")
+    data = (root / "a.png").read_bytes()
+    (root / "truncated.png").write_bytes(data[: len(data) // 2])
+    (root / "readme.txt").write_text("ignored: not an image extension")
+    return root
+
+
+def caption(*args: str) -> subprocess.CompletedProcess:
+    """The real command line, for exit codes and messages."""
+    return subprocess.run([str(BIN / "captioning-caption"), *args, "progress=false", "num_workers=0"],
+                          capture_output=True, text=True, timeout=300)
+
+
+def caption_inprocess(capsys, *args: str) -> tuple[list[dict], str]:
+    """The same code path in this process (composed with Hydra's compose API): much faster."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("caption", overrides=[*args, "progress=false", "num_workers=0"])
+    rows = caption_folder(cfg)
+    return rows, capsys.readouterr().out
+
+
+def test_captions_json_csv_and_failures(tmp_path, photos, checkpoint):
+    out = tmp_path / "out"
+    proc = caption(f"checkpoint={checkpoint}", f"images={photos}", f"output={out}", "decode.beam_size=2")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads((out / "captions.json").read_text())
+    by_name = {r["file_name"]: r for r in rows}
+    good = {"a.png", "nested/B.PNG", "nested/deeper/c.JpG", "d.gif"}
+    bad = {"empty.jpg", "notes.webp", "truncated.png"}
+    assert good | bad <= set(by_name) and "readme.txt" not in by_name
+    assert all(isinstance(by_name[n]["caption"], str) and "error" not in by_name[n] for n in good)
+    assert all("error" in by_name[n] and "caption" not in by_name[n] for n in bad)
+    with open(out / "captions.csv", newline="") as f:
+        assert {r["file_name"]: r["caption"] for r in csv.DictReader(f)} == {r["file_name"]: r.get("caption", "") for r in rows}
+    n_ok = sum("caption" in r for r in rows)
+    assert f"{n_ok} images captioned, {len(rows) - n_ok} failed" in proc.stdout
+    assert len(list((out / "thumbs").glob("*.jpg"))) == n_ok
+
+
+def test_decompression_bomb_is_a_failure_not_a_crash(tmp_path, checkpoint, capsys):
+    root = tmp_path / "bomb"
+    root.mkdir()
+    Image.new("RGB", (16, 16), "red").save(root / "ok.png")
+    Image.new("1", (12000, 12000)).save(root / "bomb.png")  # 144 Mpx > Pillow's 89.5 Mpx limit
+    out = tmp_path / "out"
+    caption_inprocess(capsys, f"checkpoint={checkpoint}", f"images={root}", f"output={out}")
+    rows = {r["file_name"]: r for r in json.loads((out / "captions.json").read_text())}
+    assert "decompression-bomb" in rows["bomb.png"]["error"] and "caption" in rows["ok.png"]
+
+
+def test_error_cases(tmp_path, photos, checkpoint, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="no images found"):
+        caption_inprocess(capsys, f"checkpoint={checkpoint}", f"images={empty}", f"output={tmp_path / 'o1'}")
+    with pytest.raises(InputError, match="images folder not found"):
+        caption_inprocess(capsys, f"checkpoint={checkpoint}", f"images={tmp_path / 'nope'}", f"output={tmp_path / 'o1'}")
+    old = tmp_path / "old.pt"
+    torch.save({"format_version": 0, "model_config": {}, "model": {}}, old)
+    with pytest.raises(InputError, match="format 0"):
+        caption_inprocess(capsys, f"checkpoint={old}", f"images={photos}", f"output={tmp_path / 'o3'}")
+
+    proc = caption(f"checkpoint={tmp_path / 'missing.pt'}", f"images={photos}", f"output={tmp_path / 'o2'}")
+    assert proc.returncode == 1 and "checkpoint not found" in proc.stderr and "Traceback" not in proc.stderr
+
+    only_bad = tmp_path / "only_bad"
+    only_bad.mkdir()
+    (only_bad / "x.jpg").write_bytes(b"garbage")
+    proc = caption(f"checkpoint={checkpoint}", f"images={only_bad}", f"output={tmp_path / 'o4'}")
+    assert proc.returncode == 1 and "0 images captioned, 1 failed" in proc.stdout
+
+
+def test_output_inside_input_folder_is_not_captioned_again(tmp_path, photos, checkpoint, capsys):
+    out = photos / "captions_out"
+    for _ in range(2):  # the second run must not pick up the first run's thumbnails
+        caption_inprocess(capsys, f"checkpoint={checkpoint}", f"images={photos}", f"output={out}")
+    names = [r["file_name"] for r in json.loads((out / "captions.json").read_text())]
+    assert not any(n.startswith("captions_out/") for n in names)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium: apt-get install chromium (.ci/run does)")
+def test_gallery_renders_in_headless_chromium(tmp_path, photos, checkpoint, capsys):
+    out = tmp_path / "out"
+    caption_inprocess(capsys, f"checkpoint={checkpoint}", f"images={photos}", f"output={out}")
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run",
+             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,900"]
+    url = (out / "index.html").resolve().as_uri()
+    shot = tmp_path / "shot.png"
+    subprocess.run([*flags, f"--screenshot={shot}", url], capture_output=True, timeout=120, check=True)
+    image = Image.open(shot).convert("RGB")
+    colours = image.getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 50, "screenshot looks blank"
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True).stdout
+    rows = json.loads((out / "captions.json").read_text())
+    for r in rows:
+        assert (r.get("caption") or r["file_name"]) in dom
