@@ -1,0 +1,53 @@
+"""Caption metrics: BLEU with official COCO-scorer parity (bleu.py), the COCO files an evaluation reads
+(coco_files.py) and the official METEOR/ROUGE-L/CIDEr when pycocoevalcap is installed (official.py).
+
+score_captions is the one entry point for raw strings: captioning-eval and the training loop's
+validation/test BLEU both go through it (or its parts below), so their numbers agree.
+"""
+from __future__ import annotations
+
+from typing import Hashable, Mapping, Sequence
+
+from captioning.metrics.bleu import BleuScore, corpus_bleu
+from captioning.text import tokenize
+
+__all__ = ["BleuScore", "corpus_bleu", "tokenize_for_scoring", "bleu_tokenized", "bleu_captions", "score_captions"]
+
+
+def tokenize_for_scoring(results: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]]
+                         ) -> tuple[dict[Hashable, str], dict[Hashable, list[str]]]:
+    """({id: tokenized hypothesis}, {id: [tokenized reference, ...]}) for the images in `results`.
+
+    A tokenized caption is captioning.text.tokenize's tokens joined by single spaces: the strings the
+    official pipeline (COCOEvalCap) hands to every scorer after its PTBTokenizer. Generated captions
+    repeat a lot, so each distinct string is tokenized once.
+    """
+    cache: dict[str, str] = {}
+
+    def tok(text: str) -> str:
+        if text not in cache:
+            cache[text] = " ".join(tokenize(text))
+        return cache[text]
+
+    return ({i: tok(c) for i, c in results.items()},
+            {i: [tok(c) for c in references[i]] for i in results if i in references})
+
+
+def bleu_tokenized(hypotheses: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]],
+                   flavour: str = "coco") -> BleuScore:
+    """BLEU of tokenized strings, split into words as the official BLEU splits them: on any whitespace,
+    so a PTB token with a non-breaking space inside ("3\\xa01/2") counts as two words there and here."""
+    return corpus_bleu({i: h.split() for i, h in hypotheses.items()},
+                       {i: [r.split() for r in refs] for i, refs in references.items()}, flavour=flavour)
+
+
+def bleu_captions(results: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]],
+                  flavour: str = "coco") -> BleuScore:
+    """BLEU-1..4 of raw caption strings ({id: caption}) against raw references ({id: [caption, ...]})."""
+    return bleu_tokenized(*tokenize_for_scoring(results, references), flavour=flavour)
+
+
+def score_captions(results: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]],
+                   flavour: str = "coco") -> dict[str, float]:
+    """{"bleu1".."bleu4", "hyp_len", "ref_len", "ratio"} for raw caption strings (see bleu_captions)."""
+    return bleu_captions(results, references, flavour).as_dict()

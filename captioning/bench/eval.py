@@ -1,0 +1,68 @@
+"""eval: our tokenize + BLEU vs the official scorer's PTBTokenizer (Java) + Bleu(4) on all of Flickr8k.
+
+Caption #0 of every image is the hypothesis, the image's other captions its references (8,091 images:
+the one image whose #0 is filed under a `.jpg.1` name has no usable pair). Each side is timed from raw
+strings to BLEU-1..4; the best of --repeats runs is reported, and both must give the same BLEU-4.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from captioning.metrics import bleu_tokenized, tokenize_for_scoring
+
+DEFAULT_CAPTIONS = Path(__file__).resolve().parents[3] / "shared" / "data" / "flickr8k" / "Flickr8k.token.txt"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--captions", type=Path, default=DEFAULT_CAPTIONS,
+                        help="Flickr8k.token.txt (<image>#<n><TAB><caption> lines)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per implementation; the fastest is reported")
+
+
+def load_pairs(path: Path) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """({image: caption #0}, {image: its other captions}) for images that have both."""
+    captions: dict[str, dict[int, str]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        key, caption = line.split("\t", 1)
+        image, n = key.rsplit("#", 1)
+        captions.setdefault(image, {})[int(n)] = caption
+    usable = [i for i, c in captions.items() if 0 in c and len(c) > 1]
+    return ({i: captions[i][0] for i in usable},
+            {i: [c for n, c in sorted(captions[i].items()) if n != 0] for i in usable})
+
+
+def _official(results: dict[str, str], references: dict[str, list[str]]) -> tuple[float, float, float]:
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    t0 = time.perf_counter()
+    tokenizer = PTBTokenizer()  # one Java process per call, as in COCOEvalCap.evaluate
+    gts = tokenizer.tokenize({i: [{"caption": c} for c in refs] for i, refs in references.items()})
+    res = tokenizer.tokenize({i: [{"caption": results[i]}] for i in references})
+    t1 = time.perf_counter()
+    score, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    return t1 - t0, time.perf_counter() - t1, score[3]
+
+
+def _ours(results: dict[str, str], references: dict[str, list[str]]) -> tuple[float, float, float]:
+    t0 = time.perf_counter()
+    hypotheses, refs = tokenize_for_scoring(results, references)  # its cache starts empty each run
+    t1 = time.perf_counter()
+    score = bleu_tokenized(hypotheses, refs)
+    return t1 - t0, time.perf_counter() - t1, score.bleu[3]
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    results, references = load_pairs(args.captions)
+    n_captions = len(results) + sum(len(r) for r in references.values())
+    rows = []
+    for name, fn in [("official: PTBTokenizer (Java) + Bleu(4)", _official),
+                     ("captioning: text.tokenize + corpus_bleu", _ours)]:
+        tok_s, bleu_s, bleu4 = min((fn(results, references) for _ in range(args.repeats)), key=lambda r: r[0] + r[1])
+        rows.append({"implementation": name, "images": len(results), "captions": n_captions,
+                     "tokenize s": tok_s, "bleu s": bleu_s, "total s": tok_s + bleu_s, "BLEU-4": f"{bleu4:.9f}"})
+    for row in rows:
+        row["speedup"] = f"{rows[0]['total s'] / row['total s']:.2f}x"
+    return rows
