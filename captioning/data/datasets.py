@@ -1,0 +1,87 @@
+"""PyTorch datasets over a `CocoCaptions` split.
+
+Training sees every (image, caption) pair; evaluation (`per_image=True`) sees each image once,
+because a generated caption is scored against all of that image's references at the same time.
+With a frozen encoder, `features` replaces the image: row i is the pooled CNN feature of
+`coco.image_ids[i]`, so an epoch costs no convolutions at all.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms.functional import to_tensor
+
+from captioning.data.coco import CocoCaptions
+from captioning.io import InputError
+from captioning.text import Vocabulary, tokenize
+
+Transform = Callable[[Image.Image], torch.Tensor]
+
+
+def load_image(path: str | os.PathLike, transform: Transform | None = None) -> torch.Tensor:
+    """Open an image as RGB and apply `transform` (default: a float tensor in [0, 1], (3, H, W))."""
+    try:
+        with Image.open(path) as im:
+            image = im.convert("RGB")
+    except FileNotFoundError as e:
+        raise InputError(f"image file not found: {path}") from e
+    except OSError as e:
+        raise InputError(f"cannot read image file {path}: {e}") from e
+    return (transform or to_tensor)(image)
+
+
+class ImageDataset(Dataset):
+    """Plain list of image files -> transformed tensors (used for feature extraction)."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], transform: Transform | None = None):
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return load_image(self.paths[i], self.transform)
+
+
+class CaptionDataset(Dataset):
+    """Items `(image (3, H, W) or feature (D,), caption ids (T,), image id)`.
+
+    caption ids = [BOS] + tokenize(caption)[:max_len] + [EOS]. Captions are tokenized and
+    encoded once here, not in every epoch's workers.
+    """
+
+    def __init__(self, coco: CocoCaptions, vocab: Vocabulary, features: torch.Tensor | None = None,
+                 transform: Transform | None = None, per_image: bool = False, max_len: int | None = None):
+        if features is not None and len(features) != len(coco.image_ids):
+            raise InputError(f"features for {coco.path} have {len(features)} rows but the split has "
+                             f"{len(coco.image_ids)} images")
+        self.coco, self.vocab, self.features, self.transform = coco, vocab, features, transform
+        self.per_image, self.max_len = per_image, max_len
+        # (row in coco.image_ids, encoded caption); per_image keeps only each image's first caption
+        self.items: list[tuple[int, torch.Tensor]] = []
+        for row, image_id in enumerate(coco.image_ids):
+            for caption in coco.captions[image_id][:1] if per_image else coco.captions[image_id]:
+                self.items.append((row, self.encode(caption)))
+
+    def encode(self, caption: str) -> torch.Tensor:
+        tokens = tokenize(caption)
+        if self.max_len is not None:
+            tokens = tokens[:self.max_len]
+        return torch.tensor(self.vocab.encode(tokens), dtype=torch.long)  # (T,)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        row, caption = self.items[i]
+        image_id = self.coco.image_ids[row]
+        if self.features is not None:
+            image = self.features[row]                                    # (D,)
+        else:
+            image = load_image(self.coco.image_path(image_id), self.transform)  # (3, H, W)
+        return image, caption, image_id
