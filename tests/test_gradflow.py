@@ -14,13 +14,7 @@ from captioning.io import read_json
 from captioning.lecture.gradflow import FlowConfig, _inputs, build_cell, clipping_demo, gradient_norms
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: on a busy 2-core machine, thread sync costs far more than it saves."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_rnn_norms_match_the_backward_recursion_by_hand():

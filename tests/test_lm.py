@@ -14,13 +14,7 @@ from captioning.lecture.charlm import CharLM, CharVocab, LMConfig, fit, load_lm,
 from captioning.lecture.tbptt import batchify, carry_forward, chunks
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: on a busy 2-core machine, thread sync costs far more than it saves."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TEXT = "the cat sat on the mat.\nthe dog sat on the log.\n" * 30
