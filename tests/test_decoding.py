@@ -1,0 +1,152 @@
+"""Batched greedy / sampling / beam search, checked against independent references."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from captioning.decoding import beam_search, decode, greedy, sample
+from captioning.models import CaptionDecoder, DecoderConfig
+
+PAD, BOS, EOS = 0, 1, 2
+IDS = dict(bos_id=BOS, eos_id=EOS, pad_id=PAD)
+
+
+def make(vocab_size=12, cell="lstm", inject="init", seed=2, eos_bias=0.25) -> CaptionDecoder:
+    """A random decoder; `eos_bias` makes <end> likely enough that captions end at varied lengths."""
+    torch.manual_seed(seed)
+    decoder = CaptionDecoder(DecoderConfig(vocab_size=vocab_size, feature_dim=5, embed_dim=8, hidden_dim=16,
+                                           cell=cell, inject=inject)).eval()
+    with torch.no_grad():
+        decoder.out.weight.mul_(4)  # peakier distributions, as in a trained model
+        decoder.out.bias[EOS] += eos_bias
+    return decoder
+
+
+def features(n=8, seed=1) -> torch.Tensor:
+    return torch.randn(n, 5, generator=torch.Generator().manual_seed(seed))
+
+
+def strip(seqs: torch.Tensor) -> list[tuple[int, ...]]:
+    """Rows -> token tuples up to and including the first <end> (what a caption is made of)."""
+    out = []
+    for row in seqs.tolist():
+        out.append(tuple(row[: row.index(EOS) + 1] if EOS in row else row))
+    return out
+
+
+def sequence_scores(decoder, feats: torch.Tensor, seqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of log p, length) of each row of `seqs` (N, L) for image rows `feats` (N, D), computed with
+    the teacher-forced forward(): tokens count up to and including the first <end>."""
+    captions = torch.cat([torch.full((len(seqs), 1), BOS), seqs], 1)
+    logp = decoder(feats, captions).log_softmax(-1).gather(2, seqs[..., None])[..., 0]  # (N, L)
+    is_eos = seqs == EOS
+    counted = (is_eos.long().cumsum(1) - is_eos.long()) == 0  # up to and including the first <end>
+    return (logp * counted).sum(1), counted.sum(1).float()
+
+
+@pytest.mark.parametrize("cell,inject,eos_bias", [("lstm", "init", 0.5), ("gru", "pre", 1.0), ("rnn", "par", 1.5)])
+def test_greedy_takes_the_argmax_at_every_step(cell, inject, eos_bias):
+    decoder, feats = make(cell=cell, inject=inject, eos_bias=eos_bias), features()
+    with torch.no_grad():
+        seqs = greedy(decoder, feats, max_len=10, **IDS)
+        logits = decoder(feats, torch.cat([torch.full((len(feats), 1), BOS), seqs], 1))  # (B, L, V)
+    for row, (tokens, argmax) in enumerate(zip(seqs.tolist(), logits.argmax(-1).tolist())):
+        n = tokens.index(EOS) + 1 if EOS in tokens else len(tokens)
+        assert tokens[:n] == argmax[:n], row
+        assert all(t == PAD for t in tokens[n:])  # padded after <end>
+    assert seqs.shape[1] <= 10 and any(EOS in r for r in seqs.tolist())
+
+
+@pytest.mark.parametrize("cell,inject", [("lstm", "init"), ("gru", "pre"), ("rnn", "par")])
+def test_beam_size_one_is_greedy(cell, inject):
+    decoder, feats = make(cell=cell, inject=inject), features(16)
+    with torch.no_grad():
+        assert torch.equal(beam_search(decoder, feats, beam_size=1, max_len=12, **IDS),
+                           greedy(decoder, feats, max_len=12, **IDS))
+
+
+@pytest.mark.parametrize("beam_size,length_norm", [(3, 0.0), (5, 0.7)])
+def test_batched_beam_search_equals_one_image_at_a_time(beam_size, length_norm):
+    decoder, feats = make(), features(10)
+    with torch.no_grad():
+        batched = strip(beam_search(decoder, feats, beam_size=beam_size, length_norm=length_norm, max_len=12, **IDS))
+        alone = [strip(beam_search(decoder, f[None], beam_size=beam_size, length_norm=length_norm, max_len=12,
+                                   **IDS))[0] for f in feats]
+    assert batched == alone
+    assert len({len(s) for s in batched}) > 1  # captions of different lengths were in one batch
+
+
+@pytest.mark.parametrize("length_norm", [0.0, 1.0])
+def test_wide_beam_finds_the_exhaustive_optimum(length_norm):
+    """Vocabulary of 5, at most 4 tokens: score all 5**4 continuations with forward() and compare."""
+    V, L = 5, 4
+    decoder, feats = make(vocab_size=V, seed=3, eos_bias=0.5), features(12)
+    every = torch.tensor(list(itertools.product(range(V), repeat=L)))  # (V**L, L)
+    optimum, greedy_is_optimal = [], []
+    with torch.no_grad():
+        greedy_out = strip(greedy(decoder, feats, max_len=L, **IDS))
+        for i, f in enumerate(feats):
+            score, length = sequence_scores(decoder, f.expand(len(every), -1), every)
+            best = strip(every[(score / length ** length_norm).argmax()][None])[0]
+            optimum.append(best)
+            greedy_is_optimal.append(greedy_out[i] == best)
+        beam = strip(beam_search(decoder, feats, beam_size=V ** L, length_norm=length_norm, max_len=L, **IDS))
+    assert beam == optimum
+    assert not all(greedy_is_optimal)  # the toy problem is hard enough that greedy misses the optimum
+
+
+def test_beam_search_scores_at_least_as_well_as_greedy_on_average():
+    decoder, feats = make(), features(32)
+    with torch.no_grad():
+        g = greedy(decoder, feats, max_len=12, **IDS)
+        b = beam_search(decoder, feats, beam_size=5, max_len=12, **IDS)
+        g_score, _ = sequence_scores(decoder, feats, g)
+        b_score, _ = sequence_scores(decoder, feats, b)
+    assert b_score.mean() > g_score.mean()
+
+
+def test_sampling_is_seeded_and_follows_the_distribution():
+    decoder = make(vocab_size=6)
+    feats = features(1).expand(4000, -1)
+
+    def run(seed, **kw):
+        return sample(decoder, feats, max_len=3, generator=torch.Generator().manual_seed(seed), **kw, **IDS)
+
+    with torch.no_grad():
+        a, b, c = run(0), run(0), run(1)
+        probs = decoder.step(torch.full((1,), BOS), decoder.init_state(feats[:1]), feats[:1])[0].softmax(-1)[0]
+        top2 = run(2, top_k=2)
+        hot = run(3, temperature=0.5)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    freq = torch.bincount(a[:, 0], minlength=6).float() / len(a)
+    assert torch.allclose(freq, probs, atol=0.03)  # 4000 draws: std of each frequency <= 0.008
+    allowed = set(probs.topk(2).indices.tolist())
+    assert set(top2[:, 0].tolist()) == allowed
+    renorm = probs[sorted(allowed)] / probs[sorted(allowed)].sum()
+    assert torch.allclose(torch.bincount(top2[:, 0], minlength=6).float()[sorted(allowed)] / len(a), renorm, atol=0.03)
+    sharp = (probs.log() / 0.5).softmax(-1)  # temperature 0.5 squares and renormalises p
+    assert torch.allclose(torch.bincount(hot[:, 0], minlength=6).float() / len(a), sharp, atol=0.03)
+
+
+def test_top_k_one_and_tiny_temperature_are_greedy():
+    decoder, feats = make(), features()
+    with torch.no_grad():
+        expected = greedy(decoder, feats, max_len=8, **IDS)
+        assert torch.equal(sample(decoder, feats, max_len=8, top_k=1, **IDS), expected)
+        assert torch.equal(sample(decoder, feats, max_len=8, temperature=1e-4, **IDS), expected)
+
+
+def test_decode_dispatches_and_validates():
+    decoder, feats = make(), features(4)
+    with torch.no_grad():
+        assert torch.equal(decode(decoder, feats, "beam", beam_size=2, max_len=6, **IDS),
+                           beam_search(decoder, feats, beam_size=2, max_len=6, **IDS))
+        assert torch.equal(decode(decoder, feats, "greedy", max_len=6, **IDS), greedy(decoder, feats, max_len=6, **IDS))
+        out = decode(decoder, feats, "sample", max_len=6, generator=torch.Generator().manual_seed(0), **IDS)
+    assert out.shape[0] == 4 and out.shape[1] <= 6
+    with pytest.raises(ValueError, match="greedy, sample or beam"):
+        decode(decoder, feats, "nucleus", **IDS)
+    with pytest.raises(ValueError, match="temperature"):
+        sample(decoder, feats, temperature=0, **IDS)
