@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from captioning import distributed
 from captioning.data.collate import CaptionBatch
 from captioning.metrics import score_captions
 from captioning.models.decoder import caption_loss
@@ -52,30 +53,40 @@ def train_one_epoch(decoder: nn.Module, encoder: nn.Module | None, loader: Itera
 
     Gradient clipping rescales the whole gradient when its norm exceeds `grad_clip`
     (g <- g * grad_clip / ||g||), which keeps an exploding RNN step from wrecking the weights.
+
+    Under DistributedDataParallel (`decoder`/`encoder` wrapped, one shard of the global batch per
+    rank) the step is the single-process step on the global batch: its loss is the mean over all
+    N = sum_r n_r target tokens, L = sum_r S_r / N with S_r = n_r * loss_r the rank's summed token
+    losses. DDP averages gradients over the W ranks, so rank r backpropagates W * S_r / N.
     """
     decoder.train()
     if encoder is not None:
         encoder.train()
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    world = distributed.world_size()
     total_loss, total_tokens, t0 = 0.0, 0, time.perf_counter()
     bar = tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False)
     for batch in bar:
         with autocast(device, precision):
             loss, tokens = batch_loss(decoder, encoder, batch, device, pad_id, label_smoothing)
+        summed, n = distributed.all_reduce_sum(
+            torch.tensor([loss.item() * tokens, tokens], dtype=torch.float64, device=device)).tolist()
+        if world > 1:
+            loss = loss * (world * tokens / n)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else math.inf)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        total_loss += loss.item() * tokens
-        total_tokens += tokens
+        total_loss += summed
+        total_tokens += int(n)
         tok_per_s = total_tokens / (time.perf_counter() - t0)
-        bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tok_per_s:.0f}")
+        bar.set_postfix(loss=f"{summed / n:.3f}", tok_s=f"{tok_per_s:.0f}")
         if on_step is not None:
-            on_step({"loss": loss.item(), "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"]})
+            on_step({"loss": summed / n, "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"]})
         if (max_steps is not None and scheduler is not None and scheduler.last_epoch >= max_steps) or \
-                (deadline is not None and time.time() >= deadline):
+                (deadline is not None and distributed.any_rank(time.time() >= deadline, device)):
             break
     bar.close()
     seconds = time.perf_counter() - t0
@@ -86,7 +97,7 @@ def train_one_epoch(decoder: nn.Module, encoder: nn.Module | None, loader: Itera
 @torch.no_grad()
 def evaluate_loss(decoder: nn.Module, encoder: nn.Module | None, loader: Iterable[CaptionBatch], *,
                   device: torch.device, pad_id: int, precision: str = "fp32") -> float:
-    """Token-level teacher-forced cross-entropy over every caption of a split."""
+    """Token-level teacher-forced cross-entropy over every caption of a split (of all ranks' shards)."""
     decoder.eval()
     if encoder is not None:
         encoder.eval()
@@ -96,6 +107,7 @@ def evaluate_loss(decoder: nn.Module, encoder: nn.Module | None, loader: Iterabl
             loss, n = batch_loss(decoder, encoder, batch, device, pad_id)
         total += loss.item() * n
         tokens += n
+    total, tokens = distributed.all_reduce_sum(torch.tensor([total, tokens], dtype=torch.float64, device=device)).tolist()
     return total / max(tokens, 1)
 
 

@@ -4,6 +4,7 @@
 (the Hydra entry point converts its DictConfig), so it can be driven from Python too.
 Everything a run produces lands in `run_dir`: vocab.json, checkpoints/{best,last}.pt,
 metrics.csv, metrics.json, test_captions.json, curves.png and TensorBoard event files.
+Under torchrun every process runs `train`; rank 0 alone writes (see `captioning.distributed`).
 """
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 
+from captioning import distributed
 from captioning.checkpoint import load_checkpoint, save_checkpoint
 from captioning.data.coco import CocoCaptions, load_coco_captions
 from captioning.data.collate import collate_captions
@@ -74,11 +77,21 @@ def _decode_kwargs(decode: dict) -> dict:
 
 def score_split(model: Captioner, split: SplitData, cfg: dict, device: torch.device, pad_id: int,
                 desc: str) -> tuple[dict, dict[int, str]]:
-    """Teacher-forced loss and BLEU-1..4 of generated captions on one split."""
+    """Teacher-forced loss and BLEU-1..4 of generated captions on one split.
+
+    Each rank evaluates its round-robin shard; the captions of all ranks are gathered, so every
+    rank scores exactly the single-process set of images.
+    """
     t, cached = cfg["trainer"], not cfg["encoder"]["trainable"]
     encoder = None if cached else model.encoder
-    loss = evaluate_loss(model.decoder, encoder, split.loader(False, t["batch_size"], t["num_workers"], pad_id),
-                         device=device, pad_id=pad_id, precision=t["precision"])
+
+    def loader(per_image: bool) -> DataLoader:
+        n = len(split.images if per_image else split.captions)
+        return split.loader(per_image, t["batch_size"] // distributed.world_size(), t["num_workers"], pad_id,
+                            sampler=distributed.shard(n))
+
+    loss = evaluate_loss(model.decoder, encoder, loader(False), device=device, pad_id=pad_id,
+                         precision=t["precision"])
     decode = _decode_kwargs(cfg["decode"])
     model.eval()
 
@@ -88,8 +101,8 @@ def score_split(model: Captioner, split: SplitData, cfg: dict, device: torch.dev
             features = images if cached else model.encoder(images)
         return model.caption_features(features, **decode)
 
-    results = generate_captions(caption_fn, split.loader(True, t["batch_size"], t["num_workers"], pad_id),
-                                progress=t["progress"], desc=desc)
+    results = generate_captions(caption_fn, loader(True), progress=t["progress"] and distributed.is_main(), desc=desc)
+    results = distributed.gather_dict(results)
     return {"loss": loss, **bleu_scores(results, split.coco.references())}, results
 
 
@@ -107,12 +120,24 @@ def shuffled_control(results: dict[int, str], references: dict[int, list[str]], 
 
 def train(cfg: dict, run_dir: str | Path,
           make_optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]) -> dict:
-    """Train, validate every epoch, then score the best checkpoint on the test split."""
-    run_dir = Path(run_dir)
+    """Train, validate every epoch, then score the best checkpoint on the test split.
+
+    Under torchrun (WORLD_SIZE > 1) this joins the process group and trains data-parallel;
+    `trainer.batch_size` stays the global batch, so the steps are those of one process.
+    """
+    with distributed.process_group(resolve_device(cfg["trainer"]["device"])) as device:
+        return _train(cfg, Path(run_dir), make_optimizer, device)
+
+
+def _train(cfg: dict, run_dir: Path, make_optimizer: Callable, device: torch.device) -> dict:
     t, d = cfg["trainer"], cfg["dataset"]
+    main, world = distributed.is_main(), distributed.world_size()
+    if t["batch_size"] % world:
+        raise ValueError(f"trainer.batch_size={t['batch_size']} is the global batch: it must divide "
+                         f"evenly over the {world} processes")
+    progress = t["progress"] and main
     random.seed(cfg["seed"])
     torch.manual_seed(cfg["seed"])
-    device = resolve_device(t["device"])
     cocos = {s: load_coco_captions(d[s]["annotations"], d[s]["images"],
                                    check_images=cfg["encoder"]["trainable"]) for s in SPLITS}
 
@@ -122,16 +147,23 @@ def train(cfg: dict, run_dir: str | Path,
     else:
         vocab = Vocabulary.build((tokenize(c) for cs in cocos["train"].captions.values() for c in cs),
                                  min_count=cfg["vocab"]["min_count"], max_size=cfg["vocab"]["max_size"])
-    vocab.save(run_dir / "vocab.json")
+    if main:
+        vocab.save(run_dir / "vocab.json")
 
     enc = cfg["encoder"]
     encoder = build_encoder(enc["name"], pretrained=enc["pretrained"], weights=enc["weights"],
                             trainable=enc["trainable"])
     features = {s: None for s in SPLITS}
     if not enc["trainable"]:
-        features = {s: cached_features(encoder, cocos[s], cfg["cache_dir"], batch_size=enc["batch_size"],
+        def split_features(build: bool) -> dict:
+            return {s: cached_features(encoder, cocos[s], cfg["cache_dir"], batch_size=enc["batch_size"],
                                        num_workers=enc["num_workers"], device=device, precision=t["precision"],
-                                       progress=t["progress"]) for s in SPLITS}
+                                       progress=progress, build=build) for s in SPLITS}
+        if main:
+            features = split_features(build=True)
+        distributed.barrier()  # the cache is complete: the other ranks read it
+        if not main:
+            features = split_features(build=False)
     splits = {s: SplitData(cocos[s], vocab, features[s], encoder.transform, d["max_caption_len"]) for s in SPLITS}
 
     dec_cfg = DecoderConfig(vocab_size=len(vocab), feature_dim=encoder.out_dim, **cfg["decoder"])
@@ -140,8 +172,11 @@ def train(cfg: dict, run_dir: str | Path,
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params)
 
-    sampler = RandomSampler(splits["train"].captions, generator=torch.Generator())
-    train_loader = splits["train"].loader(False, t["batch_size"], t["num_workers"], vocab.pad_id, sampler)
+    # The same permutation for any number of ranks (torch.randperm seeded with seed + epoch); rank r
+    # takes items r, r+W, ..., so the union of the ranks' k-th batches is the one-process k-th batch.
+    sampler = DistributedSampler(splits["train"].captions, num_replicas=world, rank=distributed.rank(),
+                                 shuffle=True, seed=cfg["seed"] * 100_003)
+    train_loader = splits["train"].loader(False, t["batch_size"] // world, t["num_workers"], vocab.pad_id, sampler)
     total_steps = t["max_steps"] or t["max_epochs"] * len(train_loader)
     o = cfg["optim"]
     scheduler = warmup_cosine(optimizer, total_steps, o["warmup_steps"], o["min_lr_ratio"], o["scheduler"])
@@ -152,52 +187,62 @@ def train(cfg: dict, run_dir: str | Path,
         ts = resume["train_state"]
         optimizer.load_state_dict(ts["optimizer"])
         scheduler.load_state_dict(ts["scheduler"])
-        torch.set_rng_state(ts["torch_rng"])
         start_epoch, best, stale, history = ts["epoch"] + 1, ts["best_bleu4"], ts["stale_epochs"], ts["history"]
-    log = RunLog(run_dir, tensorboard=t["tensorboard"], history=history)
+    decoder, trained_encoder = model.decoder, model.encoder if enc["trainable"] else None
+    if world > 1:  # DDP all-reduces the gradients during backward; it also broadcasts rank 0's weights now
+        ids = [device] if device.type == "cuda" else None
+        decoder = DistributedDataParallel(decoder, device_ids=ids)
+        if trained_encoder is not None:
+            trained_encoder = DistributedDataParallel(trained_encoder, device_ids=ids)
+    log = RunLog(run_dir, tensorboard=t["tensorboard"], history=history) if main else None
     ckpt_dir = run_dir / "checkpoints"
 
     def checkpoint(name: str, epoch: int) -> None:
         save_checkpoint(ckpt_dir / name, model_state=model.state_dict(), vocab=vocab, model_config=model_config,
                         train_state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                     "torch_rng": torch.get_rng_state(), "epoch": epoch, "best_bleu4": best,
-                                     "stale_epochs": stale, "history": log.history},
+                                     "epoch": epoch, "best_bleu4": best, "stale_epochs": stale, "history": history},
                         run_config=cfg)
 
     deadline = time.time() + 60 * t["max_minutes"] if t.get("max_minutes") else None
     for epoch in range(start_epoch, t["max_epochs"] + 1):
-        if scheduler.last_epoch >= total_steps or (deadline and time.time() >= deadline) or stale >= t["patience"]:
+        if scheduler.last_epoch >= total_steps or stale >= t["patience"] or \
+                (deadline and distributed.any_rank(time.time() >= deadline, device)):
             break
-        sampler.generator.manual_seed(cfg["seed"] * 100_003 + epoch)  # same order after a resume
-        stats = train_one_epoch(model.decoder, None if not enc["trainable"] else model.encoder, train_loader,
-                                optimizer, scheduler, device=device, pad_id=vocab.pad_id,
-                                grad_clip=t["grad_clip"], label_smoothing=t["label_smoothing"],
+        sampler.set_epoch(epoch)  # the epoch's order, and (below) its dropout masks: the same after a resume
+        torch.manual_seed((cfg["seed"] * 100_003 + epoch) * world + distributed.rank())
+        stats = train_one_epoch(decoder, trained_encoder, train_loader, optimizer, scheduler, device=device,
+                                pad_id=vocab.pad_id, grad_clip=t["grad_clip"], label_smoothing=t["label_smoothing"],
                                 precision=t["precision"], max_steps=total_steps, deadline=deadline,
-                                progress=t["progress"], desc=f"epoch {epoch}",
-                                on_step=lambda s: log.log_step(scheduler.last_epoch, s))
+                                progress=progress, desc=f"epoch {epoch}",
+                                on_step=(lambda s: log.log_step(scheduler.last_epoch, s)) if main else None)
         val, _ = score_split(model, splits["val"], cfg, device, vocab.pad_id, desc="val")
-        improved = val["bleu4"] > best
+        improved = val["bleu4"] > best  # the same on every rank: all score the same gathered captions
         best, stale = (val["bleu4"], 0) if improved else (best, stale + 1)
         row = {"epoch": epoch, "step": scheduler.last_epoch, "train_loss": stats["loss"], "val_loss": val["loss"],
                **{f"val_{k}": v for k, v in val.items() if k.startswith("bleu")},
                "tokens_per_s": stats["tokens_per_s"], "lr": optimizer.param_groups[0]["lr"]}
-        log.log_epoch(row)
-        print(f"epoch {epoch:3d}  step {row['step']:6d}  train loss {stats['loss']:.3f}  val loss {val['loss']:.3f}"
-              f"  val BLEU-4 {val['bleu4']:.4f}{'  *' if improved else ''}", flush=True)
-        checkpoint("last.pt", epoch)
-        if improved:
-            checkpoint("best.pt", epoch)
+        history.append(row)
+        if main:
+            log.log_epoch(row)
+            print(f"epoch {epoch:3d}  step {row['step']:6d}  train loss {stats['loss']:.3f}  val loss {val['loss']:.3f}"
+                  f"  val BLEU-4 {val['bleu4']:.4f}{'  *' if improved else ''}", flush=True)
+            checkpoint("last.pt", epoch)
+            if improved:
+                checkpoint("best.pt", epoch)
 
     best_ckpt = ckpt_dir / "best.pt"
-    if best_ckpt.is_file():
+    if main and best_ckpt.is_file():
         model.load_state_dict(load_checkpoint(best_ckpt)["model"])
+    distributed.broadcast_module_(model)  # every rank tests rank 0's best weights
     test, results = score_split(model, splits["test"], cfg, device, vocab.pad_id, desc="test")
-    atomic_write_json(run_dir / "test_captions.json", [{"image_id": i, "caption": c} for i, c in sorted(results.items())])
-    metrics = {"test": test, "best_val_bleu4": best, "epochs": log.history}
+    metrics = {"test": test, "best_val_bleu4": best, "epochs": history}
     if cfg.get("control", True):
         metrics["test_shuffled_images"] = shuffled_control(results, splits["test"].coco.references(), cfg["seed"])
-    atomic_write_json(run_dir / "metrics.json", metrics)
-    if log.history:
-        log.plot_curves()
-    log.close()
+    if main:
+        atomic_write_json(run_dir / "test_captions.json",
+                          [{"image_id": i, "caption": c} for i, c in sorted(results.items())])
+        atomic_write_json(run_dir / "metrics.json", metrics)
+        if history:
+            log.plot_curves()
+        log.close()
     return metrics
