@@ -21,14 +21,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="captioning-bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    modules = {}
+    modules = {name: importlib.import_module(f"captioning.bench.{name}") for name in SUBCOMMANDS}
     for name in SUBCOMMANDS:
-        try:
-            modules[name] = importlib.import_module(f"captioning.bench.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"captioning.bench.{name}":
-                raise
-            continue
         p = sub.add_parser(name, help=modules[name].__doc__.strip().splitlines()[0])
         modules[name].add_arguments(p)
     sub.add_parser("all", help="run every benchmark with its defaults")

@@ -71,10 +71,21 @@ class CaptionDecoder(nn.Module):
                 return h0, self._layers(torch.tanh(self.init_cell_proj(features)))
             return h0
         if c.inject == "pre":  # run the image "token" through the core; its output is not scored
-            _, state = self.rnn(self.image_proj(features)[:, None], None)
+            _, state = self._recurrent(self.image_proj(features)[:, None], None)
             return state
         zeros = features.new_zeros(c.num_layers, features.shape[0], c.hidden_dim)  # par: image enters as input
         return (zeros, zeros) if c.cell == "lstm" else zeros
+
+    def _recurrent(self, x: Tensor, state: State | None) -> tuple[Tensor, State]:
+        """The core on inputs (B, T, E) from `state`. Under autocast torch's fused RNNs cast their
+        weights but not their inputs, and oneDNN wants one dtype for all: cast input and state."""
+        device = x.device.type
+        if torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+            x = x.to(dtype)
+            if state is not None:
+                state = tuple(s.to(dtype) for s in state) if isinstance(state, tuple) else state.to(dtype)
+        return self.rnn(x, state)
 
     def _inputs(self, tokens: Tensor, features: Tensor) -> Tensor:
         x = self.embed(tokens)  # (B, T, E)
@@ -84,12 +95,12 @@ class CaptionDecoder(nn.Module):
 
     def forward(self, features: Tensor, captions: Tensor) -> Tensor:
         """Teacher forcing: logits (B, T-1, V) predicting captions[:, 1:] from captions[:, :-1]."""
-        out, _ = self.rnn(self._inputs(captions[:, :-1], features), self.init_state(features))  # (B, T-1, H)
+        out, _ = self._recurrent(self._inputs(captions[:, :-1], features), self.init_state(features))  # (B, T-1, H)
         return self.out(self.dropout(out))
 
     def step(self, tokens: Tensor, state: State, features: Tensor) -> tuple[Tensor, State]:
         """One decoding step for N sequences: tokens (N,) -> logits (N, V) and the next state."""
-        out, state = self.rnn(self._inputs(tokens[:, None], features), state)  # (N, 1, H)
+        out, state = self._recurrent(self._inputs(tokens[:, None], features), state)  # (N, 1, H)
         return self.out(out[:, 0]), state
 
     @staticmethod

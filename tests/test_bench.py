@@ -1,0 +1,74 @@
+"""captioning-bench: every subcommand runs on tiny sizes and prints its table (benchmarks are not tests)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+
+from captioning.bench.decoder import step_flops
+from captioning.cli.bench import main
+from captioning.models import CaptionDecoder, DecoderConfig
+from captioning.models.decoder import caption_loss
+
+
+def bench(capsys, *argv: str) -> list[dict]:
+    """Run `captioning-bench argv` and parse its markdown table into rows."""
+    main(list(argv))
+    out = capsys.readouterr().out
+    assert out.startswith("Machine: ") and f"## {argv[0]}" in out
+    lines = [line for line in out.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert set(lines[1]) <= {"|", "-"}
+    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
+
+
+def test_encoder(capsys, tmp_path):
+    for i in range(5):
+        Image.new("RGB", (40, 30), (40 * i, 20, 200 - 30 * i)).save(tmp_path / f"{i}.png")
+    rows = bench(capsys, "encoder", "--images", str(tmp_path), "--encoder", "small_cnn", "--workers", "1",
+                 "--repeats", "1")
+    assert [(r["precision"], r["speedup"]) for r in rows][0] == ("fp32", "1.0x")  # the plain loop is the base
+    assert [r["precision"] for r in rows[1:]] == ["fp32", "fp32", "bf16"]
+    assert all(r["images"] == "5" and float(r["images/s"]) > 0 for r in rows)
+    assert all(float(r["min cosine vs plain"]) >= 0.999 for r in rows if r["precision"] == "fp32")
+
+
+def test_decoder(capsys):
+    rows = bench(capsys, "decoder", "--batch", "4", "--hidden", "16", "--embed", "8", "--vocab", "40",
+                 "--feature-dim", "12", "--seq-len", "6", "--steps", "1", "--repeats", "1", "--peak-size", "64")
+    assert [(r["impl"], r["precision"]) for r in rows] == [("fused", "fp32"), ("fused", "bf16"),
+                                                          ("explicit", "fp32"), ("explicit", "bf16")]
+    for r in rows:
+        assert float(r["tokens/s"]) > 0 and float(r["matmul peak GFLOP/s"]) > 0 and r["% of peak"].endswith("%")
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("inject", ["init", "pre", "par"])
+def test_decoder_flops_match_torchs_flop_counter(cell, inject):
+    config = DecoderConfig(vocab_size=30, feature_dim=12, embed_dim=8, hidden_dim=10, num_layers=2, cell=cell,
+                           impl="explicit", inject=inject)
+    decoder = CaptionDecoder(config)
+    captions = torch.randint(3, 30, (4, 6))
+    with FlopCounterMode(display=False) as counter:
+        caption_loss(decoder(torch.randn(4, 12), captions), captions[:, 1:], pad_id=0).backward()
+    assert step_flops(config, batch=4, seq_len=6) == counter.get_total_flops()
+
+
+def test_beam(capsys):
+    rows = bench(capsys, "beam", "--images", "3", "--beam-sizes", "2", "--batch-sizes", "3", "--vocab", "30",
+                 "--hidden", "16", "--embed", "8", "--feature-dim", "12", "--max-len", "5")
+    assert [r["method"] for r in rows] == ["per-image loop", "batched, 3 images/call"]
+    assert all(r["same captions as loop"] == "3/3" for r in rows)
+
+
+def test_eval(capsys, tmp_path):
+    captions = tmp_path / "captions.txt"
+    captions.write_text("".join(f"im{i}.jpg#{n}\t{text}\n" for i, texts in enumerate([
+        ["A brown dog runs on the grass .", "a dog is running on the grass", "the brown dog runs on grass"],
+        ["Two people walk down the street , talking .", "two people are walking down the street",
+         "people walk down a street"]])
+        for n, text in enumerate(texts)))
+    rows = bench(capsys, "eval", "--captions", str(captions), "--repeats", "1")
+    assert len(rows) == 2 and rows[0]["images"] == "2"
+    assert float(rows[0]["BLEU-4"]) > 0.1 and rows[0]["BLEU-4"] == rows[1]["BLEU-4"]  # ours equals the official

@@ -1,0 +1,98 @@
+"""trainer.precision=fp32|bf16 (torch.autocast) and the fast feature extractor's numbers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from captioning.data.collate import CaptionBatch
+from captioning.data.datasets import load_image
+from captioning.data.features import extract_features, fold_batchnorm
+from captioning.engine import autocast, train_one_epoch
+from captioning.models import CaptionDecoder, DecoderConfig, build_encoder
+
+CPU = torch.device("cpu")
+
+
+def test_autocast_runs_matmuls_in_the_asked_precision():
+    a = torch.randn(4, 8)
+    with autocast(CPU, "bf16"):
+        assert (a @ a.T).dtype == torch.bfloat16
+    with autocast(CPU, "fp32"):
+        assert (a @ a.T).dtype == torch.float32
+    with pytest.raises(ValueError, match="fp16"):
+        autocast(CPU, "fp16")
+
+
+@pytest.mark.parametrize("impl", ["fused", "explicit"])
+def test_bf16_training_step_learns_with_fp32_weights(impl):
+    torch.manual_seed(0)
+    decoder = CaptionDecoder(DecoderConfig(vocab_size=20, feature_dim=6, embed_dim=8, hidden_dim=16, impl=impl))
+    logit_dtypes = []
+    decoder.out.register_forward_hook(lambda m, i, out: logit_dtypes.append(out.dtype))
+    captions = torch.randint(3, 20, (8, 7))
+    captions[:, 0], captions[:, -1] = 1, 2
+    batch = CaptionBatch(torch.randn(8, 6), captions, torch.full((8,), 7), torch.arange(8))
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=3e-2)
+    first = train_one_epoch(decoder, None, [batch], optimizer, None, device=CPU, pad_id=0, precision="bf16",
+                            progress=False)["loss"]
+    last = train_one_epoch(decoder, None, [batch] * 40, optimizer, None, device=CPU, pad_id=0, precision="bf16",
+                           progress=False)["loss"]
+    assert set(logit_dtypes) == {torch.bfloat16}  # the layers really ran in bf16
+    assert all(p.dtype == torch.float32 for p in decoder.parameters())  # the weights stay fp32
+    assert last < 0.5 * first
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("images")
+    g = torch.Generator().manual_seed(0)
+    paths = []
+    for i in range(11):  # not a multiple of the batch: the last batch is partial
+        pixels = torch.randint(0, 256, (40, 48, 3), dtype=torch.uint8, generator=g).numpy()
+        paths.append(root / f"{i:02d}.png")
+        Image.fromarray(pixels).save(paths[-1])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    torch.manual_seed(0)
+    return build_encoder("small_cnn")
+
+
+def plain(encoder, paths) -> torch.Tensor:
+    with torch.no_grad():
+        return encoder(torch.stack([load_image(p, encoder.transform) for p in paths]))
+
+
+@pytest.mark.parametrize("kwargs", [dict(num_workers=2), dict(num_workers=2, encode_in_workers=False),
+                                    dict(num_workers=0, batch_size=4)])
+def test_fast_extractor_gives_the_plain_loops_features(encoder, images, kwargs):
+    reference = plain(encoder, images)  # (N, D), rows in the order of the paths
+    fast = extract_features(encoder, images, progress=False, **kwargs)
+    assert fast.dtype == torch.float32 and fast.shape == reference.shape
+    assert F.cosine_similarity(fast, reference).min() >= 0.999
+
+
+def test_bf16_features_stay_close_to_fp32(encoder, images):
+    fp32 = extract_features(encoder, images, num_workers=1, progress=False)
+    bf16 = extract_features(encoder, images, num_workers=1, precision="bf16", progress=False)
+    assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)  # computed in bf16, returned as fp32
+    assert F.cosine_similarity(bf16, fp32).min() >= 0.99
+
+
+def test_fold_batchnorm_keeps_outputs_and_the_original():
+    encoder = build_encoder("small_cnn")
+    x = torch.randn(3, 3, 64, 64)
+    bn = [m for m in encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in bn:  # non-trivial statistics, so a wrong fold would show
+        m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 2)
+    folded = fold_batchnorm(encoder.eval())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in encoder.modules()) == len(bn) == 4
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), encoder(x), rtol=1e-4, atol=1e-5)
