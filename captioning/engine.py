@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from typing import Callable, Iterable, Mapping
 
 import torch
@@ -18,15 +17,7 @@ from captioning import distributed
 from captioning.data.collate import CaptionBatch
 from captioning.metrics import score_captions
 from captioning.models.decoder import caption_loss
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast on CPU or CUDA; fp32 runs as is."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if precision != "fp32":
-        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
-    return nullcontext()
+from captioning.precision import autocast
 
 
 def batch_loss(decoder: nn.Module, encoder: nn.Module | None, batch: CaptionBatch, device: torch.device,

@@ -28,6 +28,7 @@ from captioning.data.features import cached_features
 from captioning.engine import bleu_scores, evaluate_loss, generate_captions, train_one_epoch
 from captioning.io import atomic_write_json
 from captioning.models import Captioner, CaptionDecoder, DecoderConfig, build_encoder
+from captioning.precision import check_precision, warn_if_slow
 from captioning.runlog import RunLog
 from captioning.text import Vocabulary, tokenize
 
@@ -136,6 +137,9 @@ def _train(cfg: dict, run_dir: Path, make_optimizer: Callable, device: torch.dev
         raise ValueError(f"trainer.batch_size={t['batch_size']} is the global batch: it must divide "
                          f"evenly over the {world} processes")
     progress = t["progress"] and main
+    check_precision(t["precision"])
+    if main:
+        warn_if_slow(device, t["precision"])
     random.seed(cfg["seed"])
     torch.manual_seed(cfg["seed"])
     cocos = {s: load_coco_captions(d[s]["annotations"], d[s]["images"],

@@ -10,9 +10,12 @@ from PIL import Image
 
 from captioning.data.collate import CaptionBatch
 from captioning.data.datasets import load_image
-from captioning.data.features import extract_features, fold_batchnorm
-from captioning.engine import autocast, train_one_epoch
+from captioning.data.features import extract_features
+from captioning.engine import train_one_epoch
+from captioning import precision
 from captioning.models import CaptionDecoder, DecoderConfig, build_encoder
+from captioning.models.inference import fold_batchnorm, inference_copy
+from captioning.precision import autocast
 
 CPU = torch.device("cpu")
 
@@ -25,6 +28,15 @@ def test_autocast_runs_matmuls_in_the_asked_precision():
         assert (a @ a.T).dtype == torch.float32
     with pytest.raises(ValueError, match="fp16"):
         autocast(CPU, "fp16")
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_bf16_without_native_units_warns(monkeypatch, recwarn, fast):
+    monkeypatch.setattr(precision, "has_fast_bf16", lambda device: fast)
+    precision.warn_if_slow(CPU, "bf16")
+    precision.warn_if_slow(CPU, "fp32")
+    assert len(recwarn) == (0 if fast else 1)  # fp32 never warns
+    assert all(str(w.message).startswith("precision=bf16 on this CPU") for w in recwarn)
 
 
 @pytest.mark.parametrize("impl", ["fused", "explicit"])
@@ -96,3 +108,16 @@ def test_fold_batchnorm_keeps_outputs_and_the_original():
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in encoder.modules()) == len(bn) == 4
     with torch.no_grad():
         torch.testing.assert_close(folded(x), encoder(x), rtol=1e-4, atol=1e-5)
+
+
+def test_inference_copy_of_efficientnet_folds_batchnorm_and_symmetric_padding():
+    encoder = build_encoder("efficientnet_lite0").eval()
+    fast = inference_copy(encoder)
+    pads = [m for m in fast.modules() if isinstance(m, torch.nn.ZeroPad2d)]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert all(p.padding[0] != p.padding[1] for p in pads)  # only the asymmetric (stride-2) pads remain
+    assert sum(isinstance(m, torch.nn.ZeroPad2d) for m in encoder.modules()) > len(pads)  # the original keeps its own
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), encoder(x),
+                                   rtol=1e-4, atol=1e-4)

@@ -2,11 +2,11 @@
 
 The plain loop is what one writes first: decode each image with PIL in the main process, stack
 a batch of 32, run the fp32 CNN under no_grad. The next row adds DataLoader workers that decode,
-batch-norm folded into the convolutions, channels_last and inference_mode, the CNN still in the
-main process (batch 64); then come our defaults (on CPU the workers also run the CNN, one thread
-each, batch 8) in fp32 and bf16. All rows process the
-same images in one run, taking turns (best of --repeats); "min cosine" is the smallest cosine
-similarity between an image's features and the plain loop's.
+the inference copy of the CNN (batch-norm and padding folded into the convolutions),
+channels_last and inference_mode, the CNN still in the main process (batch 64); then come our
+defaults (on CPU the workers also run the CNN, one thread each, batch 8) in fp32 and bf16. All
+rows process the same images in one run, taking turns (best of --repeats); "min cosine" is the
+smallest cosine similarity between an image's features and the plain loop's.
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     ours = dict(num_workers=args.workers, device=device, progress=False)
     methods = {  # (method, precision, batch) -> features (N, D)
         ("plain loop: inline PIL decoding, NCHW, no_grad", "fp32", 32): lambda: plain_loop(encoder, paths, device),
-        ("workers decode; BN folded, channels_last, inference_mode; CNN in main process", "fp32", 64):
+        ("workers decode; folded CNN, channels_last, inference_mode, in the main process", "fp32", 64):
             lambda: extract_features(encoder, paths, batch_size=64, encode_in_workers=False, **ours),
     }
     for precision in ("fp32", "bf16"):

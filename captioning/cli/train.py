@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import hydra
@@ -40,7 +41,8 @@ def run(cfg: DictConfig) -> float:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    print(_summary(metrics, run_dir))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every process returns the same metrics
+        print(_summary(metrics, run_dir))
     return metrics["test"]["bleu4"]  # the value a sweeper would optimise
 
 

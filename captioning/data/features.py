@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from torch import fx, nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from captioning.data.coco import CocoCaptions
 from captioning.data.datasets import ImageDataset
 from captioning.io import atomic_path
+from captioning.models.inference import inference_copy
+from captioning.precision import autocast, check_precision
 
 
 def cache_key(encoder_spec: dict, coco: CocoCaptions, precision: str) -> str:
@@ -38,59 +39,24 @@ def cache_key(encoder_spec: dict, coco: CocoCaptions, precision: str) -> str:
 DEFAULT_BATCH = {"cpu": 8, "cuda": 64}
 
 
-class _ConvLeafTracer(fx.Tracer):
-    """Keeps every Conv2d subclass (e.g. EfficientNet's same-padding conv) a single graph node."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, nn.Conv2d) or super().is_leaf_module(m, qualname)
-
-
-def fold_batchnorm(module: nn.Module) -> nn.Module:
-    """An inference copy of `module` with each eval-mode BatchNorm folded into the conv before it.
-
-    BN(conv(x)) = gamma * (W x + b - mu) / sqrt(var + eps) + beta is itself a convolution, with
-    W' = W * s and b' = (b - mu) * s + beta, s = gamma / sqrt(var + eps): one pass over the
-    activations instead of two. A model that torch.fx cannot trace is returned unchanged.
-    """
-    try:
-        graph = _ConvLeafTracer().trace(module)
-    except Exception:  # noqa: BLE001 - data-dependent control flow etc.: run the model as it is
-        return module
-    folded = fx.GraphModule(module, graph)  # shares the original's submodules until replaced below
-    modules = dict(folded.named_modules())
-    for node in list(graph.nodes):
-        conv = node.args[0] if node.op == "call_module" and node.args else None
-        if isinstance(modules[node.target] if node.op == "call_module" else None, nn.BatchNorm2d) and \
-                isinstance(conv, fx.Node) and conv.op == "call_module" and len(conv.users) == 1 and \
-                isinstance(modules[conv.target], nn.Conv2d):
-            parent, _, name = conv.target.rpartition(".")
-            setattr(folded.get_submodule(parent), name, fuse_conv_bn_eval(modules[conv.target], modules[node.target]))
-            node.replace_all_uses_with(conv)
-            graph.erase_node(node)
-    folded.delete_all_unused_submodules()
-    folded.recompile()
-    return folded
-
-
 class EncodeBatch:
-    """Images (B, 3, H, W) -> float32 features (B, D), the fast way: batch-norm folded into the
-    convolutions, channels_last memory layout (what oneDNN's and cuDNN's convolutions want), no
-    autograd bookkeeping, bf16 autocast if asked.
+    """Images (B, 3, H, W) -> float32 features (B, D), the fast way: the encoder's inference copy
+    (batch-norm and padding folded into the convolutions), channels_last memory layout (what
+    oneDNN's and cuDNN's convolutions want), no autograd bookkeeping, bf16 autocast if asked.
 
     Called on a list of images it stacks them first, so it can be a DataLoader's collate_fn:
     then the CNN runs inside the worker process.
     """
 
     def __init__(self, encoder: nn.Module, device: torch.device, precision: str = "fp32"):
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
-        self.encoder = fold_batchnorm(encoder.to(device).eval()).to(memory_format=torch.channels_last)
-        self.device, self.bf16 = device, precision == "bf16"
+        check_precision(precision)
+        self.encoder = inference_copy(encoder.to(device).eval()).to(memory_format=torch.channels_last)
+        self.device, self.precision = device, precision
 
     def __call__(self, images: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
         images = images if isinstance(images, torch.Tensor) else torch.stack(list(images))
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        with torch.inference_mode(), autocast(self.device, self.precision):
             return self.encoder(images).float()  # (B, D)
 
 
