@@ -10,8 +10,6 @@ import html
 import io
 from pathlib import Path
 
-from PIL import Image
-
 from captioning.data.folder import open_rgb
 from captioning.io import atomic_path, atomic_write_json, atomic_write_text
 
