@@ -60,9 +60,9 @@ def train_one_epoch(decoder: nn.Module, encoder: nn.Module | None, loader: Itera
     for batch in bar:
         with autocast(device, precision):
             loss, tokens = batch_loss(decoder, encoder, batch, device, pad_id, label_smoothing)
-        summed, n = distributed.all_reduce_sum(
-            torch.tensor([loss.item() * tokens, tokens], dtype=torch.float64, device=device)).tolist()
-        if world > 1:
+        summed, n = loss.item() * tokens, tokens
+        if world > 1:  # the global batch's summed loss and token count
+            summed, n = distributed.all_reduce_sum(torch.tensor([summed, n], dtype=torch.float64, device=device)).tolist()
             loss = loss * (world * tokens / n)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
