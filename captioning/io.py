@@ -5,7 +5,9 @@ behind: we write to a temporary file in the same directory and `os.replace` it.
 """
 from __future__ import annotations
 
+import gzip
 import json
+import lzma
 import os
 import tempfile
 from contextlib import contextmanager
@@ -42,6 +44,21 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def read_text(path: str | os.PathLike, what: str = "text file") -> str:
+    """A UTF-8 text file, decompressed on the fly when its name ends in .xz or .gz."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} not found: {path}")
+    opener = {".xz": lzma.open, ".gz": gzip.open}.get(path.suffix, open)
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise InputError(f"{what} {path} is not UTF-8 text: {e}") from e
+    except (lzma.LZMAError, gzip.BadGzipFile, EOFError) as e:
+        raise InputError(f"{what} {path} is not a valid {path.suffix} file: {e}") from e
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:

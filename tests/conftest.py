@@ -1,19 +1,25 @@
-"""Shared fixtures: paths to the real reference data beside the repository."""
+"""Shared fixtures: the reference data kept in tests/data (compressed), unpacked once per session."""
 from __future__ import annotations
 
+import lzma
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+PACKED_DATA = REPO / "tests" / "data"
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    assert SHARED_DATA.is_dir(), f"reference data not found at {SHARED_DATA}"
-    return SHARED_DATA
+def reference_data(tmp_path_factory) -> Path:
+    """tests/data with every .xz file unpacked: flickr8k/Flickr8k.token.txt, coco-caption/..., same layout."""
+    root = tmp_path_factory.mktemp("reference_data")
+    for packed in PACKED_DATA.rglob("*.xz"):
+        out = root / packed.relative_to(PACKED_DATA).with_suffix("")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(lzma.decompress(packed.read_bytes()))
+    return root
 
 
 @pytest.fixture()

@@ -12,6 +12,7 @@ from nltk.translate.bleu_score import corpus_bleu as nltk_corpus_bleu
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
+from captioning.data.convert import read_flickr8k_numbered
 from captioning.metrics import bleu_captions, bleu_tokenized, score_captions
 from captioning.metrics.bleu import corpus_bleu
 from captioning.text import tokenize
@@ -22,13 +23,8 @@ NLTK_WEIGHTS = [(1 / n,) * n for n in range(1, 5)]
 def load_flickr8k_test(data_dir) -> dict[str, list[str]]:
     """{image: its five captions in #0..#4 order} for the 1,000 Flickr8k test images."""
     test = set((data_dir / "flickr8k" / "Flickr_8k.testImages.txt").read_text().split())
-    captions: dict[str, dict[int, str]] = {}
-    for line in (data_dir / "flickr8k" / "Flickr8k.token.txt").read_text(encoding="utf-8").splitlines():
-        key, caption = line.split("\t")
-        image, n = key.split("#")
-        if image in test:
-            captions.setdefault(image, {})[int(n)] = caption
-    return {image: [c[n] for n in range(5)] for image, c in captions.items()}
+    captions = read_flickr8k_numbered(data_dir / "flickr8k" / "Flickr8k.token.txt")
+    return {image: [c[n] for n in range(5)] for image, c in captions.items() if image in test}
 
 
 def official_bleu(hypotheses: dict, references: dict) -> tuple[list[float], list[list[float]]]:
@@ -46,8 +42,8 @@ def split(tokens: dict[str, list[list[str]]], k: int) -> tuple[dict, dict]:
 
 
 @pytest.fixture(scope="module")
-def flickr8k_test(shared_data) -> dict[str, list[str]]:
-    captions = load_flickr8k_test(shared_data)
+def flickr8k_test(reference_data) -> dict[str, list[str]]:
+    captions = load_flickr8k_test(reference_data)
     assert len(captions) == 1000
     return captions
 

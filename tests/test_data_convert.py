@@ -12,8 +12,6 @@ from captioning.data import flickr8k_to_coco, karpathy_to_coco, load_coco_captio
 from captioning.io import InputError
 
 REPO = Path(__file__).resolve().parents[1]
-FLICKR8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
-TOKENS = FLICKR8K / "Flickr8k.token.txt"
 
 
 def script(name: str, *args, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -22,11 +20,17 @@ def script(name: str, *args, cwd: Path | None = None) -> subprocess.CompletedPro
 
 
 @pytest.fixture(scope="module")
-def flickr8k(tmp_path_factory) -> dict[str, Path]:
-    return flickr8k_to_coco(TOKENS, FLICKR8K, tmp_path_factory.mktemp("flickr8k"))
+def release(reference_data) -> Path:
+    """The real Flickr8k release files (captions and split lists), unpacked from tests/data."""
+    return reference_data / "flickr8k"
 
 
-def test_flickr8k_counts_on_the_real_files(flickr8k):
+@pytest.fixture(scope="module")
+def flickr8k(release, tmp_path_factory) -> dict[str, Path]:
+    return flickr8k_to_coco(release / "Flickr8k.token.txt", release, tmp_path_factory.mktemp("flickr8k"))
+
+
+def test_flickr8k_counts_on_the_real_files(flickr8k, release):
     expected = {"train": 6000, "val": 1000, "test": 1000}
     assert set(flickr8k) == set(expected)
     all_ids = set()
@@ -34,14 +38,14 @@ def test_flickr8k_counts_on_the_real_files(flickr8k):
         coco = load_coco_captions(flickr8k[split])
         assert len(coco.image_ids) == n
         assert all(len(cs) == 5 for cs in coco.captions.values())
-        names = (FLICKR8K / f"Flickr_8k.{'dev' if split == 'val' else split}Images.txt").read_text().split()
+        names = (release / f"Flickr_8k.{'dev' if split == 'val' else split}Images.txt").read_text().split()
         assert sorted(coco.file_names.values()) == sorted(names)
         all_ids |= set(coco.image_ids)
     assert len(all_ids) == 8000  # integer ids unique across the three splits
 
 
-def test_flickr8k_captions_and_ids_match_the_token_file(flickr8k):
-    lines = TOKENS.read_text().splitlines()
+def test_flickr8k_captions_and_ids_match_the_token_file(flickr8k, release):
+    lines = (release / "Flickr8k.token.txt").read_text().splitlines()
     name = lines[0].split("#")[0]
     expected = [line.split("\t", 1)[1].strip() for line in lines if line.startswith(name + "#")]
     for path in flickr8k.values():
@@ -54,8 +58,8 @@ def test_flickr8k_captions_and_ids_match_the_token_file(flickr8k):
         pytest.fail(f"{name} is in no split")
 
 
-def test_flickr8k_is_deterministic(flickr8k, tmp_path):
-    again = flickr8k_to_coco(TOKENS, FLICKR8K, tmp_path)
+def test_flickr8k_is_deterministic(flickr8k, release, tmp_path):
+    again = flickr8k_to_coco(release / "Flickr8k.token.txt", release, tmp_path)
     assert all(again[s].read_bytes() == flickr8k[s].read_bytes() for s in flickr8k)
 
 
@@ -145,8 +149,9 @@ def test_karpathy_bad_inputs(tmp_path, content, message):
 
 # ---- the scripts in datasets/ ----------------------------------------------------------------
 
-def test_flickr8k_script(tmp_path):
-    proc = script("flickr8k_to_coco.py", "--captions", TOKENS, "--splits-dir", FLICKR8K, "--out", tmp_path)
+def test_flickr8k_script(tmp_path, release):
+    proc = script("flickr8k_to_coco.py", "--captions", release / "Flickr8k.token.txt", "--splits-dir", release,
+                  "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "train: 6000 images, 30000 captions" in proc.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"captions_{s}.json" for s in ("test", "train", "val")]

@@ -56,9 +56,9 @@ def official(results: dict, references: dict, scorers) -> dict:
 
 
 @pytest.fixture(scope="module")
-def flickr8k(shared_data, tmp_path_factory):
+def flickr8k(reference_data, tmp_path_factory):
     """Flickr8k test split as COCO files: caption #0 is the result, captions #1-#4 the references."""
-    captions = load_flickr8k_test(shared_data)
+    captions = load_flickr8k_test(reference_data)
     ids = {image: n for n, image in enumerate(sorted(captions))}  # COCO image ids are integers
     references = {ids[image]: caps[1:] for image, caps in captions.items()}
     results = {ids[image]: caps[0] for image, caps in captions.items()}

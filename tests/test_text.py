@@ -72,13 +72,13 @@ def _mutated(captions: list[str], n: int, seed: int = 0) -> list[str]:
     return out
 
 
-def _read_flickr8k(shared_data) -> list[str]:
-    lines = (shared_data / "flickr8k" / "Flickr8k.token.txt").read_text(encoding="utf-8").splitlines()
+def _read_flickr8k(reference_data) -> list[str]:
+    lines = (reference_data / "flickr8k" / "Flickr8k.token.txt").read_text(encoding="utf-8").splitlines()
     return [line.split("\t", 1)[1] for line in lines if line.strip()]
 
 
 @pytest.fixture(scope="module")
-def official(shared_data) -> dict[str, list[tuple[str, str]]]:
+def official(reference_data) -> dict[str, list[tuple[str, str]]]:
     """{corpus: [(caption, official tokens joined by spaces), ...]}, from one Java run.
 
     The official tokenizer reads all captions as one file, and a following caption that starts with
@@ -88,8 +88,8 @@ def official(shared_data) -> dict[str, list[tuple[str, str]]]:
     assert shutil.which("java"), "the official tokenizer needs Java on PATH"
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    flickr = _read_flickr8k(shared_data)
-    results = json.loads((shared_data / "coco-caption" / "captions_val2014_fakecap_results.json").read_text())
+    flickr = _read_flickr8k(reference_data)
+    results = json.loads((reference_data / "coco-caption" / "captions_val2014_fakecap_results.json").read_text())
     corpora = {"handmade": HANDMADE, "coco results": [r["caption"] for r in results],
                "coco-style flickr8k": [_coco_style(c) for c in flickr], "mutated": _mutated(flickr, 5000)}
     lines = [line for captions in corpora.values() for c in captions for line in (c, "x")] + flickr

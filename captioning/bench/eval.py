@@ -10,24 +10,25 @@ import argparse
 import time
 from pathlib import Path
 
+from captioning.data.convert import read_flickr8k_numbered
+from captioning.io import InputError
 from captioning.metrics import bleu_tokenized, tokenize_for_scoring
 
-DEFAULT_CAPTIONS = Path(__file__).resolve().parents[3] / "shared" / "data" / "flickr8k" / "Flickr8k.token.txt"
+# The copy kept with the tests (a source checkout); an installed package is given --captions.
+DEFAULT_CAPTIONS = Path(__file__).resolve().parents[2] / "tests" / "data" / "flickr8k" / "Flickr8k.token.txt.xz"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--captions", type=Path, default=DEFAULT_CAPTIONS,
-                        help="Flickr8k.token.txt (<image>#<n><TAB><caption> lines)")
+                        help="Flickr8k.token.txt, plain or .xz/.gz (default: the repository's tests/data copy)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per implementation; the fastest is reported")
 
 
 def load_pairs(path: Path) -> tuple[dict[str, str], dict[str, list[str]]]:
     """({image: caption #0}, {image: its other captions}) for images that have both."""
-    captions: dict[str, dict[int, str]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        key, caption = line.split("\t", 1)
-        image, n = key.rsplit("#", 1)
-        captions.setdefault(image, {})[int(n)] = caption
+    if not path.is_file():
+        raise InputError(f"Flickr8k captions file not found: {path} (pass --captions PATH/Flickr8k.token.txt)")
+    captions = read_flickr8k_numbered(path)
     usable = [i for i, c in captions.items() if 0 in c and len(c) > 1]
     return ({i: captions[i][0] for i in usable},
             {i: [c for n, c in sorted(captions[i].items()) if n != 0] for i in usable})

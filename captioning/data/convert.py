@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from captioning.data.coco import id_list
-from captioning.io import InputError, atomic_write_json, read_json
+from captioning.io import InputError, atomic_write_json, read_json, read_text
 
 KARPATHY_SPLITS = ("train", "val", "test", "restval")
 FLICKR8K_SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.devImages.txt",
@@ -79,25 +79,27 @@ def karpathy_to_coco(karpathy_json: str | os.PathLike, out_dir: str | os.PathLik
     return out
 
 
-def read_flickr8k_captions(path: str | os.PathLike) -> dict[str, list[str]]:
-    """`<image>#<n>\\t<caption>` lines -> image name -> captions ordered by n."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"Flickr8k captions file not found: {path}")
+def read_flickr8k_numbered(path: str | os.PathLike) -> dict[str, dict[int, str]]:
+    """`<image>#<n>\t<caption>` lines (plain, .xz or .gz) -> {image name: {n: caption}}."""
     pattern = re.compile(r"^(?P<image>[^#\t]+)#(?P<n>\d+)\t(?P<caption>.*)$")
-    numbered: dict[str, list[tuple[int, str]]] = {}
+    numbered: dict[str, dict[int, str]] = {}
     bad = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for line_no, line in enumerate(read_text(path, what="Flickr8k captions file").splitlines(), 1):
         if not line.strip():
             continue
         m = pattern.match(line)
         if m is None:
             bad.append(line_no)
             continue
-        numbered.setdefault(m["image"], []).append((int(m["n"]), m["caption"].strip()))
+        numbered.setdefault(m["image"], {})[int(m["n"])] = m["caption"].strip()
     if bad:
         raise InputError(f"Flickr8k captions file {path}: lines {id_list(bad)} are not '<image>#<n><TAB><caption>'")
-    return {image: [c for _, c in sorted(caps)] for image, caps in numbered.items()}
+    return numbered
+
+
+def read_flickr8k_captions(path: str | os.PathLike) -> dict[str, list[str]]:
+    """`<image>#<n>\t<caption>` lines -> image name -> captions ordered by n."""
+    return {image: [c for _, c in sorted(caps.items())] for image, caps in read_flickr8k_numbered(path).items()}
 
 
 def flickr8k_to_coco(captions_file: str | os.PathLike, splits_dir: str | os.PathLike,
