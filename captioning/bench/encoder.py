@@ -11,6 +11,7 @@ smallest cosine similarity between an image's features and the plain loop's.
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from captioning.data.datasets import load_image
+from captioning.data.shapes import make_shapes_dataset
 from captioning.data.features import DEFAULT_BATCH, extract_features
 from captioning.io import InputError
 from captioning.models import build_encoder
@@ -26,8 +28,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--images", type=Path, default=Path("data/shapes/images/val"),
-                        help="folder of images (default: the shapes demo's validation images)")
+    parser.add_argument("--images", type=Path, default=None,
+                        help="folder of images (default: --limit synthetic 128-px shapes images, made for the run)")
     parser.add_argument("--limit", type=int, default=300, help="use at most this many images")
     parser.add_argument("--encoder", default="efficientnet_lite0")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of our pipeline")
@@ -47,8 +49,12 @@ def plain_loop(encoder: torch.nn.Module, paths: list[Path], device: torch.device
 
 
 def run(args: argparse.Namespace) -> list[dict]:
+    if args.images is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            make_shapes_dataset(tmp, n_train=0, n_val=args.limit, n_test=0, demo_images=0)
+            return run(argparse.Namespace(**{**vars(args), "images": Path(tmp) / "images" / "val"}))
     if not args.images.is_dir():
-        raise InputError(f"image folder {args.images} not found (make it with datasets/make_shapes.py)")
+        raise InputError(f"image folder {args.images} not found")
     paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:args.limit]
     if not paths:
         raise InputError(f"no .png/.jpg images in {args.images}")

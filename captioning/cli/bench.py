@@ -13,6 +13,7 @@ import importlib
 import sys
 
 from captioning.bench.common import machine_description, markdown_table
+from captioning.io import InputError
 
 SUBCOMMANDS = ["beam", "eval", "encoder", "decoder"]
 
@@ -31,8 +32,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Machine: {machine_description()}\n")
     for name in names:
         run_args = args if args.command != "all" else _defaults(modules[name])
-        print(f"## {name}\n")
-        print(markdown_table(modules[name].run(run_args)))
+        print(f"## {name}\n", flush=True)
+        try:
+            rows = modules[name].run(run_args)
+        except InputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+        print(markdown_table(rows))
         print(flush=True)
 
 
