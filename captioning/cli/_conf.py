@@ -1,4 +1,19 @@
-"""Where the Hydra configs live: the repository's top-level conf/ directory."""
+"""Where the Hydra configs live, and the structured-config schemas their groups extend.
+
+In a source checkout (and an editable install) the configs are the repository's top-level conf/;
+a built wheel carries the same files as captioning/conf (setup.cfg maps one onto the other).
+`conf/decoder/*.yaml` and `conf/decode/*.yaml` extend the dataclasses of captioning/config.py
+(`defaults: [schema]`), so the API's defaults are the configs' defaults and Hydra type-checks overrides.
+"""
 from pathlib import Path
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+from hydra.core.config_store import ConfigStore
+
+from captioning.config import DecodeOptions, DecoderOptions
+
+_PACKAGED = Path(__file__).resolve().parents[1] / "conf"  # captioning/conf inside an installed wheel
+_SOURCE = Path(__file__).resolve().parents[2] / "conf"    # the repository's conf/
+CONF_DIR = str(_PACKAGED if _PACKAGED.is_dir() else _SOURCE)
+
+ConfigStore.instance().store(group="decoder", name="schema", node=DecoderOptions)
+ConfigStore.instance().store(group="decode", name="schema", node=DecodeOptions)
