@@ -14,6 +14,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from captioning.config import DecodeOptions
+
+D = DecodeOptions  # the defaults below are its field defaults: one source for the API and the configs
+
 
 def _pad_after_eos(seqs: Tensor, eos_id: int, pad_id: int) -> Tensor:
     """Replace every token after the first <end> of each row by <pad>."""
@@ -39,13 +43,14 @@ def _generate(decoder, features: Tensor, choose: Callable[[Tensor], Tensor], bos
     return _pad_after_eos(torch.stack(out, 1), eos_id, pad_id)
 
 
-def greedy(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int = 0, max_len: int = 20) -> Tensor:
+def greedy(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int = 0, max_len: int = D.max_len) -> Tensor:
     """Argmax decoding: w_t = argmax_w p(w | w_<t, v). Deterministic, but prone to generic captions."""
     return _generate(decoder, features, lambda logits: logits.argmax(-1), bos_id, eos_id, pad_id, max_len)
 
 
-def sample(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int = 0, max_len: int = 20,
-           temperature: float = 1.0, top_k: int | None = None, generator: torch.Generator | None = None) -> Tensor:
+def sample(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int = 0, max_len: int = D.max_len,
+           temperature: float = D.temperature, top_k: int | None = D.top_k,
+           generator: torch.Generator | None = None) -> Tensor:
     """Sampling: w_t ~ softmax(logits / temperature), optionally restricted to the top-k words.
 
     Temperature < 1 sharpens the distribution towards argmax; > 1 flattens it (more variety).
@@ -63,8 +68,8 @@ def sample(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int = 0,
     return _generate(decoder, features, choose, bos_id, eos_id, pad_id, max_len)
 
 
-def beam_search(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int = 0, max_len: int = 20,
-                beam_size: int = 3, length_norm: float = 0.0) -> Tensor:
+def beam_search(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int = 0, max_len: int = D.max_len,
+                beam_size: int = D.beam_size, length_norm: float = D.length_norm) -> Tensor:
     """Beam search over (B * K) rows; returns the best sequence per image (B, L).
 
     Keeps the K highest-scoring prefixes, score = sum_t log p(w_t | w_<t, v). A finished
@@ -105,9 +110,10 @@ def beam_search(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int
     return _pad_after_eos(seqs[(offsets[:, 0] + best)], eos_id, pad_id)
 
 
-def decode(decoder, features: Tensor, method: str = "greedy", *, bos_id: int, eos_id: int, pad_id: int = 0,
-           max_len: int = 20, beam_size: int = 3, length_norm: float = 0.0, temperature: float = 1.0,
-           top_k: int | None = None, generator: torch.Generator | None = None) -> Tensor:
+def decode(decoder, features: Tensor, method: str = D.method, *, bos_id: int, eos_id: int, pad_id: int = 0,
+           max_len: int = D.max_len, beam_size: int = D.beam_size, length_norm: float = D.length_norm,
+           temperature: float = D.temperature, top_k: int | None = D.top_k,
+           generator: torch.Generator | None = None) -> Tensor:
     """Dispatch on `method` (greedy | sample | beam); returns token ids (B, L)."""
     common = dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, max_len=max_len)
     if method == "greedy":

@@ -101,7 +101,7 @@ def test_beam_search_scores_at_least_as_well_as_greedy_on_average():
     decoder, feats = make(), features(32)
     with torch.no_grad():
         g = greedy(decoder, feats, max_len=12, **IDS)
-        b = beam_search(decoder, feats, beam_size=5, max_len=12, **IDS)
+        b = beam_search(decoder, feats, beam_size=5, max_len=12, length_norm=0.0, **IDS)  # raw log p, as scored
         g_score, _ = sequence_scores(decoder, feats, g)
         b_score, _ = sequence_scores(decoder, feats, b)
     assert b_score.mean() > g_score.mean()

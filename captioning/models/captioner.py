@@ -16,6 +16,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from captioning.checkpoint import load_checkpoint
+from captioning.config import DecodeOptions as D
 from captioning.decoding import decode
 from captioning.io import InputError
 from captioning.models.decoder import CaptionDecoder, DecoderConfig
@@ -39,12 +40,14 @@ class Captioner(nn.Module):
         return next(self.decoder.parameters()).device
 
     @torch.no_grad()
-    def caption_features(self, features: Tensor, method: str = "beam", beam_size: int = 3, max_len: int = 20,
-                         length_norm: float = 0.0, temperature: float = 1.0, top_k: int | None = None,
+    def caption_features(self, features: Tensor, method: str = D.method, beam_size: int = D.beam_size,
+                         max_len: int = D.max_len, length_norm: float = D.length_norm,
+                         temperature: float = D.temperature, top_k: int | None = D.top_k,
                          seed: int | None = None) -> list[str]:
         """Captions for pooled image features (B, D): the validation path on cached features.
 
-        method: beam (beam_size, length_norm) | greedy | sample (temperature, top_k, seed).
+        method: beam (beam_size, length_norm) | greedy | sample (temperature, top_k, seed); the
+        defaults are `captioning.config.DecodeOptions`', which `conf/decode/` extends.
         """
         generator = None
         if seed is not None:
@@ -56,16 +59,21 @@ class Captioner(nn.Module):
         return [" ".join(self.vocab.decode(row)) for row in ids.tolist()]
 
     @torch.no_grad()
-    def caption(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 32, **decode_kwargs) -> list[str]:
-        """Captions for image paths or PIL images, `batch_size` at a time (options: `caption_features`)."""
+    def caption(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 32, seed: int | None = None,
+                **decode_options) -> list[str]:
+        """Captions for image paths or PIL images, `batch_size` at a time (options: `caption_features`).
+
+        Sampling draws batch n from a generator seeded with `seed + n`, as `captioning-caption` does.
+        """
         if isinstance(images, (str, os.PathLike, Image.Image)):
             images = [images]
         captions: list[str] = []
         with _evaluating(self.encoder):
-            for start in range(0, len(images), batch_size):
+            for n, start in enumerate(range(0, len(images), batch_size)):
                 batch = torch.stack([self.transform(_open(im)) for im in images[start:start + batch_size]])
                 features = self.encoder(batch.to(self.device))  # (B, D)
-                captions += self.caption_features(features, **decode_kwargs)
+                captions += self.caption_features(features, seed=None if seed is None else seed + n,
+                                                  **decode_options)
         return captions
 
 

@@ -16,22 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from captioning.config import DecoderOptions
 from captioning.models.cells import State, build_recurrent
 
-INJECT_MODES = ("init", "pre", "par")
 
+@dataclass(kw_only=True)
+class DecoderConfig(DecoderOptions):
+    """The decoder's hyper-parameters (`DecoderOptions`, defaults there) plus the two sizes that come
+    from the data: the vocabulary and the encoder's feature dimension."""
 
-@dataclass
-class DecoderConfig:
     vocab_size: int
     feature_dim: int
-    embed_dim: int = 256
-    hidden_dim: int = 512
-    num_layers: int = 1
-    cell: str = "lstm"      # lstm | gru | rnn
-    impl: str = "fused"     # fused | explicit
-    inject: str = "init"    # init | pre | par
-    dropout: float = 0.0
 
 
 class CaptionDecoder(nn.Module):
@@ -44,8 +39,7 @@ class CaptionDecoder(nn.Module):
 
     def __init__(self, config: DecoderConfig):
         super().__init__()
-        if config.inject not in INJECT_MODES:
-            raise ValueError(f"inject must be one of {INJECT_MODES}, got {config.inject!r}")
+        config.check()
         self.config = c = config
         self.embed = nn.Embedding(c.vocab_size, c.embed_dim)
         self.rnn = build_recurrent(c.cell, c.impl, c.embed_dim, c.hidden_dim, c.num_layers, c.dropout)
