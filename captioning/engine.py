@@ -11,13 +11,13 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from captioning import distributed
 from captioning.data.collate import CaptionBatch
 from captioning.metrics import score_captions
 from captioning.models.decoder import caption_loss
 from captioning.precision import autocast
+from captioning.progress import Mode, progress as progress_bar
 
 
 def batch_loss(decoder: nn.Module, encoder: nn.Module | None, batch: CaptionBatch, device: torch.device,
@@ -38,7 +38,7 @@ def batch_loss(decoder: nn.Module, encoder: nn.Module | None, batch: CaptionBatc
 def train_one_epoch(decoder: nn.Module, encoder: nn.Module | None, loader: Iterable[CaptionBatch],
                     optimizer: torch.optim.Optimizer, scheduler, *, device: torch.device, pad_id: int,
                     grad_clip: float | None = 5.0, label_smoothing: float = 0.0, precision: str = "fp32",
-                    max_steps: int | None = None, deadline: float | None = None, progress: bool = True,
+                    max_steps: int | None = None, deadline: float | None = None, progress: Mode = "auto",
                     desc: str = "train", on_step: Callable[[dict], None] | None = None) -> dict:
     """Teacher-forced training over `loader`; stops early at `max_steps` (global) or `deadline` (time.time()).
 
@@ -56,7 +56,7 @@ def train_one_epoch(decoder: nn.Module, encoder: nn.Module | None, loader: Itera
     params = [p for group in optimizer.param_groups for p in group["params"]]
     world = distributed.world_size()
     total_loss, total_tokens, t0 = 0.0, 0, time.perf_counter()
-    bar = tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False)
+    bar = progress_bar(loader, desc=desc, unit="batch", mode=progress, leave=False)
     for batch in bar:
         with autocast(device, precision):
             loss, tokens = batch_loss(decoder, encoder, batch, device, pad_id, label_smoothing)
@@ -103,10 +103,10 @@ def evaluate_loss(decoder: nn.Module, encoder: nn.Module | None, loader: Iterabl
 
 
 def generate_captions(caption_fn: Callable[[torch.Tensor], list[str]], loader: Iterable[CaptionBatch], *,
-                      progress: bool = True, desc: str = "decode") -> dict[int, str]:
+                      progress: Mode = "auto", desc: str = "decode") -> dict[int, str]:
     """Caption every item of a one-item-per-image loader: {image_id: caption}."""
     results: dict[int, str] = {}
-    for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+    for batch in progress_bar(loader, desc=desc, unit="batch", mode=progress, leave=False):
         for image_id, caption in zip(batch.image_ids.tolist(), caption_fn(batch.images)):
             results[int(image_id)] = caption
     return results

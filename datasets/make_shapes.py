@@ -25,7 +25,7 @@ def main() -> None:
     start = time.perf_counter()
     try:
         make_shapes_dataset(args.out, args.train, args.val, args.test, seed=args.seed, image_size=args.size,
-                            workers=args.workers, demo_images=args.demo_images, progress=True)
+                            workers=args.workers, demo_images=args.demo_images, progress="auto")
         print(f"wrote {args.out} in {time.perf_counter() - start:.1f} s")
         print(format_summary(summary(args.out)))
     except InputError as e:

@@ -15,19 +15,26 @@ import hydra
 from omegaconf import DictConfig
 
 from captioning.cli._conf import CONF_DIR
+from captioning.cli.common import fail, require, user_errors
+from captioning.config import DecodeOptions
 from captioning.io import InputError
 
 
 def caption_folder(cfg: DictConfig) -> list[dict]:
+    from dataclasses import asdict
+
     import torch
     from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
 
     from captioning.data.folder import IMAGE_EXTENSIONS, ImageFolderDataset, collate_folder, find_images
     from captioning.gallery import summary_line, write_outputs
     from captioning.models import load_captioner
+    from captioning.progress import progress
     from captioning.training import resolve_device
 
+    options = DecodeOptions(**cfg.decode)
+    options.check()  # before any image is read
+    decode = asdict(options)
     root, out_dir = Path(cfg.images), Path(cfg.output)
     if not root.is_dir():
         raise InputError(f"images folder not found: {root}")
@@ -38,13 +45,12 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
     if not paths:
         raise InputError(f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)")
     captioner = load_captioner(cfg.checkpoint, device=resolve_device(cfg.device))
-    decode = {k: cfg.decode[k] for k in ("method", "beam_size", "max_len", "length_norm", "temperature", "top_k")}
     loader = DataLoader(ImageFolderDataset(paths, captioner.transform), batch_size=cfg.batch_size,
                         num_workers=cfg.num_workers, collate_fn=collate_folder)
     rows: list[dict] = [{} for _ in paths]
     with torch.inference_mode():
-        for n, (indices, images, bad) in enumerate(tqdm(loader, desc="caption", unit="batch",
-                                                         disable=not cfg.progress)):
+        for n, (indices, images, bad) in enumerate(progress(loader, desc="caption", unit="batch",
+                                                             mode=cfg.progress)):
             for i, error in bad:
                 rows[i] = {"file_name": paths[i].relative_to(root).as_posix(), "error": error}
             if images is None:
@@ -60,14 +66,11 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="caption")
 def run(cfg: DictConfig) -> None:
-    try:
+    require(cfg, "captioning-caption checkpoint=runs/demo/checkpoints/best.pt images=photos/ output=captions/")
+    with user_errors():
         rows = caption_folder(cfg)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
     if not any("caption" in r for r in rows):
-        print("error: no image could be read", file=sys.stderr)
-        sys.exit(1)
+        fail("no image could be read")
 
 
 def main() -> None:

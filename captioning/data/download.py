@@ -17,10 +17,10 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
 
 from captioning.data.convert import karpathy_to_coco
 from captioning.io import InputError, atomic_path
+from captioning.progress import progress
 
 COCO_IMAGES = "http://images.cocodataset.org/zips/{name}.zip"
 COCO_ANNOTATIONS = "http://images.cocodataset.org/annotations/annotations_trainval2014.zip"
@@ -65,7 +65,7 @@ def coco_plan(root: str | os.PathLike, official_annotations: bool = False) -> li
 def download(url: str, dest: Path) -> None:
     with urllib.request.urlopen(url) as response, atomic_path(dest) as tmp, tmp.open("wb") as f:
         total = int(response.headers.get("Content-Length", 0)) or None
-        with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
+        with progress(total=total, unit="B", desc=dest.name) as bar:
             while chunk := response.read(1 << 20):
                 f.write(chunk)
                 bar.update(len(chunk))
@@ -79,7 +79,7 @@ def extract(archive: Path, output: Path, member: str) -> None:
         names = [n for n in z.namelist() if n == member or n.startswith(member + "/") or f"/{member}" in n]
         if not names:
             raise InputError(f"archive {archive} has no member {member!r}")
-        for name in tqdm(names, desc=f"extract {output.name}", unit="file"):
+        for name in progress(names, desc=f"extract {output.name}", unit="file"):
             z.extract(name, partial)
     source = partial / member if (partial / member).exists() else next(partial.rglob(member))
     os.replace(source, output)

@@ -17,13 +17,13 @@ from typing import Sequence
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from captioning.data.coco import CocoCaptions
 from captioning.data.datasets import ImageDataset
 from captioning.io import atomic_path
 from captioning.models.inference import inference_copy
 from captioning.precision import autocast, check_precision
+from captioning.progress import Mode, progress as progress_bar
 
 
 def cache_key(encoder_spec: dict, coco: CocoCaptions, precision: str) -> str:
@@ -62,7 +62,7 @@ class EncodeBatch:
 
 def extract_features(encoder: nn.Module, paths: Sequence[str | os.PathLike], *, batch_size: int | None = None,
                      num_workers: int = 2, device: str | torch.device = "cpu", precision: str = "fp32",
-                     encode_in_workers: bool = True, progress: bool = True,
+                     encode_in_workers: bool = True, progress: Mode = "auto",
                      desc: str = "features") -> torch.Tensor:
     """Run `encoder` over image files; returns float32 features (N, D) in the order of `paths`.
 
@@ -85,7 +85,7 @@ def extract_features(encoder: nn.Module, paths: Sequence[str | os.PathLike], *, 
                         pin_memory=device.type == "cuda")
     out = torch.empty(len(loader.dataset), encoder.out_dim)
     i = 0
-    with tqdm(total=len(out), desc=desc, unit="img", disable=not progress) as bar:
+    with progress_bar(total=len(out), desc=desc, unit="img", mode=progress) as bar:
         for batch in loader:
             feats = batch if in_workers else encode(batch)  # (B, D)
             out[i:i + len(feats)] = feats.cpu()

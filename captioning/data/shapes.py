@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm.auto import tqdm
 
 from captioning.io import atomic_path, atomic_write_json, read_json
+from captioning.progress import Mode, progress as progress_bar
 from captioning.text import tokenize
 
 COLOURS = {"red": (214, 39, 40), "green": (40, 160, 60), "blue": (30, 90, 220), "yellow": (240, 200, 20),
@@ -122,7 +122,7 @@ def _make_image(job: tuple[int, int, int, int, str]) -> dict:
 
 def make_shapes_dataset(root: str | os.PathLike, n_train: int = 3000, n_val: int = 300, n_test: int = 300,
                         seed: int = 0, image_size: int = 128, workers: int | None = None,
-                        demo_images: int = 8, progress: bool = False) -> dict[str, Path]:
+                        demo_images: int = 8, progress: Mode = False) -> dict[str, Path]:
     """Write root/images/{split}/*.png and root/captions_{split}.json; returns split -> annotations path.
 
     Image ids run on across splits (1..n_train, then val, then test), so they are unique in the
@@ -138,12 +138,12 @@ def make_shapes_dataset(root: str | os.PathLike, n_train: int = 3000, n_val: int
         jobs += [(seed, split_index, i, image_size, str(root / "images" / split / f"{first_id + i:06d}.png"))
                  for i in range(sizes[split])]
         first_id += sizes[split]
-    bar = dict(total=len(jobs), desc="shapes", unit="img", disable=not progress)
+    bar = dict(total=len(jobs), desc="shapes", unit="img", mode=progress)
     if workers > 1:
         with get_context("spawn").Pool(workers) as pool:
-            entries = list(tqdm(pool.imap(_make_image, jobs, chunksize=64), **bar))
+            entries = list(progress_bar(pool.imap(_make_image, jobs, chunksize=64), **bar))
     else:
-        entries = [_make_image(job) for job in tqdm(jobs, **bar)]
+        entries = [_make_image(job) for job in progress_bar(jobs, **bar)]
 
     paths, image_id, ann_id = {}, 1, 1
     for split in SPLITS:
