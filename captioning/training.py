@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from captioning import distributed
 from captioning.checkpoint import load_checkpoint, save_checkpoint
+from captioning.config import DecodeOptions, DecoderOptions
 from captioning.data.coco import CocoCaptions, load_coco_captions
 from captioning.data.collate import collate_captions
 from captioning.data.datasets import CaptionDataset
@@ -71,11 +72,6 @@ class SplitData:
                           collate_fn=lambda b: collate_captions(b, pad_id=pad_id))
 
 
-def _decode_kwargs(decode: dict) -> dict:
-    keys = ("method", "beam_size", "max_len", "length_norm", "temperature", "top_k")
-    return {k: decode[k] for k in keys if k in decode}
-
-
 def score_split(model: Captioner, split: SplitData, cfg: dict, device: torch.device, pad_id: int,
                 desc: str) -> tuple[dict, dict[int, str]]:
     """Teacher-forced loss and BLEU-1..4 of generated captions on one split.
@@ -93,7 +89,7 @@ def score_split(model: Captioner, split: SplitData, cfg: dict, device: torch.dev
 
     loss = evaluate_loss(model.decoder, encoder, loader(False), device=device, pad_id=pad_id,
                          precision=t["precision"])
-    decode = _decode_kwargs(cfg["decode"])
+    decode = asdict(DecodeOptions(**cfg["decode"]))
     model.eval()
 
     def caption_fn(images: torch.Tensor) -> list[str]:
@@ -137,6 +133,8 @@ def _train(cfg: dict, run_dir: Path, make_optimizer: Callable, device: torch.dev
         raise ValueError(f"trainer.batch_size={t['batch_size']} is the global batch: it must divide "
                          f"evenly over the {world} processes")
     progress = t["progress"] and main
+    DecoderOptions(**cfg["decoder"]).check()  # options that cannot work fail now, not after the feature pass
+    DecodeOptions(**cfg["decode"]).check()
     check_precision(t["precision"])
     if main:
         warn_if_slow(device, t["precision"])
@@ -239,7 +237,8 @@ def _train(cfg: dict, run_dir: Path, make_optimizer: Callable, device: torch.dev
         model.load_state_dict(load_checkpoint(best_ckpt)["model"])
     distributed.broadcast_module_(model)  # every rank tests rank 0's best weights
     test, results = score_split(model, splits["test"], cfg, device, vocab.pad_id, desc="test")
-    metrics = {"test": test, "best_val_bleu4": best, "epochs": history}
+    best_epoch = next((r["epoch"] for r in history if r["val_bleu4"] == best), None)
+    metrics = {"test": test, "best_val_bleu4": best, "best_epoch": best_epoch, "epochs": history}
     if cfg.get("control", True):
         metrics["test_shuffled_images"] = shuffled_control(results, splits["test"].coco.references(), cfg["seed"])
     if main:

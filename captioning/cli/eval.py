@@ -8,31 +8,26 @@ directory and logs).
 """
 from __future__ import annotations
 
-import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from captioning.cli._conf import CONF_DIR
-from captioning.io import InputError, atomic_write_json
+from captioning.cli.common import fail, require, user_errors
+from captioning.io import atomic_write_json
 from captioning.metrics.evaluate import evaluate_files, format_report
-from captioning.metrics.official import MissingDependency
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 def run(cfg: DictConfig) -> float:
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        print(f"error: set {' and '.join(f'{k}=...' for k in missing)}, e.g. "
-              "captioning-eval annotations=REFS.json results=RESULTS.json", file=sys.stderr)
-        sys.exit(1)
+    require(cfg, "captioning-eval annotations=REFS.json results=RESULTS.json")
+    if cfg.output is not None and Path(cfg.output).is_dir():
+        fail(f"output={cfg.output} is a directory; give the path of the JSON file to write, e.g. output=scores.json")
     metrics = cfg.metrics if OmegaConf.is_list(cfg.metrics) else [cfg.metrics]  # metrics=bleu works too
-    try:
+    with user_errors():
         report = evaluate_files(cfg.annotations, cfg.results, metrics=[str(m) for m in metrics],
                                 flavour=cfg.bleu.flavour, allow_subset=cfg.allow_subset)
-    except (InputError, MissingDependency) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
     print(format_report(report))
     if cfg.output is not None:
         atomic_write_json(cfg.output, report)

@@ -9,12 +9,12 @@ checkpoints/{last,best}.pt to the run directory.
 from __future__ import annotations
 
 import os
-import sys
 
 import hydra
 from omegaconf import DictConfig
 
 from captioning.cli._conf import CONF_DIR
+from captioning.cli.common import user_errors
 
 
 def _train_and_sample(cfg: DictConfig, out: str) -> dict:
@@ -87,13 +87,8 @@ def _train_and_sample(cfg: DictConfig, out: str) -> dict:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="lm")
 def run(cfg: DictConfig) -> float | None:
-    from captioning.io import InputError
-
-    try:
+    with user_errors():
         result = _train_and_sample(cfg, cfg.out_dir)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
     print(f"run directory: {cfg.out_dir}  (metrics.json, samples.json, checkpoints/)")
     return result["history"][-1]["val_loss"] if result["history"] else None
 

@@ -1,13 +1,15 @@
 """captioning-train: the Hydra entry point for training runs and sweeps.
 
     captioning-train                                   # shapes demo defaults
-    captioning-train dataset=coco dataset.train.annotations=... encoder=resnet101
+    captioning-train dataset=flickr8k dataset.root=data/flickr8k encoder=resnet101
     captioning-train -m decoder.cell=rnn,lstm          # one run directory per value
+
+The value returned to Hydra (what a sweeper optimises) is the best validation BLEU-4: sweeps
+must never tune on the test split.
 """
 from __future__ import annotations
 
 import os
-import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -15,35 +17,36 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from captioning.cli._conf import CONF_DIR
-from captioning.io import InputError
+from captioning.cli.common import require, user_errors
+
+EXAMPLE = ("captioning-train dataset=coco dataset.train.annotations=data/coco/captions_train.json "
+           "dataset.train.images=data/coco/images dataset.val.annotations=... (every split's annotations and images)")
 
 
 def _summary(metrics: dict, run_dir: str) -> str:
-    test = metrics["test"]
-    lines = ["", "| split | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 |", "|---|---|---|---|---|",
-             "| test | " + " | ".join(f"{test[f'bleu{n}']:.4f}" for n in range(1, 5)) + " |"]
+    rows = [("test", metrics["test"])]
     if "test_shuffled_images" in metrics:
-        c = metrics["test_shuffled_images"]
-        lines.append("| test, images shuffled (control) | " + " | ".join(f"{c[f'bleu{n}']:.4f}" for n in range(1, 5)) + " |")
-    lines += ["", f"run directory: {run_dir}  (metrics.json, test_captions.json, curves.png, checkpoints/best.pt)"]
+        rows.append(("test, images shuffled (control)", metrics["test_shuffled_images"]))
+    lines = ["", "| split | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 |", "|---|---|---|---|---|"]
+    lines += [f"| {name} | " + " | ".join(f"{m[f'bleu{n}']:.4f}" for n in range(1, 5)) + " |" for name, m in rows]
+    lines += ["", f"best validation BLEU-4 {metrics['best_val_bleu4']:.4f} (epoch {metrics['best_epoch']}); "
+                  f"run directory: {run_dir}  (metrics.json, test_captions.json, curves.png, checkpoints/best.pt)"]
     return "\n".join(lines)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def run(cfg: DictConfig) -> float:
+    require(cfg, EXAMPLE)
     from captioning.training import train  # heavy imports after Hydra has parsed the command line
 
     run_dir = HydraConfig.get().runtime.output_dir
-    plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    plain = OmegaConf.to_container(cfg, resolve=True)
     make_optimizer = instantiate(cfg.optim.optimizer)  # a partial: parameters come at run time
-    try:
+    with user_errors():
         metrics = train(plain, run_dir, make_optimizer)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
     if os.environ.get("RANK", "0") == "0":  # under torchrun every process returns the same metrics
         print(_summary(metrics, run_dir))
-    return metrics["test"]["bleu4"]  # the value a sweeper would optimise
+    return metrics["best_val_bleu4"]  # the sweep objective: validation, never test
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ _SCORERS = {"meteor": ("pycocoevalcap.meteor.meteor", "Meteor"),
             "cider": ("pycocoevalcap.cider.cider", "Cider")}
 
 
-class MissingDependency(RuntimeError):
+class MissingDependency(InputError):
     """A requested metric needs software that is not installed; the message says what to install."""
 
 
