@@ -115,6 +115,23 @@ def shuffled_control(results: dict[int, str], references: dict[int, list[str]], 
     return bleu_scores(shuffled, references)
 
 
+def build_model(cfg: dict, vocab: Vocabulary) -> tuple[Captioner, dict]:
+    """The captioner a run's config describes (a pretrained encoder with its weights), and its model_config."""
+    enc = cfg["encoder"]
+    encoder = build_encoder(enc["name"], pretrained=enc["pretrained"], weights=enc["weights"],
+                            trainable=enc["trainable"])
+    dec_cfg = DecoderConfig(vocab_size=len(vocab), feature_dim=encoder.out_dim, **cfg["decoder"])
+    return Captioner(encoder, CaptionDecoder(dec_cfg), vocab), {"encoder": encoder.spec, "decoder": asdict(dec_cfg)}
+
+
+def build_optimizer(cfg: dict, model: Captioner, make_optimizer: Callable, total_steps: int
+                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """`make_optimizer` (Hydra's partial of cfg.optim.optimizer) over the trainable parameters, and the schedule."""
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad])
+    o = cfg["optim"]
+    return optimizer, warmup_cosine(optimizer, total_steps, o["warmup_steps"], o["min_lr_ratio"], o["scheduler"])
+
+
 def train(cfg: dict, run_dir: str | Path,
           make_optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]) -> dict:
     """Train, validate every epoch, then score the best checkpoint on the test split.
@@ -152,9 +169,8 @@ def _train(cfg: dict, run_dir: Path, make_optimizer: Callable, device: torch.dev
     if main:
         vocab.save(run_dir / "vocab.json")
 
-    enc = cfg["encoder"]
-    encoder = build_encoder(enc["name"], pretrained=enc["pretrained"], weights=enc["weights"],
-                            trainable=enc["trainable"])
+    model, model_config = build_model(cfg, vocab)
+    encoder, enc = model.encoder, cfg["encoder"]
     features = {s: None for s in SPLITS}
     if not enc["trainable"]:
         def split_features(build: bool) -> dict:
@@ -168,11 +184,7 @@ def _train(cfg: dict, run_dir: Path, make_optimizer: Callable, device: torch.dev
             features = split_features(build=False)
     splits = {s: SplitData(cocos[s], vocab, features[s], encoder.transform, d["max_caption_len"]) for s in SPLITS}
 
-    dec_cfg = DecoderConfig(vocab_size=len(vocab), feature_dim=encoder.out_dim, **cfg["decoder"])
-    model = Captioner(encoder, CaptionDecoder(dec_cfg), vocab).to(device)
-    model_config = {"encoder": encoder.spec, "decoder": asdict(dec_cfg)}
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params)
+    model.to(device)
 
     # The same permutation for any number of ranks (torch.randperm seeded with seed + epoch); rank r
     # takes items r, r+W, ..., so the union of the ranks' k-th batches is the one-process k-th batch.
@@ -180,8 +192,7 @@ def _train(cfg: dict, run_dir: Path, make_optimizer: Callable, device: torch.dev
                                  shuffle=True, seed=cfg["seed"] * 100_003)
     train_loader = splits["train"].loader(False, t["batch_size"] // world, t["num_workers"], vocab.pad_id, sampler)
     total_steps = t["max_steps"] or t["max_epochs"] * len(train_loader)
-    o = cfg["optim"]
-    scheduler = warmup_cosine(optimizer, total_steps, o["warmup_steps"], o["min_lr_ratio"], o["scheduler"])
+    optimizer, scheduler = build_optimizer(cfg, model, make_optimizer, total_steps)
 
     start_epoch, best, stale, history = 1, -1.0, 0, []
     if resume is not None:

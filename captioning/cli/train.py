@@ -20,7 +20,7 @@ from captioning.cli._conf import CONF_DIR
 from captioning.cli.common import require, user_errors
 
 EXAMPLE = ("captioning-train dataset=coco dataset.train.annotations=data/coco/captions_train.json "
-           "dataset.train.images=data/coco/images dataset.val.annotations=... (every split's annotations and images)")
+           "dataset.train.images=data/coco/images (and the same for val and test)")
 
 
 def _summary(metrics: dict, run_dir: str) -> str:
