@@ -119,7 +119,7 @@ def build_model(cfg: dict, vocab: Vocabulary) -> tuple[Captioner, dict]:
     """The captioner a run's config describes (a pretrained encoder with its weights), and its model_config."""
     enc = cfg["encoder"]
     encoder = build_encoder(enc["name"], pretrained=enc["pretrained"], weights=enc["weights"],
-                            trainable=enc["trainable"])
+                            trainable=enc["trainable"], image_size=enc["image_size"])
     dec_cfg = DecoderConfig(vocab_size=len(vocab), feature_dim=encoder.out_dim, **cfg["decoder"])
     return Captioner(encoder, CaptionDecoder(dec_cfg), vocab), {"encoder": encoder.spec, "decoder": asdict(dec_cfg)}
 
