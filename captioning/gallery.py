@@ -10,7 +10,7 @@ import html
 import io
 from pathlib import Path
 
-from captioning.data.folder import open_rgb
+from captioning.data.images import open_image
 from captioning.io import atomic_path, atomic_write_json, atomic_write_text
 
 PAGE = """<!doctype html>
@@ -40,7 +40,7 @@ def summary_line(rows: list[dict]) -> str:
 
 
 def write_thumbnail(source: Path, dest: Path, size: int) -> None:
-    image = open_rgb(source)
+    image = open_image(source)
     image.thumbnail((size, size))
     with atomic_path(dest) as tmp:
         image.save(tmp, format="JPEG", quality=85)

@@ -149,3 +149,38 @@ def test_gallery_renders_in_headless_chromium(tmp_path, photos, checkpoint, caps
     rows = json.loads((out / "captions.json").read_text())
     for r in rows:
         assert (r.get("caption") or r["file_name"]) in dom
+
+
+@pytest.mark.parametrize("options, api_kwargs", [
+    ([], {}),                                                           # beam search with the defaults of both
+    (["decode=greedy"], {"method": "greedy"}),
+    (["decode=sample", "decode.temperature=1.5"], {"method": "sample", "temperature": 1.5, "seed": 0}),
+    (["decode.beam_size=4", "decode.length_norm=0.0", "decode.max_len=5"],
+     {"beam_size": 4, "length_norm": 0.0, "max_len": 5}),
+])
+def test_cli_and_python_api_give_the_same_captions(tmp_path, capsys, options, api_kwargs):
+    """One source of decoding defaults: captioning-caption and Captioner.caption agree for the same options."""
+    from captioning import load_captioner
+
+    torch.manual_seed(1)  # an untrained model made to depend on the image (small_cnn's features vary little)
+    vocab = Vocabulary(["a", "red", "blue", "circle", "square", "on", "the", "left", "right"])
+    encoder = build_encoder("small_cnn")
+    config = DecoderConfig(vocab_size=len(vocab), feature_dim=encoder.out_dim, embed_dim=8, hidden_dim=16)
+    model = Captioner(encoder, CaptionDecoder(config), vocab)
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            p.mul_(6)
+        model.decoder.init_state_proj.weight.mul_(500)
+        model.decoder.init_cell_proj.weight.mul_(500)
+    checkpoint = tmp_path / "model.pt"
+    save_checkpoint(checkpoint, model_state=model.state_dict(), vocab=vocab,
+                    model_config={"encoder": encoder.spec, "decoder": vars(config)})
+    root = tmp_path / "images"
+    make_shapes_dataset(tmp_path / "shapes", n_train=0, n_val=0, n_test=20, seed=3, image_size=48, demo_images=0)
+    shutil.copytree(tmp_path / "shapes" / "images" / "test", root)
+    rows, _ = caption_inprocess(capsys, f"checkpoint={checkpoint}", f"images={root}", f"output={tmp_path / 'out'}",
+                                "batch_size=8", *options)
+    paths = sorted(root.iterdir())
+    api = load_captioner(checkpoint, device="cpu").caption(paths, batch_size=8, **api_kwargs)
+    assert [r["caption"] for r in rows] == api
+    assert len(set(api)) > 1  # the images really get different captions

@@ -60,6 +60,21 @@ def test_transform_resizes_the_whole_image_without_cropping(lite0):
     assert lite0.transform(image.convert("RGBA")).shape == (3, 224, 224)
 
 
+def test_transform_equals_torchvisions_to_the_bit():
+    """ImageTransform avoids importing torchvision; it must compute exactly what its transforms compute."""
+    from torchvision import transforms
+
+    from captioning.models.encoder import ImageTransform
+
+    reference = transforms.Compose([
+        transforms.Resize((96, 96), interpolation=transforms.InterpolationMode.BILINEAR, antialias=True),
+        transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    rng = np.random.default_rng(0)
+    for size in [(300, 200), (64, 90), (96, 96), (31, 17)]:
+        image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+        assert torch.equal(ImageTransform(96)(image), reference(image))
+
+
 def test_frozen_encoder_stays_in_eval_mode_and_keeps_its_statistics():
     encoder = build_encoder("small_cnn")
     parent = nn.ModuleDict({"encoder": encoder, "head": nn.Linear(64, 2)})

@@ -96,3 +96,14 @@ def test_train_caption_eval_from_another_folder(installed, tmp_path):
     assert len(json.loads((tmp_path / "gallery" / "captions.json").read_text())) == 3
     proc = run([installed / "captioning-bench", "--help"], cwd=tmp_path)
     assert "encoder" in proc.stdout
+
+
+def test_nothing_reads_outside_the_repository():
+    """A user's clone has nothing beside it: no code, test, notebook, script or doc may reach for the
+    reference-data folder that sits beside this project's own checkout."""
+    needle = "/".join(["..", "shared"])  # spelled so that this file does not match itself
+    files = [p for folder in ("captioning", "tests", "datasets", "conf", "notebooks") for p in (REPO / folder).rglob("*")
+             if p.is_file() and p.suffix in {".py", ".yaml", ".ipynb", ".md", ".txt"}]
+    files += [REPO / "Makefile", REPO / ".ci" / "run", REPO / "README.md", REPO / "setup.cfg"]
+    offenders = [str(p.relative_to(REPO)) for p in files if needle in p.read_text(encoding="utf-8")]
+    assert not offenders

@@ -1,9 +1,21 @@
-"""Caption data: COCO-format splits, datasets and batching, converters, the synthetic shapes set."""
-from captioning.data.coco import CocoCaptions, load_coco_captions
-from captioning.data.collate import CaptionBatch, collate_captions
-from captioning.data.convert import flickr8k_to_coco, karpathy_to_coco
-from captioning.data.datasets import CaptionDataset, ImageDataset, load_image
-from captioning.data.shapes import make_shapes_dataset, summary
+"""Caption data: COCO-format splits, datasets and batching, converters, the synthetic shapes set.
 
-__all__ = ["CocoCaptions", "load_coco_captions", "CaptionBatch", "collate_captions", "flickr8k_to_coco",
-           "karpathy_to_coco", "CaptionDataset", "ImageDataset", "load_image", "make_shapes_dataset", "summary"]
+Names are imported on first use (as in `captioning/__init__.py`), so a script that only converts caption
+files (`datasets/flickr8k_to_coco.py`) starts without loading torch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {"CocoCaptions": "coco", "load_coco_captions": "coco", "CaptionBatch": "collate",
+          "collate_captions": "collate", "flickr8k_to_coco": "convert", "karpathy_to_coco": "convert",
+          "CaptionDataset": "datasets", "ImageDataset": "datasets", "load_image": "datasets",
+          "open_image": "images", "make_shapes_dataset": "shapes", "summary": "shapes"}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'captioning.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"captioning.data.{_WHERE[name]}"), name)

@@ -13,9 +13,9 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.transforms.functional import to_tensor
 
 from captioning.data.coco import CocoCaptions
+from captioning.data.images import open_image, to_tensor
 from captioning.io import InputError
 from captioning.text import Vocabulary, tokenize
 
@@ -23,15 +23,8 @@ Transform = Callable[[Image.Image], torch.Tensor]
 
 
 def load_image(path: str | os.PathLike, transform: Transform | None = None) -> torch.Tensor:
-    """Open an image as RGB and apply `transform` (default: a float tensor in [0, 1], (3, H, W))."""
-    try:
-        with Image.open(path) as im:
-            image = im.convert("RGB")
-    except FileNotFoundError as e:
-        raise InputError(f"image file not found: {path}") from e
-    except OSError as e:
-        raise InputError(f"cannot read image file {path}: {e}") from e
-    return (transform or to_tensor)(image)
+    """`open_image` then `transform` (default: a float tensor in [0, 1], (3, H, W)); ImageError names the file."""
+    return (transform or to_tensor)(open_image(path))
 
 
 class ImageDataset(Dataset):

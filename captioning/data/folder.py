@@ -7,13 +7,14 @@ instead of a tensor, and the caller records it next to the file name.
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+
+from captioning.data.images import ImageError, open_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
@@ -32,24 +33,6 @@ def find_images(root: str | os.PathLike, exclude: str | os.PathLike | None = Non
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
-def open_rgb(path: str | os.PathLike) -> Image.Image:
-    """Fully decode an image as RGB; raises on anything that is not a sound, reasonably sized image."""
-    with warnings.catch_warnings():
-        # Pillow only warns between 1x and 2x its pixel limit; a captioner treats both as refusals.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as im:
-            im.load()  # decode now, so truncated files fail here and not later
-            return im.convert("RGB")
-
-
-def describe_error(e: Exception) -> str:
-    if isinstance(e, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-        return f"image too large (Pillow's decompression-bomb limit): {e}"
-    if isinstance(e, Image.UnidentifiedImageError):
-        return "not a readable image file"
-    return f"{type(e).__name__}: {e}"
-
-
 class ImageFolderDataset(Dataset):
     """Items `(index, tensor (3, H, W) or None, error message or None)`."""
 
@@ -61,9 +44,9 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
-            return i, self.transform(open_rgb(self.paths[i])), None
-        except Exception as e:  # noqa: BLE001 - any failure to read one file is recorded, not raised
-            return i, None, describe_error(e)
+            return i, self.transform(open_image(self.paths[i])), None
+        except ImageError as e:  # one unreadable file is recorded, not raised
+            return i, None, e.reason
 
 
 def collate_folder(items: list[tuple[int, torch.Tensor | None, str | None]]):

@@ -17,13 +17,13 @@ from torch import Tensor, nn
 
 from captioning.checkpoint import load_checkpoint
 from captioning.config import DecodeOptions as D
+from captioning.data.images import ImageLike, open_image
 from captioning.decoding import decode
 from captioning.io import InputError
 from captioning.models.decoder import CaptionDecoder, DecoderConfig
 from captioning.models.encoder import Encoder, encoder_from_spec
 from captioning.text import Vocabulary
 
-ImageLike = str | os.PathLike | Image.Image
 
 
 class Captioner(nn.Module):
@@ -70,7 +70,7 @@ class Captioner(nn.Module):
         captions: list[str] = []
         with _evaluating(self.encoder):
             for n, start in enumerate(range(0, len(images), batch_size)):
-                batch = torch.stack([self.transform(_open(im)) for im in images[start:start + batch_size]])
+                batch = torch.stack([self.transform(open_image(im)) for im in images[start:start + batch_size]])
                 features = self.encoder(batch.to(self.device))  # (B, D)
                 captions += self.caption_features(features, seed=None if seed is None else seed + n,
                                                   **decode_options)
@@ -86,16 +86,6 @@ def _evaluating(module: nn.Module):
         yield module
     finally:
         module.train(was_training)
-
-
-def _open(image: ImageLike) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image
-    try:
-        with Image.open(image) as im:
-            return im.convert("RGB")
-    except (OSError, ValueError) as e:  # missing file, not an image (PIL's UnidentifiedImageError is an OSError)
-        raise InputError(f"cannot read image {image}: {e}") from e
 
 
 def build_captioner(model_config: dict, vocab: Vocabulary) -> Captioner:
