@@ -1,0 +1,176 @@
+"""README.md under test: every shell command in its ```bash blocks runs (at tiny size) or, where it cannot
+run offline on a CPU, composes.
+
+The commands run verbatim in bash, in README order (a later command may use what an earlier one made,
+as a reader's would), in a sandbox that looks like the repository root: datasets/, tests/, Makefile, the
+Flickr8k release and a Karpathy COCO file unpacked where README says, a few photos in ~/photos. The
+programs they call are wrappers (tests/readme_shim.py) that append tiny sizes, or compose instead of
+running. COVERAGE says which, for each command: a command added to README without an entry here fails.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from test_real_layouts import karpathy_file
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+SHIMMED = ["captioning-train", "captioning-eval", "captioning-caption", "captioning-gradflow", "captioning-lm",
+           "captioning-bench", "torchrun", "python", "make"]
+
+RUN, COMPOSE = "run", "compose"
+# Every command of README's bash blocks, and how it is covered. COMPOSE only where running is impossible here.
+COVERAGE = {
+    "make demo": RUN,
+    "make test": COMPOSE,  # this suite is what it runs
+    "python datasets/make_shapes.py --out data/shapes --train 3000 --val 300 --test 300 --seed 0": RUN,
+    "python datasets/flickr8k_to_coco.py --captions data/flickr8k/text/Flickr8k.token.txt "
+    "--splits-dir data/flickr8k/text --out data/flickr8k": RUN,
+    "python datasets/karpathy_to_coco.py data/coco/dataset_coco.json --out data/coco --restval-into-train": RUN,
+    "python datasets/download_coco.py --root data/coco --dry-run": RUN,
+    "python datasets/download_coco.py --root data/coco": COMPOSE,  # 20 GB of downloads
+    "captioning-train": RUN,
+    "captioning-train +experiment=demo": RUN,
+    "captioning-train +experiment=demo trainer.precision=bf16 hydra.run.dir=runs/demo_bf16": RUN,
+    "captioning-train decoder.cell=gru decoder.inject=par optim=adamw trainer.max_epochs=20": RUN,
+    "captioning-train -m decoder.cell=rnn,lstm": RUN,
+    "captioning-train dataset=flickr8k": RUN,
+    "captioning-train dataset=coco_karpathy encoder=resnet101": COMPOSE,  # downloads ResNet-101's weights
+    "captioning-train dataset=coco dataset.train.annotations=data/coco/captions_train.json "
+    "dataset.train.images=data/coco/images dataset.val.annotations=data/coco/captions_val.json "
+    "dataset.val.images=data/coco/images dataset.test.annotations=data/coco/captions_test.json "
+    "dataset.test.images=data/coco/images": RUN,
+    "captioning-train trainer.resume=runs/demo/checkpoints/last.pt trainer.max_epochs=8": RUN,
+    "captioning-train --help": RUN,
+    "torchrun --standalone --nproc_per_node=4 --no-python captioning-train dataset=coco_karpathy "
+    "hydra.run.dir=runs/coco_ddp": RUN,  # 2 CPU processes
+    "torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=$HEAD_NODE:29500 "
+    "--rdzv_id=coco42 --no-python captioning-train dataset=coco_karpathy hydra.run.dir=/shared/runs/coco "
+    "cache_dir=/shared/cache/features": COMPOSE,  # two nodes
+    "captioning-train -m hydra/launcher=slurm hydra.launcher.partition=gpu decoder.cell=rnn,lstm,gru "
+    "optim=adam,adamw": COMPOSE,  # SLURM
+    "captioning-caption checkpoint=runs/demo/checkpoints/best.pt images=~/photos output=~/photos_captions": RUN,
+    "captioning-caption checkpoint=runs/demo/checkpoints/best.pt images=~/photos output=~/photos_captions "
+    "decode=greedy": RUN,
+    "captioning-caption checkpoint=runs/demo/checkpoints/best.pt images=~/photos output=~/photos_captions "
+    "decode.beam_size=5 batch_size=64 num_workers=4": RUN,
+    "captioning-caption checkpoint=runs/demo/checkpoints/best.pt images=~/photos output=~/photos_captions "
+    "device=cuda": COMPOSE,  # no GPU here
+    "captioning-eval annotations=data/shapes/captions_test.json results=runs/demo/test_captions.json": RUN,
+    "captioning-eval annotations=data/shapes/captions_test.json results=runs/demo/test_captions.json "
+    "output=scores.json": RUN,
+    "captioning-eval annotations=data/shapes/captions_test.json results=runs/demo/test_captions.json "
+    "metrics=[bleu,meteor,rouge_l,cider]": RUN,
+    "captioning-eval annotations=data/shapes/captions_test.json results=runs/demo/test_captions.json "
+    "allow_subset=true bleu.flavour=nltk": RUN,
+    "captioning-eval --help": RUN,
+    "captioning-gradflow": RUN,
+    "captioning-gradflow seq_len=200 'cells=[rnn,lstm]' seeds='[0,1,2,3,4]' init=orthogonal forget_bias=0": RUN,
+    "captioning-lm": RUN,
+    "captioning-lm text_file=book.txt tbptt.steps=128 model.cell=gru optim.epochs=5": RUN,
+    "captioning-lm init_from=runs/lm/flickr8k_steps32/checkpoints/best.pt optim.epochs=0 "
+    "'sample.temperatures=[0.3,1.5]'": RUN,
+    "xzcat tests/data/flickr8k/Flickr8k.token.txt.xz | cut -f2 > data/flickr8k_captions.txt": RUN,
+    "for s in 8 32 128; do captioning-lm text_file=data/flickr8k_captions.txt max_chars=200000 tbptt.steps=$s "
+    "optim.epochs=10 sample.prime=A hydra.run.dir=runs/lm/flickr8k_steps$s; done": RUN,
+    "captioning-bench encoder": RUN,
+    "captioning-bench encoder --images data/shapes/images/val --limit 200 --repeats 2": RUN,
+    "captioning-bench decoder": RUN,
+    "captioning-bench beam --repeats 3": RUN,
+    "OMP_NUM_THREADS=1 captioning-bench beam --repeats 3": RUN,
+    "captioning-bench eval": RUN,
+    "captioning-bench data": RUN,
+    "captioning-bench all": COMPOSE,  # minutes: every benchmark at full size
+    "make bench": COMPOSE,
+}
+
+
+def strip_comment(line: str) -> str:
+    """The line without a trailing `# comment` (a # at the start or after a blank, outside quotes)."""
+    quote = None
+    for i, ch in enumerate(line):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and (i == 0 or line[i - 1].isspace()):
+            return line[:i]
+    return line
+
+
+def readme_commands(text: str) -> list[str]:
+    """Every command in the ```bash blocks: continuation lines joined, comments dropped, blanks squeezed."""
+    commands = []
+    for block in re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = " ".join(strip_comment(line).split())
+            if line:
+                commands.append(line)
+    return commands
+
+
+def test_every_readme_command_is_covered():
+    commands = readme_commands(README.read_text(encoding="utf-8"))
+    assert len(commands) > 20
+    uncovered = [c for c in commands if c not in COVERAGE]
+    assert not uncovered, f"README commands with no entry in COVERAGE (run or compose them here): {uncovered}"
+    stale = [c for c in COVERAGE if c not in commands]
+    assert not stale, f"COVERAGE entries no longer in README: {stale}"
+
+
+def test_comment_and_continuation_parsing():
+    text = "```bash\ncaptioning-x a=1 \\\n    b='#not' # note\n# only a comment\n\n```\n```python\nx = 1\n```\n"
+    assert readme_commands(text) == ["captioning-x a=1 b='#not'"]
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory, flickr8k_release, reference_data) -> dict:
+    """A folder laid out like the repository root with README's inputs in place, and the wrapper folder."""
+    root = tmp_path_factory.mktemp("readme")
+    for name in ("datasets", "tests", "captioning", "conf", "Makefile", "setup.cfg", "pyproject.toml"):
+        (root / name).symlink_to(REPO / name)
+    flickr = root / "data" / "flickr8k"
+    flickr.mkdir(parents=True)
+    for name in ("text", "Flicker8k_Dataset"):  # README: the release unpacked into data/flickr8k
+        (flickr / name).symlink_to(flickr8k_release / name, target_is_directory=True)
+    lines = (reference_data / "flickr8k" / "Flickr8k.token.txt").read_text(encoding="utf-8").splitlines()
+    karpathy_file(root / "data" / "coco" / "dataset_coco.json", [ln.split("\t")[1] for ln in lines[:70]])
+    (root / "book.txt").write_text("\n".join(ln.split("\t")[1] for ln in lines[:400]), encoding="utf-8")
+    home = root / "home"
+    (home / "photos" / "holiday").mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (40, 30), (60 * i, 120, 200 - 50 * i)).save(home / "photos" / "holiday" / f"{i}.jpg")
+    shims = root / "shimvenv" / "bin"
+    shims.mkdir(parents=True)
+    for program in SHIMMED:
+        wrapper = shims / program
+        wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{REPO / "tests" / "readme_shim.py"}" {program} "$@"\n')
+        wrapper.chmod(0o755)
+    env = {**os.environ, "HOME": str(home), "PATH": f"{shims}{os.pathsep}{os.environ['PATH']}",
+           "README_REAL_BIN": str(Path(sys.executable).parent), "README_SHIM_VENV": str(shims.parent),
+           "README_REAL_MAKE": shutil.which("make"), "PYTHONUNBUFFERED": "1", "HEAD_NODE": "localhost"}
+    return {"root": root, "env": env}
+
+
+@pytest.mark.slow
+def test_every_readme_command_runs_or_composes(sandbox):
+    failures = []
+    for command in readme_commands(README.read_text(encoding="utf-8")):
+        env = {**sandbox["env"], "README_MODE": COVERAGE[command]}
+        start = time.perf_counter()
+        proc = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=sandbox["root"], env=env,
+                              capture_output=True, text=True, timeout=600)
+        print(f"{time.perf_counter() - start:5.1f} s  {COVERAGE[command]:7}  {command}")  # shown with pytest -s
+        if proc.returncode != 0 or "Traceback" in proc.stderr:
+            failures.append(f"$ {command}  [{COVERAGE[command]}, exit {proc.returncode}]\n{proc.stdout[-2000:]}\n"
+                            f"{proc.stderr[-3000:]}")
+    assert not failures, "\n\n".join(failures)
