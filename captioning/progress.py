@@ -36,8 +36,8 @@ class LineProgress:
 
     def __iter__(self) -> Iterator:
         for item in self.iterable:
+            self.update(1)  # counted when handed out: a loop that breaks after its last item still shows n/n
             yield item
-            self.update(1)
         self.close()
 
     def __enter__(self) -> "LineProgress":

@@ -98,7 +98,7 @@ def score_split(model: Captioner, split: SplitData, cfg: dict, device: torch.dev
             features = images if cached else model.encoder(images)
         return model.caption_features(features, **decode)
 
-    results = generate_captions(caption_fn, loader(True), progress=t["progress"] and distributed.is_main(), desc=desc)
+    results = generate_captions(caption_fn, loader(True), progress=t["progress"] if distributed.is_main() else False, desc=desc)
     results = distributed.gather_dict(results)
     return {"loss": loss, **bleu_scores(results, split.coco.references())}, results
 
@@ -149,7 +149,7 @@ def _train(cfg: dict, run_dir: Path, make_optimizer: Callable, device: torch.dev
     if t["batch_size"] % world:
         raise ValueError(f"trainer.batch_size={t['batch_size']} is the global batch: it must divide "
                          f"evenly over the {world} processes")
-    progress = t["progress"] and main
+    progress = t["progress"] if main else False  # (not `and`: "auto" and True is True)
     DecoderOptions(**cfg["decoder"]).check()  # options that cannot work fail now, not after the feature pass
     DecodeOptions(**cfg["decode"]).check()
     check_precision(t["precision"])
