@@ -7,6 +7,9 @@ other file and no download; `train_state` lets a run resume; `run_config` record
 from __future__ import annotations
 
 import json
+import pickle
+import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -38,10 +41,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise InputError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - unpickling junk can fail in many ways; all mean "not a checkpoint"
-        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise InputError(f"{path} is not a readable captioning checkpoint: {first_line}") from e
+        # Never repeat torch's advice to retry with weights_only=False: that runs whatever the file holds.
+        with path.open("rb") as f:
+            written_by_torch_save = f.read(4) == b"PK\x03\x04"  # torch.save writes a zip archive
+        if not written_by_torch_save:
+            why = "it is not a file written by torch.save"
+        elif isinstance(e, pickle.UnpicklingError) and zipfile.is_zipfile(path):
+            why = "it holds Python objects other than tensors and plain data, which this project never loads"
+        else:
+            why = f"the file is damaged (truncated or changed after it was written): {type(e).__name__}"
+        raise InputError(f"{path} is not a checkpoint of this project: {why}") from None
     if not isinstance(ckpt, dict) or "format_version" not in ckpt:
         raise InputError(f"{path} is not a captioning checkpoint (it has no format_version)")
     if ckpt["format_version"] != FORMAT_VERSION:

@@ -9,8 +9,9 @@ read it before their heavy imports.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from captioning.io import InputError
 
@@ -18,6 +19,15 @@ CELLS = ("rnn", "lstm", "gru")
 IMPLS = ("fused", "explicit")
 INJECT_MODES = ("init", "pre", "par")
 DECODE_METHODS = ("greedy", "beam", "sample")
+PRECISIONS = ("fp32", "bf16")
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+def check(*options) -> None:
+    """InputError listing every problem of the given options objects (DecoderOptions, DecodeOptions, ...)."""
+    problems = [p for o in options for p in o.problems()]
+    if problems:
+        raise InputError("; ".join(problems))
 
 
 @dataclass
@@ -32,8 +42,8 @@ class DecoderOptions:
     inject: str = "init"    # init: h0 = tanh(W_ih v + b) | pre: image is the first input | par: added at every step
     dropout: float = 0.3    # on the word embeddings, between layers and before the output layer
 
-    def check(self) -> None:
-        """InputError naming the option when a value cannot work; called before any long work starts."""
+    def problems(self) -> list[str]:
+        """One message per option whose value cannot work (checked before any long work starts)."""
         problems = [f"decoder.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
                     for name, allowed in (("cell", CELLS), ("impl", IMPLS), ("inject", INJECT_MODES))
                     if getattr(self, name) not in allowed]
@@ -41,8 +51,7 @@ class DecoderOptions:
                      for name in ("embed_dim", "hidden_dim", "num_layers") if getattr(self, name) < 1]
         if not 0 <= self.dropout < 1:
             problems.append(f"decoder.dropout must be in [0, 1), got {self.dropout}")
-        if problems:
-            raise InputError("; ".join(problems))
+        return problems
 
 
 @dataclass
@@ -56,8 +65,8 @@ class DecodeOptions:
     temperature: float = 1.0     # sample: softmax(logits / temperature)
     top_k: Optional[int] = None  # sample: only from the k most likely words (None: all)
 
-    def check(self) -> None:
-        """InputError naming the option when a value cannot work; called before any long work starts."""
+    def problems(self) -> list[str]:
+        """One message per option whose value cannot work (checked before any long work starts)."""
         problems = []
         if self.method not in DECODE_METHODS:
             problems.append(f"decode.method must be one of {', '.join(DECODE_METHODS)}, got {self.method!r}")
@@ -71,5 +80,43 @@ class DecodeOptions:
             problems.append(f"decode.top_k must be at least 1 or null, got {self.top_k}")
         if self.length_norm != self.length_norm:
             problems.append("decode.length_norm must be a number, got nan")
-        if problems:
-            raise InputError("; ".join(problems))
+        return problems
+
+
+@dataclass
+class TrainerOptions:
+    """How `captioning-train` trains (`captioning.training.train`): limits, batching, device, numerics, resuming."""
+
+    max_epochs: int = 15
+    max_steps: Optional[int] = None       # stop after this many optimizer steps
+    max_minutes: Optional[float] = None   # stop after this much wall-clock training time
+    batch_size: int = 128                 # the global batch: under torchrun each of W processes takes batch_size / W
+    num_workers: int = 0                  # DataLoader workers for training batches (0: cached features are in memory)
+    device: str = "auto"                  # auto (cuda if available) | cpu | cuda | cuda:1
+    precision: str = "fp32"               # fp32 | bf16 (torch.autocast)
+    grad_clip: Optional[float] = 5.0      # clip the global gradient norm to this; null: no clipping
+    label_smoothing: float = 0.0
+    patience: int = 4                     # early stopping: epochs without a better validation score
+    nonfinite: str = "stop"               # a NaN/inf loss or gradient: stop the run (non-zero exit) | skip the step
+    resume: Optional[str] = None          # a checkpoint to continue from (runs/X/checkpoints/last.pt), or auto:
+                                          # this run directory's last.pt if there is one
+    tensorboard: bool = True
+    progress: Any = "auto"                # auto: a bar on a terminal, a line every 30 s in a log file; true | false
+
+    def problems(self) -> list[str]:
+        """One message per option whose value cannot work (checked before any long work starts)."""
+        problems = [f"trainer.{name} must be at least {low}, got {getattr(self, name)}"
+                    for name, low in (("max_epochs", 1), ("batch_size", 1), ("num_workers", 0), ("patience", 1))
+                    if getattr(self, name) < low]
+        problems += [f"trainer.{name} must be a positive number or null, got {getattr(self, name)}"
+                     for name in ("max_steps", "max_minutes", "grad_clip")
+                     if getattr(self, name) is not None and not (getattr(self, name) > 0 and math.isfinite(getattr(self, name)))]
+        if not 0 <= self.label_smoothing < 1:
+            problems.append(f"trainer.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.nonfinite not in NONFINITE_POLICIES:
+            problems.append(f"trainer.nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {self.nonfinite!r}")
+        if self.progress not in (True, False, "auto"):
+            problems.append(f"trainer.progress must be auto, true or false, got {self.progress!r}")
+        return problems

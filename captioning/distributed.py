@@ -16,6 +16,7 @@ How `captioning.training` divides the work:
 """
 from __future__ import annotations
 
+import itertools
 import os
 from contextlib import contextmanager
 from datetime import timedelta
@@ -24,6 +25,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data import DistributedSampler
 
 # Rank 0 may extract features for a long time while the others wait at a barrier.
 TIMEOUT = timedelta(hours=2)
@@ -88,6 +90,19 @@ def gather_dict(part: dict) -> dict:
     dist.all_gather_object(parts, part)
     merged = {k: v for p in parts for k, v in p.items()}
     return {k: merged[k] for k in sorted(merged)}
+
+
+class ResumableSampler(DistributedSampler):
+    """A DistributedSampler that can begin an epoch part-way: it leaves out the first `skip` items of this
+    rank's share (the batches a preempted run already trained), so a resumed epoch goes on where it stopped."""
+
+    skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(super().__iter__(), self.skip, None)
+
+    def __len__(self) -> int:
+        return super().__len__() - self.skip
 
 
 def shard(n: int) -> list[int]:

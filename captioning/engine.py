@@ -6,18 +6,21 @@ and the training loop in `captioning.training` decide what to pass in.
 from __future__ import annotations
 
 import math
+import signal
 import time
 from typing import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
 
-from captioning import distributed
+from captioning import distributed, interrupt
+from captioning.config import TrainerOptions
 from captioning.data.collate import CaptionBatch
 from captioning.metrics import score_captions
 from captioning.models.decoder import caption_loss
 from captioning.precision import autocast
 from captioning.progress import Mode, progress as progress_bar
+from captioning.run_state import TrainState
 
 
 def batch_loss(decoder: nn.Module, encoder: nn.Module | None, batch: CaptionBatch, device: torch.device,
@@ -35,15 +38,25 @@ def batch_loss(decoder: nn.Module, encoder: nn.Module | None, batch: CaptionBatc
     return loss, int((targets != pad_id).sum())
 
 
-def train_one_epoch(decoder: nn.Module, encoder: nn.Module | None, loader: Iterable[CaptionBatch],
-                    optimizer: torch.optim.Optimizer, scheduler, *, device: torch.device, pad_id: int,
-                    grad_clip: float | None = 5.0, label_smoothing: float = 0.0, precision: str = "fp32",
-                    max_steps: int | None = None, deadline: float | None = None, progress: Mode = "auto",
-                    desc: str = "train", on_step: Callable[[dict], None] | None = None) -> dict:
-    """Teacher-forced training over `loader`; stops early at `max_steps` (global) or `deadline` (time.time()).
+class Diverged(RuntimeError):
+    """The loss or the gradient stopped being a finite number (trainer.nonfinite=stop)."""
 
-    Gradient clipping rescales the whole gradient when its norm exceeds `grad_clip`
-    (g <- g * grad_clip / ||g||), which keeps an exploding RNN step from wrecking the weights.
+
+def train_one_epoch(decoder: nn.Module, encoder: nn.Module | None, loader: Iterable[CaptionBatch],
+                    optimizer: torch.optim.Optimizer, scheduler, state: TrainState, opts: TrainerOptions, *,
+                    device: torch.device, pad_id: int, deadline: float | None = None,
+                    on_step: Callable[[dict], None] | None = None) -> dict:
+    """Teacher-forced training over `loader`: the rest of epoch `state.epoch`, whose first `state.batch`
+    batches an interrupted run already trained (the loader's sampler skips them).
+
+    `state` is updated after every step (optimizer step, the epoch's batches, loss sums), so a checkpoint
+    written at any interruption continues exactly. Stops early at `opts.max_steps` optimizer steps or at
+    `deadline` (time.time()); between steps, raises `interrupt.Interrupted` when SIGTERM/SIGINT arrived.
+
+    Gradient clipping rescales the whole gradient when its norm exceeds `opts.grad_clip`
+    (g <- g * grad_clip / ||g||), which keeps an exploding RNN step from wrecking the weights. A loss or
+    gradient norm that is not finite never reaches the weights: with opts.nonfinite="stop" it raises
+    Diverged naming the step, with "skip" the step is dropped and counted in `state.skipped`.
 
     Under DistributedDataParallel (`decoder`/`encoder` wrapped, one shard of the global batch per
     rank) the step is the single-process step on the global batch: its loss is the mean over all
@@ -55,34 +68,49 @@ def train_one_epoch(decoder: nn.Module, encoder: nn.Module | None, loader: Itera
         encoder.train()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     world = distributed.world_size()
-    total_loss, total_tokens, t0 = 0.0, 0, time.perf_counter()
-    bar = progress_bar(loader, desc=desc, unit="batch", mode=progress, leave=False)
+    loss_before, tokens_before, t0 = state.loss_sum, state.tokens, time.perf_counter()
+    bar = progress_bar(loader, desc=f"epoch {state.epoch}", unit="batch", mode=opts.progress, leave=False)
     for batch in bar:
-        with autocast(device, precision):
-            loss, tokens = batch_loss(decoder, encoder, batch, device, pad_id, label_smoothing)
+        with autocast(device, opts.precision):
+            loss, tokens = batch_loss(decoder, encoder, batch, device, pad_id, opts.label_smoothing)
         summed, n = loss.item() * tokens, tokens
         if world > 1:  # the global batch's summed loss and token count
             summed, n = distributed.all_reduce_sum(torch.tensor([summed, n], dtype=torch.float64, device=device)).tolist()
             loss = loss * (world * tokens / n)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else math.inf)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        total_loss += summed
-        total_tokens += int(n)
-        tok_per_s = total_tokens / (time.perf_counter() - t0)
-        bar.set_postfix(loss=f"{summed / n:.3f}", tok_s=f"{tok_per_s:.0f}")
+        loss.backward()  # also when not finite: under DDP every rank must take part in the all-reduce
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, opts.grad_clip or math.inf))
+        if math.isfinite(summed) and math.isfinite(grad_norm):
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            state.step += 1
+            state.loss_sum += summed
+            state.tokens += int(n)
+        else:
+            what = f"loss {summed / n}" if not math.isfinite(summed) else f"gradient norm {grad_norm}"
+            where = f"step {state.step + 1} (epoch {state.epoch}, batch {state.batch + 1})"
+            if opts.nonfinite == "stop":
+                raise Diverged(f"training diverged: non-finite {what} at {where}")
+            optimizer.zero_grad(set_to_none=True)
+            state.skipped += 1
+        state.batch += 1
+        bar.set_postfix(loss=f"{summed / n:.3f}", tok_s=f"{(state.tokens - tokens_before) / (time.perf_counter() - t0):.0f}")
         if on_step is not None:
-            on_step({"loss": summed / n, "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"]})
-        if (max_steps is not None and scheduler is not None and scheduler.last_epoch >= max_steps) or \
-                (deadline is not None and distributed.any_rank(time.time() >= deadline, device)):
+            on_step({"loss": summed / n, "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"]})
+        out_of_time = deadline is not None and time.time() >= deadline
+        signalled = interrupt.received() is not None
+        if world > 1:  # every rank stops at the same step, or the next all-reduce waits forever
+            out_of_time, signalled = (distributed.any_rank(flag, device) for flag in (out_of_time, signalled))
+        if signalled:
+            bar.close()
+            raise interrupt.Interrupted(interrupt.received() or signal.SIGTERM)
+        if out_of_time or (opts.max_steps is not None and state.step >= opts.max_steps):
             break
     bar.close()
-    seconds = time.perf_counter() - t0
-    return {"loss": total_loss / max(total_tokens, 1), "tokens_per_s": total_tokens / max(seconds, 1e-9),
-            "seconds": seconds}
+    seconds, tokens = time.perf_counter() - t0, state.tokens - tokens_before
+    return {"loss": (state.loss_sum - loss_before) / max(tokens, 1), "seconds": seconds,
+            "tokens_per_s": tokens / max(seconds, 1e-9)}
 
 
 @torch.no_grad()
@@ -94,6 +122,8 @@ def evaluate_loss(decoder: nn.Module, encoder: nn.Module | None, loader: Iterabl
         encoder.eval()
     total, tokens = 0.0, 0
     for batch in loader:
+        if distributed.world_size() == 1:  # under DDP ranks may hold one batch more or less: no early exit
+            interrupt.check()
         with autocast(device, precision):
             loss, n = batch_loss(decoder, encoder, batch, device, pad_id)
         total += loss.item() * n
@@ -107,6 +137,8 @@ def generate_captions(caption_fn: Callable[[torch.Tensor], list[str]], loader: I
     """Caption every item of a one-item-per-image loader: {image_id: caption}."""
     results: dict[int, str] = {}
     for batch in progress_bar(loader, desc=desc, unit="batch", mode=progress, leave=False):
+        if distributed.world_size() == 1:
+            interrupt.check()
         for image_id, caption in zip(batch.image_ids.tolist(), caption_fn(batch.images)):
             results[int(image_id)] = caption
     return results

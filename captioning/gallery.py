@@ -39,6 +39,11 @@ def summary_line(rows: list[dict]) -> str:
     return f"{ok} images captioned, {len(rows) - ok} failed"
 
 
+def shown(text: str) -> str:
+    """HTML-escaped text, with the bytes of a file name that is not UTF-8 shown as \\xNN escapes."""
+    return html.escape(text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
+
+
 def write_thumbnail(source: Path, dest: Path, size: int) -> None:
     image = open_image(source)
     image.thumbnail((size, size))
@@ -48,7 +53,12 @@ def write_thumbnail(source: Path, dest: Path, size: int) -> None:
 
 def write_outputs(rows: list[dict], images_root: Path, out_dir: Path, thumbnail_size: int = 256,
                   title: str = "Captions") -> dict[str, Path]:
-    """rows: [{"file_name": rel path, "caption": str} | {"file_name": ..., "error": str}]."""
+    """rows: [{"file_name": rel path, "caption": str} | {"file_name": ..., "error": str}].
+
+    File names are os.fsdecode's strings: one that is not valid UTF-8 holds its bytes as surrogates.
+    Each output keeps them losslessly: JSON as "\\udcXX" escapes (json.load gives the same string back,
+    os.fsencode the same bytes), CSV as the original bytes, the gallery as a readable \\xNN form.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "captions.json", "csv": out_dir / "captions.csv", "html": out_dir / "index.html"}
     atomic_write_json(paths["json"], rows)
@@ -57,20 +67,20 @@ def write_outputs(rows: list[dict], images_root: Path, out_dir: Path, thumbnail_
     writer = csv.DictWriter(buf, fieldnames=["file_name", "caption", "error"], lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(paths["csv"], buf.getvalue())
+    atomic_write_text(paths["csv"], buf.getvalue(), errors="surrogateescape")
 
     figures, failures = [], []
     for n, row in enumerate(rows):
-        name = html.escape(row["file_name"])
+        name = shown(row["file_name"])
         if "caption" not in row:
-            failures.append(f"<li><b>{name}</b>: {html.escape(row['error'])}</li>")
+            failures.append(f"<li><b>{name}</b>: {shown(row['error'])}</li>")
             continue
         thumb = Path("thumbs") / f"{n:06d}.jpg"
         write_thumbnail(images_root / row["file_name"], out_dir / thumb, thumbnail_size)
         figures.append(f'<figure><img src="{thumb.as_posix()}" alt="{name}">'
                        f'<figcaption>{html.escape(row["caption"])}<div class="file">{name}</div></figcaption></figure>')
     failed = (f'<h2>Could not be read</h2><ul class="failed">{"".join(failures)}</ul>' if failures else "")
-    page = PAGE.format(title=html.escape(title), summary=html.escape(summary_line(rows)),
+    page = PAGE.format(title=shown(title), summary=html.escape(summary_line(rows)),
                        figures="\n".join(figures), failures=failed)
     atomic_write_text(paths["html"], page)
     return paths

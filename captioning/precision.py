@@ -1,4 +1,4 @@
-"""Numeric precision of training and feature extraction: fp32, or bf16 through torch.autocast.
+"""The device a run uses, and its numeric precision: fp32, or bf16 through torch.autocast.
 
 Under bf16 autocast matrix products and convolutions run in bfloat16 (8 exponent bits, as fp32,
 so no loss scaling is needed) while the weights, the optimizer state and the loss stay fp32.
@@ -12,7 +12,24 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
-PRECISIONS = ("fp32", "bf16")
+from captioning.config import PRECISIONS
+from captioning.io import InputError
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto: CUDA when there is a GPU, else the CPU. Asking for CUDA without one is an InputError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise InputError(f"device={name!r} is not a device torch knows (auto, cpu, cuda, cuda:1, ...): {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device={name} but torch sees no CUDA GPU here (torch.cuda.is_available() is False); "
+                         f"use device=auto or device=cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"device={name} but there are only {torch.cuda.device_count()} CUDA devices")
+    return device
 
 
 def check_precision(precision: str) -> None:

@@ -119,13 +119,14 @@ class NotPlainData:
 
 @pytest.mark.parametrize("content,message", [
     (None, "not found"),
-    ('{"format_version": 1}', "not a readable captioning checkpoint"),
-    (b"", "not a readable captioning checkpoint"),
-    (bytes(range(256)) * 4, "not a readable captioning checkpoint"),
+    ('{"format_version": 1}', "not a checkpoint of this project: it is not a file written by torch.save"),
+    (b"", "not a checkpoint of this project: it is not a file written by torch.save"),
+    (bytes(range(256)) * 4, "not a checkpoint of this project: it is not a file written by torch.save"),
+    (b"PK\x03\x04" + bytes(range(256)), "not a checkpoint of this project: the file is damaged"),
     ({"state_dict": {}}, "no format_version"),
     ({"format_version": FORMAT_VERSION + 1, "captioning_version": "9.0"}, "format 2 .*written by captioning 9.0"),
     ({"format_version": FORMAT_VERSION, "model_config": {}}, "incomplete checkpoint: missing \\['model', 'vocab'\\]"),
-    ({"format_version": FORMAT_VERSION, "object": NotPlainData()}, "not a readable captioning checkpoint"),
+    ({"format_version": FORMAT_VERSION, "object": NotPlainData()}, "holds Python objects other than tensors"),
 ])
 def test_bad_checkpoint_files_give_input_errors(tmp_path, content, message):
     path = tmp_path / "model.pt"
@@ -138,6 +139,7 @@ def test_bad_checkpoint_files_give_input_errors(tmp_path, content, message):
     with pytest.raises(InputError, match=message) as err:
         load_captioner(path)
     assert str(path) in str(err.value)
+    assert "weights_only" not in str(err.value)  # torch's advice to unpickle anyway is never passed on
 
 
 def test_checkpoint_that_does_not_fit_its_config_is_an_input_error(tmp_path):

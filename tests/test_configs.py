@@ -18,9 +18,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from captioning.cli._conf import CONF_DIR
-from captioning.config import DecodeOptions, DecoderOptions
+from captioning.config import DecodeOptions, DecoderOptions, TrainerOptions, check
 from captioning.text import Vocabulary
-from captioning.training import build_model, build_optimizer
+from captioning.optim import build_optimizer
+from captioning.training import build_model
 
 BIN = Path(sys.executable).parent
 # entry point -> the config groups it composes (hydra/launcher is tested in test_distributed.py)
@@ -64,10 +65,10 @@ def test_option_composes_and_builds(entry, group, option):
     override = f"+{group}={option}" if group == "experiment" else f"{group}={option}"
     cfg = compose_with(entry, override)
     plain = OmegaConf.to_container(cfg, resolve=True)
-    DecodeOptions(**plain["decode"]).check()
+    check(DecodeOptions(**plain["decode"]))
     if entry != "train":
         return
-    DecoderOptions(**plain["decoder"]).check()
+    check(DecoderOptions(**plain["decoder"]), TrainerOptions(**plain["trainer"]))
     for split in ("train", "val", "test"):
         assert isinstance(plain["dataset"][split]["annotations"], str)
     if plain["encoder"]["name"].startswith("resnet"):  # torchvision would download ImageNet weights
@@ -75,7 +76,7 @@ def test_option_composes_and_builds(entry, group, option):
     torch.manual_seed(0)
     model, model_config = build_model(plain, Vocabulary(["a", "red", "circle"]))
     assert model_config["decoder"]["vocab_size"] == 7 and model.decoder.config.cell == plain["decoder"]["cell"]
-    optimizer, scheduler = build_optimizer(plain, model, instantiate(cfg.optim.optimizer), total_steps=10)
+    optimizer, scheduler = build_optimizer(plain["optim"], model, instantiate(cfg.optim.optimizer), total_steps=10)
     assert optimizer.param_groups[0]["lr"] > 0
     features = torch.randn(2, model.encoder.out_dim)
     captions = torch.randint(0, 7, (2, 5))

@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from captioning.data import (CaptionBatch, CaptionDataset, ImageDataset, collate_captions,
+from captioning.data import (CaptionBatch, CaptionDataset, collate_captions,
                              load_coco_captions)
+from captioning.data.folder import ImageFolderDataset
 from captioning.io import InputError
 from captioning.text import Vocabulary, tokenize
 
@@ -119,10 +120,10 @@ def test_dataloader_batches_cover_every_caption(split, vocab):
     assert sum(len(b.image_ids) for b in batches) == len(ds)
 
 
-def test_image_dataset(split):
+def test_image_file_dataset(split):
     paths = [split.image_path(i) for i in split.image_ids]
-    ds = ImageDataset(paths, transform=lambda im: torch.tensor(im.getpixel((0, 0))))
-    assert [tuple(ds[k].tolist()) for k in range(len(ds))] == [COLOURS[i] for i in split.image_ids]
+    ds = ImageFolderDataset(paths, transform=lambda im: torch.tensor(im.getpixel((0, 0))))
+    assert [tuple(ds[k][1].tolist()) for k in range(len(ds))] == [COLOURS[i] for i in split.image_ids]
 
 
 # ---- bad input: each names the file and the offending ids ------------------------------------

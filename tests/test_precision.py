@@ -11,7 +11,9 @@ from PIL import Image
 from captioning.data.collate import CaptionBatch
 from captioning.data.datasets import load_image
 from captioning.data.features import extract_features
+from captioning.config import TrainerOptions
 from captioning.engine import train_one_epoch
+from captioning.run_state import TrainState
 from captioning import precision
 from captioning.models import CaptionDecoder, DecoderConfig, build_encoder
 from captioning.models.inference import fold_batchnorm, inference_copy
@@ -50,10 +52,10 @@ def test_bf16_training_step_learns_with_fp32_weights(impl):
     captions[:, 0], captions[:, -1] = 1, 2
     batch = CaptionBatch(torch.randn(8, 6), captions, torch.full((8,), 7), torch.arange(8))
     optimizer = torch.optim.Adam(decoder.parameters(), lr=3e-2)
-    first = train_one_epoch(decoder, None, [batch], optimizer, None, device=CPU, pad_id=0, precision="bf16",
-                            progress=False)["loss"]
-    last = train_one_epoch(decoder, None, [batch] * 40, optimizer, None, device=CPU, pad_id=0, precision="bf16",
-                           progress=False)["loss"]
+    opts = TrainerOptions(precision="bf16", progress=False)
+    first = train_one_epoch(decoder, None, [batch], optimizer, None, TrainState(), opts, device=CPU, pad_id=0)["loss"]
+    last = train_one_epoch(decoder, None, [batch] * 40, optimizer, None, TrainState(), opts, device=CPU,
+                           pad_id=0)["loss"]
     assert set(logit_dtypes) == {torch.bfloat16}  # the layers really ran in bf16
     assert all(p.dtype == torch.float32 for p in decoder.parameters())  # the weights stay fp32
     assert last < 0.5 * first

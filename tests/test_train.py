@@ -49,8 +49,8 @@ def test_run_writes_checkpoints_metrics_and_captions(tmp_path, tiny_shapes):
     assert {r["image_id"] for r in results} == test_ids
     assert all(isinstance(r["caption"], str) for r in results)
     assert "BLEU-4" in proc.stdout and str(run) in proc.stdout
-    ckpt = load_checkpoint(run / "checkpoints/last.pt")
-    assert ckpt["train_state"]["epoch"] == 2
+    state = load_checkpoint(run / "checkpoints/last.pt")["train_state"]
+    assert (state["epoch"], state["batch"], len(state["history"])) == (3, 0, 2)  # two epochs done, the third next
 
 
 def test_resume_continues_exactly(tmp_path, tiny_shapes):

@@ -16,8 +16,10 @@ import torch
 
 from captioning.bench.common import best_time
 from captioning.data.collate import CaptionBatch
+from captioning.config import TrainerOptions
 from captioning.engine import train_one_epoch
 from captioning.models import CaptionDecoder, DecoderConfig
+from captioning.run_state import TrainState
 
 BOS, EOS, PAD = 1, 2, 0
 
@@ -80,8 +82,9 @@ def run(args: argparse.Namespace) -> list[dict]:
 
     def train_steps(key: tuple[str, str], n: int) -> float:
         _, decoder, optimizer = runs[key]
-        return train_one_epoch(decoder, None, [batch] * n, optimizer, None, device=device, pad_id=PAD,
-                               precision=key[1], progress=False)["seconds"] / n
+        return train_one_epoch(decoder, None, [batch] * n, optimizer, None, TrainState(),
+                               TrainerOptions(precision=key[1], progress=False), device=device,
+                               pad_id=PAD)["seconds"] / n
 
     for key in runs:
         train_steps(key, 1)  # warm-up: first-call allocations and kernel selection

@@ -15,8 +15,8 @@ import hydra
 from omegaconf import DictConfig
 
 from captioning.cli._conf import CONF_DIR
-from captioning.cli.common import fail, require, user_errors
-from captioning.config import DecodeOptions
+from captioning.cli.common import fail, require, run_entry_point, user_errors
+from captioning.config import DecodeOptions, check
 from captioning.io import InputError
 
 
@@ -30,35 +30,43 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
     from captioning.gallery import summary_line, write_outputs
     from captioning.models import load_captioner
     from captioning.progress import progress
-    from captioning.training import resolve_device
+    from captioning.precision import resolve_device
 
     options = DecodeOptions(**cfg.decode)
-    options.check()  # before any image is read
+    check(options)  # before any image is read
     decode = asdict(options)
-    root, out_dir = Path(cfg.images), Path(cfg.output)
+    device = resolve_device(cfg.device)
+    root, out_dir = Path(cfg.images).expanduser(), Path(cfg.output).expanduser()
     if not root.is_dir():
         raise InputError(f"images folder not found: {root}")
+    if out_dir.is_file():
+        raise InputError(f"output={out_dir} is a file; give a folder for captions.json, captions.csv and index.html")
     inside = out_dir.resolve().is_relative_to(root.resolve())
-    paths = find_images(root, exclude=out_dir if inside else None)
+    paths, problems = find_images(root, exclude=out_dir if inside else None)
     if inside:
         print(f"note: output {out_dir} is inside the images folder; its files are not captioned", file=sys.stderr)
     if not paths:
         raise InputError(f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)")
-    captioner = load_captioner(cfg.checkpoint, device=resolve_device(cfg.device))
+    captioner = load_captioner(cfg.checkpoint, device=device)
     loader = DataLoader(ImageFolderDataset(paths, captioner.transform), batch_size=cfg.batch_size,
                         num_workers=cfg.num_workers, collate_fn=collate_folder)
+
+    def name(path: Path) -> str:  # os.fsdecode's form: a name that is not UTF-8 keeps its bytes as surrogates
+        return path.relative_to(root).as_posix()
+
     rows: list[dict] = [{} for _ in paths]
     with torch.inference_mode():
         for n, (indices, images, bad) in enumerate(progress(loader, desc="caption", unit="batch",
                                                              mode=cfg.progress)):
             for i, error in bad:
-                rows[i] = {"file_name": paths[i].relative_to(root).as_posix(), "error": error}
+                rows[i] = {"file_name": name(paths[i]), "error": error}
             if images is None:
                 continue
             features = captioner.encoder(images.to(captioner.device))
             captions = captioner.caption_features(features, seed=cfg.seed + n, **decode)
             for i, caption in zip(indices, captions):
-                rows[i] = {"file_name": paths[i].relative_to(root).as_posix(), "caption": caption}
+                rows[i] = {"file_name": name(paths[i]), "caption": caption}
+    rows += [{"file_name": name(path), "error": reason} for path, reason in problems]
     written = write_outputs(rows, root, out_dir, cfg.thumbnail_size, title=f"Captions for {root}")
     print(f"{summary_line(rows)}; gallery: {written['html']}  (also {written['json'].name}, {written['csv'].name})")
     return rows
@@ -74,7 +82,7 @@ def run(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    run()
+    run_entry_point(run)
 
 
 if __name__ == "__main__":

@@ -6,17 +6,29 @@ ends with `error: ...` on stderr and exit status 1, never a traceback; bugs stil
 from __future__ import annotations
 
 import sys
+import warnings
 from contextlib import contextmanager
-from typing import Iterator, NoReturn
+from typing import Callable, Iterator, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
 from captioning.io import InputError
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
+warnings.formatwarning = _one_line_warning  # a user reads "warning: ...", not our source line
+
+
 def fail(message: str) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(1)
+    stop(f"error: {message}", 1)
+
+
+def stop(message: str, status: int) -> NoReturn:
+    print(message, file=sys.stderr, flush=True)
+    sys.exit(status)
 
 
 def require(cfg: DictConfig, example: str) -> None:
@@ -26,10 +38,28 @@ def require(cfg: DictConfig, example: str) -> None:
         fail(f"set {' and '.join(f'{k}=...' for k in missing)}, e.g. {example}")
 
 
+def _message(e: InputError) -> str:
+    """The error's own message. A DataLoader re-raises a worker's exception with the worker's traceback
+    as its text ("Caught ImageError in DataLoader worker process 0. Original Traceback ..."): keep the
+    last line's message, which is the one the worker raised."""
+    text = str(e).strip()
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """InputError (bad files, bad options) -> one `error:` line and exit status 1."""
     try:
         yield
     except InputError as e:
-        fail(str(e))
+        fail(_message(e))
+
+
+def run_entry_point(run: Callable[[], object]) -> None:
+    """A console script's main: Hydra's app (or argparse's), with Ctrl-C ending in one line, not a traceback."""
+    try:
+        run()
+    except KeyboardInterrupt:
+        stop("interrupted (Ctrl-C)", 130)

@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from captioning.cli._conf import CONF_DIR
-from captioning.cli.common import fail, require, user_errors
+from captioning.cli.common import fail, require, run_entry_point, user_errors
 from captioning.io import atomic_write_json
 from captioning.metrics.evaluate import evaluate_files, format_report
 
@@ -36,7 +36,7 @@ def run(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    run()
+    run_entry_point(run)
 
 
 if __name__ == "__main__":

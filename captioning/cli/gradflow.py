@@ -13,6 +13,7 @@ import hydra
 from omegaconf import DictConfig
 
 from captioning.cli._conf import CONF_DIR
+from captioning.cli.common import run_entry_point
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="gradflow")
@@ -56,7 +57,7 @@ def run(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    run()
+    run_entry_point(run)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 from captioning.cli._conf import CONF_DIR
-from captioning.cli.common import user_errors
+from captioning.cli.common import run_entry_point, user_errors
 
 
 def _train_and_sample(cfg: DictConfig, out: str) -> dict:
@@ -94,7 +94,7 @@ def run(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    run()
+    run_entry_point(run)
 
 
 if __name__ == "__main__":

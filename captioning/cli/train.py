@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from captioning.cli._conf import CONF_DIR
-from captioning.cli.common import require, user_errors
+from captioning.cli.common import fail, require, run_entry_point, stop, user_errors
 
 EXAMPLE = ("captioning-train dataset=coco dataset.train.annotations=data/coco/captions_train.json "
            "dataset.train.images=data/coco/images (and the same for val and test)")
@@ -39,18 +39,29 @@ def run(cfg: DictConfig) -> float:
     require(cfg, EXAMPLE)
     from captioning.training import train  # heavy imports after Hydra has parsed the command line
 
+    from captioning.engine import Diverged
+    from captioning.interrupt import Interrupted
+
     run_dir = HydraConfig.get().runtime.output_dir
     plain = OmegaConf.to_container(cfg, resolve=True)
     make_optimizer = instantiate(cfg.optim.optimizer)  # a partial: parameters come at run time
-    with user_errors():
-        metrics = train(plain, run_dir, make_optimizer)
+    try:
+        with user_errors():
+            metrics = train(plain, run_dir, make_optimizer)
+    except Diverged as e:
+        fail(str(e))
+    except Interrupted as e:
+        if e.checkpoint is None:
+            stop(f"interrupted by {e} before training started: nothing to resume", 128 + e.signum)
+        stop(f"interrupted by {e} at {e.where}: saved {e.checkpoint}; continue with "
+             f"trainer.resume={e.checkpoint} (and the same hydra.run.dir, or a new one)", 128 + e.signum)
     if os.environ.get("RANK", "0") == "0":  # under torchrun every process returns the same metrics
         print(_summary(metrics, run_dir))
     return metrics["best_val_bleu4"]  # the sweep objective: validation, never test
 
 
 def main() -> None:
-    run()
+    run_entry_point(run)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from typing import Any
 
 _WHERE = {"CocoCaptions": "coco", "load_coco_captions": "coco", "CaptionBatch": "collate",
           "collate_captions": "collate", "flickr8k_to_coco": "convert", "karpathy_to_coco": "convert",
-          "CaptionDataset": "datasets", "ImageDataset": "datasets", "load_image": "datasets",
+          "CaptionDataset": "datasets", "load_image": "datasets",
           "open_image": "images", "make_shapes_dataset": "shapes", "summary": "shapes"}
 __all__ = sorted(_WHERE)
 

@@ -8,7 +8,7 @@ With a frozen encoder, `features` replaces the image: row i is the pooled CNN fe
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from PIL import Image
@@ -25,20 +25,6 @@ Transform = Callable[[Image.Image], torch.Tensor]
 def load_image(path: str | os.PathLike, transform: Transform | None = None) -> torch.Tensor:
     """`open_image` then `transform` (default: a float tensor in [0, 1], (3, H, W)); ImageError names the file."""
     return (transform or to_tensor)(open_image(path))
-
-
-class ImageDataset(Dataset):
-    """Plain list of image files -> transformed tensors (used for feature extraction)."""
-
-    def __init__(self, paths: Sequence[str | os.PathLike], transform: Transform | None = None):
-        self.paths = list(paths)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return load_image(self.paths[i], self.transform)
 
 
 class CaptionDataset(Dataset):

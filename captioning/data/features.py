@@ -18,21 +18,22 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from captioning.data.coco import CocoCaptions
-from captioning.data.datasets import ImageDataset
-from captioning.io import atomic_path
+from captioning.data.coco import CocoCaptions, id_list
+from captioning.data.folder import ImageFolderDataset, collate_folder
+from captioning.io import InputError, atomic_path
 from captioning.models.inference import inference_copy
 from captioning.precision import autocast, check_precision
 from captioning.progress import Mode, progress as progress_bar
 
 
-def cache_key(encoder_spec: dict, coco: CocoCaptions, precision: str) -> str:
+def cache_path(encoder_spec: dict, coco: CocoCaptions, cache_dir: str | os.PathLike, precision: str) -> Path:
+    """CACHE_DIR/<encoder>-<key>.pt, the key a hash of everything that changes the numbers."""
     h = hashlib.sha256()
     h.update(json.dumps(encoder_spec, sort_keys=True, default=str).encode())
     h.update(precision.encode())
     h.update(Path(coco.path).read_bytes())
     h.update(str(Path(coco.images_dir).resolve()).encode())
-    return h.hexdigest()[:24]
+    return Path(cache_dir) / f"{encoder_spec['name']}-{h.hexdigest()[:24]}.pt"
 
 
 # Images per CNN call by device type: a small batch's activations stay in the CPU's caches.
@@ -44,8 +45,7 @@ class EncodeBatch:
     (batch-norm and padding folded into the convolutions), channels_last memory layout (what
     oneDNN's and cuDNN's convolutions want), no autograd bookkeeping, bf16 autocast if asked.
 
-    Called on a list of images it stacks them first, so it can be a DataLoader's collate_fn:
-    then the CNN runs inside the worker process.
+    `EncodeItems` makes it a DataLoader's collate_fn, so that the CNN runs inside the worker processes.
     """
 
     def __init__(self, encoder: nn.Module, device: torch.device, precision: str = "fp32"):
@@ -53,11 +53,21 @@ class EncodeBatch:
         self.encoder = inference_copy(encoder.to(device).eval()).to(memory_format=torch.channels_last)
         self.device, self.precision = device, precision
 
-    def __call__(self, images: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
-        images = images if isinstance(images, torch.Tensor) else torch.stack(list(images))
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), autocast(self.device, self.precision):
             return self.encoder(images).float()  # (B, D)
+
+
+class EncodeItems:
+    """collate_fn over ImageFolderDataset items that also runs the CNN: (indices, features or None, [(i, error)])."""
+
+    def __init__(self, encode: EncodeBatch):
+        self.encode = encode
+
+    def __call__(self, items: list) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+        indices, images, bad = collate_folder(items)
+        return indices, None if images is None else self.encode(images), bad
 
 
 def extract_features(encoder: nn.Module, paths: Sequence[str | os.PathLike], *, batch_size: int | None = None,
@@ -80,17 +90,20 @@ def extract_features(encoder: nn.Module, paths: Sequence[str | os.PathLike], *, 
     in_workers = encode_in_workers and device.type == "cpu" and num_workers > 0
     batch_size = batch_size or DEFAULT_BATCH.get(device.type, 64)
     encode = EncodeBatch(encoder, device, precision)
-    loader = DataLoader(ImageDataset(list(paths), encoder.transform), batch_size=batch_size,
-                        num_workers=num_workers, collate_fn=encode if in_workers else None,
+    paths = list(paths)
+    loader = DataLoader(ImageFolderDataset(paths, encoder.transform), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=EncodeItems(encode) if in_workers else collate_folder,
                         pin_memory=device.type == "cuda")
-    out = torch.empty(len(loader.dataset), encoder.out_dim)
-    i = 0
-    with progress_bar(total=len(out), desc=desc, unit="img", mode=progress) as bar:
-        for batch in loader:
-            feats = batch if in_workers else encode(batch)  # (B, D)
-            out[i:i + len(feats)] = feats.cpu()
-            i += len(feats)
-            bar.update(len(feats))
+    out = torch.zeros(len(paths), encoder.out_dim)
+    problems = []
+    with progress_bar(total=len(paths), desc=desc, unit="img", mode=progress) as bar:
+        for indices, batch, bad in loader:
+            if batch is not None:
+                out[indices] = (batch if in_workers else encode(batch)).cpu()  # (B, D)
+            problems += [f"{os.fsdecode(paths[i])}: {error}" for i, error in bad]
+            bar.update(len(indices) + len(bad))
+    if problems:  # every unreadable file at once, not a worker's traceback about the first one
+        raise InputError(f"{len(problems)} of {len(paths)} images could not be read: {id_list(problems)}")
     return out
 
 
@@ -100,7 +113,7 @@ def cached_features(encoder: nn.Module, coco: CocoCaptions, cache_dir: str | os.
 
     `build=False` only reads (used by non-zero ranks, which wait for rank 0 to build the cache).
     """
-    path = Path(cache_dir) / f"{encoder.spec['name']}-{cache_key(encoder.spec, coco, precision)}.pt"
+    path = cache_path(encoder.spec, coco, cache_dir, precision)
     if path.is_file():
         return torch.load(path, map_location="cpu", weights_only=True)["features"]
     if not build:

@@ -19,18 +19,43 @@ from captioning.data.images import ImageError, open_image
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
 
-def find_images(root: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[Path]:
-    """Image files below `root` (recursive, extension case-insensitive), sorted; skips `exclude`."""
+def find_images(root: str | os.PathLike, exclude: str | os.PathLike | None = None
+                ) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Image files below `root` (extension case-insensitive), sorted, and what could not be searched.
+
+    Symlinked folders are followed, each real folder once, so a symlink loop ends instead of recursing.
+    The second list holds (path, reason) for every folder that could not be listed, symlink that leads
+    nowhere or back into a folder already searched: a caller reports them rather than silently skipping.
+    Nothing below `exclude` is returned.
+    """
     root = Path(root)
     skip = Path(exclude).resolve() if exclude is not None else None
-    found = []
-    for path in root.rglob("*"):
-        if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+    found: list[Path] = []
+    problems: list[tuple[Path, str]] = []
+    searched: set[str] = set()
+
+    def unreadable(e: OSError) -> None:
+        problems.append((Path(e.filename), f"cannot list this folder: {e.strerror}"))
+
+    for folder, subfolders, files in os.walk(root, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in searched or (skip is not None and Path(real).is_relative_to(skip)):
+            if real in searched:
+                problems.append((Path(folder), f"symbolic link to a folder already searched ({real}): skipped"))
+            subfolders[:] = []
             continue
-        if skip is not None and path.resolve().is_relative_to(skip):
-            continue
-        found.append(path)
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+        searched.add(real)
+        subfolders.sort()
+        for name in files:
+            path = Path(folder) / name
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            if path.is_symlink() and not path.exists():
+                problems.append((path, f"symbolic link to a file that does not exist ({os.readlink(path)})"))
+            elif path.is_file():
+                found.append(path)
+    key = lambda p: p.relative_to(root).as_posix()  # noqa: E731
+    return sorted(found, key=key), sorted(problems, key=lambda item: key(item[0]))
 
 
 class ImageFolderDataset(Dataset):

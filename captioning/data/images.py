@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -22,11 +23,43 @@ SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # integer greyscale, 0..
 
 
 class ImageError(InputError):
-    """An image file that cannot be used; `reason` says why without the path (the folder tool's rows)."""
+    """An image file that cannot be used. `reason` says why without the path (the folder tool's rows). Built
+    from its one message alone, as DataLoader re-raises a worker's exception."""
 
-    def __init__(self, path: str | os.PathLike, reason: str):
-        super().__init__(f"image {os.fsdecode(path)!r}: {reason}")
-        self.path, self.reason = path, reason
+    reason: str = ""
+
+
+def _error(path: str | os.PathLike, reason: str) -> ImageError:
+    e = ImageError(f"image {os.fsdecode(path)!r}: {reason}")
+    e.reason = reason
+    return e
+
+
+def check_image_files(paths: Iterable[str | os.PathLike]) -> list[str]:
+    """A cheap look at every file before long work (existence and the header, not the pixels): one
+    'path: reason' per file that is missing, empty, not an image or over the decompression-bomb limit."""
+    problems = []
+    for path in paths:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path):  # parses the header only
+                    pass
+        except Exception as e:  # noqa: BLE001 - whatever Pillow raises, the file is unusable: say why
+            problems.append(f"{os.fsdecode(path)}: {_reason(e)}")
+    return problems
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, FileNotFoundError):
+        return "file not found"
+    if isinstance(e, IsADirectoryError):
+        return "is a directory, not an image file"
+    if isinstance(e, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return f"image too large (Pillow's decompression-bomb limit): {e}"
+    if isinstance(e, Image.UnidentifiedImageError):
+        return "not a readable image file (empty, or not an image)"
+    return f"{type(e).__name__}: {e}"
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -48,16 +81,8 @@ def open_image(image: ImageLike) -> Image.Image:
             with Image.open(image) as im:
                 im.load()
                 return to_rgb(im)
-    except FileNotFoundError:
-        raise ImageError(image, "file not found") from None
-    except IsADirectoryError:
-        raise ImageError(image, "is a directory, not an image file") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(image, f"image too large (Pillow's decompression-bomb limit): {e}") from None
-    except Image.UnidentifiedImageError:
-        raise ImageError(image, "not a readable image file") from None
-    except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt data, unreadable file
-        raise ImageError(image, f"{type(e).__name__}: {e}") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning) as e:  # missing, truncated, corrupt
+        raise _error(image, _reason(e)) from None
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:

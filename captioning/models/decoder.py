@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from captioning.config import DecoderOptions
+from captioning.config import DecoderOptions, check
 from captioning.models.cells import State, build_recurrent
 
 
@@ -39,7 +39,7 @@ class CaptionDecoder(nn.Module):
 
     def __init__(self, config: DecoderConfig):
         super().__init__()
-        config.check()
+        check(config)
         self.config = c = config
         self.embed = nn.Embedding(c.vocab_size, c.embed_dim)
         self.rnn = build_recurrent(c.cell, c.impl, c.embed_dim, c.hidden_dim, c.num_layers, c.dropout)

@@ -1,0 +1,56 @@
+"""The three splits of a training run: read and checked before any long work starts, then wrapped as
+datasets over the vocabulary and (with a frozen encoder) the cached features."""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader
+
+from captioning.data.coco import CocoCaptions, id_list, load_coco_captions
+from captioning.data.collate import collate_captions
+from captioning.data.datasets import CaptionDataset
+from captioning.data.images import check_image_files
+from captioning.io import InputError
+from captioning.text import Vocabulary
+
+SPLITS = ("train", "val", "test")
+
+
+def load_splits(dataset: dict) -> dict[str, CocoCaptions]:
+    """The annotations of `dataset.{train,val,test}`; InputError for a split without a captioned image."""
+    cocos = {s: load_coco_captions(dataset[s]["annotations"], dataset[s]["images"], check_images=False)
+             for s in SPLITS}
+    for split, coco in cocos.items():
+        if len(coco) == 0:
+            use = "train on" if split == "train" else "score"
+            raise InputError(f"the {split} split ({coco.path}) has no captioned images: nothing to {use}")
+    return cocos
+
+
+def check_images(coco: CocoCaptions) -> None:
+    """InputError listing every image of the split that is missing, empty, not an image or too large
+    (headers only: seconds for thousands of files), so a bad file fails the run before the first epoch."""
+    if not coco.images_dir.is_dir():
+        raise InputError(f"images directory {coco.images_dir} (for annotations file {coco.path}) not found")
+    problems = check_image_files(coco.image_path(i) for i in coco.image_ids)
+    if problems:
+        raise InputError(f"annotations file {coco.path}: {len(problems)} of {len(coco)} images in {coco.images_dir} "
+                         f"cannot be used: {id_list(problems)}")
+
+
+class SplitData:
+    """One split's annotations with its datasets: all captions (loss) and one item per image (BLEU)."""
+
+    def __init__(self, coco: CocoCaptions, vocab: Vocabulary, features: torch.Tensor | None, transform,
+                 max_len: int):
+        self.coco = coco
+        kw = dict(features=features, transform=None if features is not None else transform, max_len=max_len)
+        self.captions = CaptionDataset(coco, vocab, **kw)
+        self.images = CaptionDataset(coco, vocab, per_image=True, **kw)
+
+    def loader(self, per_image: bool, batch_size: int, num_workers: int, pad_id: int,
+               sampler=None) -> DataLoader:
+        # Its own generator: creating the loader's iterator must not draw from the global RNG, which
+        # drives dropout (a resumed epoch's masks would shift by one draw).
+        return DataLoader(self.images if per_image else self.captions, batch_size=batch_size,
+                          sampler=sampler, num_workers=num_workers, generator=torch.Generator(),
+                          collate_fn=lambda b: collate_captions(b, pad_id=pad_id))

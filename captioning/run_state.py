@@ -1,0 +1,143 @@
+"""Where a training run is, its two checkpoints, and continuing a run from them.
+
+* `checkpoints/last.pt` holds everything needed to continue exactly: the model, optimizer and scheduler,
+  and the `TrainState` (epoch, batches already trained in it, optimizer step, the epoch's partial loss
+  sums, the history, and mid-epoch the random-number state that drives dropout).
+* `checkpoints/best.pt` holds the weights with the best validation score, with that score and its epoch.
+
+At the end of an epoch best.pt is written before last.pt: a kill between the two leaves last.pt at the
+previous epoch, so the resumed run trains that epoch again (identically: data order and dropout are
+seeded by (seed, epoch)) and rewrites both. When resuming, the best score comes from best.pt itself,
+never from last.pt, so the two files cannot disagree about which weights are best; a run resumed into
+a new run directory takes a copy of best.pt along, so its test split is scored on the right weights.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from captioning.checkpoint import load_checkpoint, save_checkpoint
+from captioning.io import InputError, atomic_path
+
+# Decoder fields that change the shapes or names of the weights; the rest are hyper-parameters.
+ARCHITECTURE = ("embed_dim", "hidden_dim", "num_layers", "cell", "impl", "inject", "vocab_size", "feature_dim")
+# Settings a resumed run takes from the checkpoint (the optimizer's state holds its learning rate and
+# moments; the vocabulary fixes the output layer); every other setting comes from the command line.
+FROM_CHECKPOINT = ("optim.", "vocab.")
+
+
+@dataclass
+class TrainState:
+    epoch: int = 1               # the epoch in progress, or the next one to run
+    batch: int = 0               # batches of `epoch` already trained
+    step: int = 0                # optimizer steps taken (a skipped non-finite step is not one)
+    loss_sum: float = 0.0        # this epoch so far: summed token losses, target tokens, skipped steps
+    tokens: int = 0
+    skipped: int = 0
+    history: list[dict] = field(default_factory=list)  # one row per finished epoch
+    best_score: float = -math.inf  # from best.pt, not saved in last.pt
+    best_epoch: int | None = None
+
+    @property
+    def stale(self) -> int:
+        """Finished epochs since the best one (early stopping counts these)."""
+        return sum(1 for row in self.history if self.best_epoch is None or row["epoch"] > self.best_epoch)
+
+    def next_epoch(self) -> None:
+        self.epoch, self.batch, self.loss_sum, self.tokens, self.skipped = self.epoch + 1, 0, 0.0, 0, 0
+
+    def saved(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in ("best_score", "best_epoch")}
+
+
+def save_run_checkpoint(path: Path, model: torch.nn.Module, vocab, model_config: dict, optimizer, scheduler,
+                        state: TrainState, run_config: dict, score: float | None = None) -> None:
+    """last.pt (with the RNG state when mid-epoch) or, with `score`, best.pt."""
+    train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **state.saved()}
+    if state.batch:  # mid-epoch: dropout masks continue from here
+        train_state["rng"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            train_state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    if score is not None:
+        train_state.update(best_score=score, best_epoch=state.epoch)
+    save_checkpoint(path, model_state=model.state_dict(), vocab=vocab, model_config=model_config,
+                    train_state=train_state, run_config=run_config)
+
+
+def resume_path(resume: str | None, run_dir: Path) -> Path | None:
+    """The checkpoint to continue from: trainer.resume, or with `auto` this run directory's last.pt if any."""
+    if resume == "auto":
+        last = run_dir / "checkpoints" / "last.pt"
+        return last if last.is_file() else None
+    return Path(resume) if resume else None
+
+
+def check_resumable(path: Path, ckpt: dict, model_config: dict) -> None:
+    """InputError naming the checkpoint and every size or kind that differs from this run's model, or
+    saying that it holds no training state to continue from."""
+    saved, ours = ckpt["model_config"]["decoder"], model_config["decoder"]
+    diffs = [f"decoder.{k}: {saved.get(k)} in the checkpoint, {ours[k]} here" for k in ARCHITECTURE
+             if saved.get(k) != ours[k]]
+    for k in ("name", "image_size"):
+        if ckpt["model_config"]["encoder"].get(k) != model_config["encoder"].get(k):
+            diffs.append(f"encoder.{k}: {ckpt['model_config']['encoder'].get(k)} in the checkpoint, "
+                         f"{model_config['encoder'].get(k)} here")
+    if diffs:
+        raise InputError(f"cannot resume from {path}: it is a different model ({'; '.join(diffs)})")
+    if "batch" not in (ckpt.get("train_state") or {}):
+        raise InputError(f"cannot resume from {path}: it holds no training state of this version "
+                         f"(load_captioner still reads it)")
+
+
+def _flatten(cfg: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in cfg.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def changed_settings(path: Path, saved_cfg: dict | None, cfg: dict) -> str | None:
+    """A warning listing the settings that differ from the checkpoint's run, and which side each comes from."""
+    if not saved_cfg:
+        return None
+    before, now = _flatten(saved_cfg), _flatten(cfg)
+    keys = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k) and k != "trainer.resume")
+    if not keys:
+        return None
+    kept = [f"{k}={before.get(k)} (not {now.get(k)})" for k in keys if k.startswith(FROM_CHECKPOINT)]
+    new = [f"{k}={now.get(k)} (was {before.get(k)})" for k in keys if not k.startswith(FROM_CHECKPOINT)]
+    parts = ([f"taken from the checkpoint: {', '.join(kept)}"] if kept else []) + \
+            ([f"taken from this command line: {', '.join(new)}"] if new else [])
+    return f"resuming from {path} with changed settings; " + "; ".join(parts)
+
+
+def restore(path: Path, ckpt: dict, run_dir: Path, model: torch.nn.Module, optimizer, scheduler, cfg: dict,
+            copy_best: bool) -> TrainState:
+    """Load a checked checkpoint (`check_resumable`) into model, optimizer and scheduler, warn about changed
+    settings, bring best.pt along into `run_dir` (with `copy_best`: rank 0) and return the run's state."""
+    message = changed_settings(path, ckpt.get("run_config"), cfg)
+    if message:
+        warnings.warn(message, stacklevel=2)
+    ts = ckpt["train_state"]
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ts["optimizer"])
+    scheduler.load_state_dict(ts["scheduler"])
+    if "rng" in ts:
+        torch.set_rng_state(ts["rng"])
+        if "cuda_rng" in ts and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ts["cuda_rng"])
+    state = TrainState(**{k: ts[k] for k in ("epoch", "batch", "step", "loss_sum", "tokens", "skipped", "history")})
+    best_here, best_there = run_dir / "checkpoints" / "best.pt", path.parent / "best.pt"
+    best = best_there if best_there.is_file() else best_here
+    if copy_best and best_there.is_file() and best_there.resolve() != best_here.resolve():
+        with atomic_path(best_here) as tmp:
+            shutil.copyfile(best_there, tmp)
+    if best.is_file():
+        ts_best = load_checkpoint(best)["train_state"]
+        state.best_score, state.best_epoch = ts_best["best_score"], ts_best["best_epoch"]
+    return state
