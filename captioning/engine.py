@@ -71,6 +71,8 @@ def train_one_epoch(decoder: nn.Module, encoder: nn.Module | None, loader: Itera
     loss_before, tokens_before, t0 = state.loss_sum, state.tokens, time.perf_counter()
     bar = progress_bar(loader, desc=f"epoch {state.epoch}", unit="batch", mode=opts.progress, leave=False)
     for batch in bar:
+        if opts.max_steps is not None and state.step >= opts.max_steps:  # also right after a resume
+            break
         with autocast(device, opts.precision):
             loss, tokens = batch_loss(decoder, encoder, batch, device, pad_id, opts.label_smoothing)
         summed, n = loss.item() * tokens, tokens
@@ -80,8 +82,14 @@ def train_one_epoch(decoder: nn.Module, encoder: nn.Module | None, loader: Itera
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # also when not finite: under DDP every rank must take part in the all-reduce
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, opts.grad_clip or math.inf))
+        where = f"step {state.step + 1} (epoch {state.epoch}, batch {state.batch + 1})"
         if math.isfinite(summed) and math.isfinite(grad_norm):
-            optimizer.step()
+            try:
+                optimizer.step()
+            except RuntimeError as e:  # e.g. Adam's lr / (1 - beta1^t) overflowing float32 with a huge lr
+                if "overflow" not in str(e):
+                    raise
+                raise Diverged(f"training diverged: the optimizer's update overflowed at {where} ({e})") from None
             if scheduler is not None:
                 scheduler.step()
             state.step += 1
@@ -89,7 +97,6 @@ def train_one_epoch(decoder: nn.Module, encoder: nn.Module | None, loader: Itera
             state.tokens += int(n)
         else:
             what = f"loss {summed / n}" if not math.isfinite(summed) else f"gradient norm {grad_norm}"
-            where = f"step {state.step + 1} (epoch {state.epoch}, batch {state.batch + 1})"
             if opts.nonfinite == "stop":
                 raise Diverged(f"training diverged: non-finite {what} at {where}")
             optimizer.zero_grad(set_to_none=True)
@@ -105,7 +112,7 @@ def train_one_epoch(decoder: nn.Module, encoder: nn.Module | None, loader: Itera
         if signalled:
             bar.close()
             raise interrupt.Interrupted(interrupt.received() or signal.SIGTERM)
-        if out_of_time or (opts.max_steps is not None and state.step >= opts.max_steps):
+        if out_of_time:
             break
     bar.close()
     seconds, tokens = time.perf_counter() - t0, state.tokens - tokens_before

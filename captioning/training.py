@@ -123,8 +123,8 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
     ckpt_dir = run_dir / "checkpoints"
     if main:
         warn_if_slow(device, opts.precision)
-        remove_stale_temp_files(ckpt_dir)  # left by a run killed while saving
-        remove_stale_temp_files(cfg["cache_dir"])
+        for folder in (run_dir, ckpt_dir, cfg["cache_dir"]):
+            remove_stale_temp_files(folder)  # left by a run killed while saving
     random.seed(cfg["seed"])
     torch.manual_seed(cfg["seed"])
     cocos = load_splits(cfg["dataset"])
@@ -185,6 +185,8 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
         save_run_checkpoint(ckpt_dir / name, model, vocab, model_config, optimizer, scheduler, state, cfg, score)
 
     def finished() -> bool:
+        if state.batch:  # an interrupted epoch: train what is left of it, then validate
+            return False
         return state.epoch > opts.max_epochs or state.step >= total_steps or state.stale >= opts.patience
 
     if resume is not None and finished() and main:

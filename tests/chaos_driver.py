@@ -1,0 +1,51 @@
+"""captioning-train that SIGKILLs itself at a chosen point, for tests/test_chaos.py.
+
+    python chaos_driver.py POINT [captioning-train overrides...]
+
+POINT is step:N (while computing training step N of this process), val:N (in this process's N-th
+validation), write:NAME:N (the N-th write of NAME, after its temporary file is written and before it is
+renamed into place) or never. SIGKILL cannot be caught: no handler, `finally` or atexit runs, as when
+the kernel's OOM killer or a node failure ends a job.
+"""
+import os
+import signal
+import sys
+from pathlib import Path
+
+
+def die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def counting(n: int, fn, when=lambda *a, **k: True):
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        if when(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == n:
+                die()
+        return fn(*args, **kwargs)
+    return wrapper
+
+
+def main() -> None:
+    point, sys.argv = sys.argv[1], ["captioning-train", *sys.argv[2:]]
+    kind, *args = point.split(":")
+    import captioning.engine
+    import captioning.training
+
+    if kind == "step":
+        captioning.engine.batch_loss = counting(int(args[0]), captioning.engine.batch_loss,
+                                                when=lambda decoder, *a, **k: decoder.training)
+    elif kind == "val":
+        captioning.training.score_split = counting(int(args[0]), captioning.training.score_split,
+                                                   when=lambda *a, desc, **k: desc == "val")
+    elif kind == "write":
+        os.replace = counting(int(args[1]), os.replace, when=lambda src, dst: Path(dst).name == args[0])
+    from captioning.cli.train import main as train_main
+    train_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""Interrupted and resumed runs lose nothing: the resumed run ends exactly where the uninterrupted one does.
+
+Most tests call `captioning.training.train` in this process (the entry point's code below Hydra), so
+they can stop a run at an exact step: a SIGTERM sent to this process at a chosen step, or a failure
+injected between two checkpoint writes. The CLI's own handling is in test_reliability_cli.py.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+import captioning.engine
+import captioning.training
+from captioning import interrupt
+from captioning.checkpoint import load_checkpoint
+from captioning.cli._conf import CONF_DIR
+from captioning.data.shapes import make_shapes_dataset
+from captioning.engine import Diverged
+from captioning.io import InputError
+from captioning.training import train
+
+REAL_SCORE_SPLIT, REAL_BATCH_LOSS = captioning.training.score_split, captioning.engine.batch_loss
+TINY = ["encoder=small_cnn", "encoder.image_size=32", "encoder.num_workers=0", "decoder.hidden_dim=16",
+        "decoder.embed_dim=8", "trainer.batch_size=8", "trainer.tensorboard=false", "trainer.progress=false",
+        "trainer.patience=99", "optim.warmup_steps=5",
+        "optim.scheduler=constant"]  # the schedule must not depend on max_epochs: runs of 1 and 3 epochs are compared
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shapes")
+    make_shapes_dataset(root, n_train=16, n_val=6, n_test=6, seed=0, image_size=32, demo_images=0)
+    return root
+
+
+def config(shapes: Path, *overrides: str) -> tuple[dict, object]:
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        cfg = compose("train", overrides=[f"dataset.root={shapes}", f"cache_dir={shapes / 'cache'}", *TINY,
+                                          *overrides])
+    return OmegaConf.to_container(cfg, resolve=True), instantiate(cfg.optim.optimizer)
+
+
+def run(shapes: Path, run_dir: Path, *overrides: str) -> dict:
+    cfg, make_optimizer = config(shapes, *overrides)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # resuming with changed limits warns; tested on its own below
+        return train(cfg, run_dir, make_optimizer)
+
+
+def weights(path: Path) -> dict:
+    return load_checkpoint(path)["model"]
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def scripted_validation(monkeypatch, scores: dict[int, float]) -> None:
+    """Validation BLEU-4 per epoch as given (the real captions and loss otherwise): which epoch is best is then
+    known in advance, even for a tiny model whose BLEU-4 is 0 every epoch."""
+    real, epochs = REAL_SCORE_SPLIT, iter(sorted(scores))
+
+    def score_split(model, split, cfg, device, desc):
+        metrics, results = real(model, split, cfg, device, desc)
+        if desc == "val":
+            metrics["bleu4"] = scores[next(epochs)]
+        return metrics, results
+    monkeypatch.setattr(captioning.training, "score_split", score_split)
+
+
+def test_resume_into_a_new_run_dir_scores_the_best_weights(shapes, tmp_path, monkeypatch):
+    """The README's resume example writes to a new run directory: best.pt must come along."""
+    scripted_validation(monkeypatch, {1: 0.5, 2: 0.2, 3: 0.1})
+    full = run(shapes, tmp_path / "full", "trainer.max_epochs=3")
+    scripted_validation(monkeypatch, {1: 0.5})
+    run(shapes, tmp_path / "part", "trainer.max_epochs=1")
+    scripted_validation(monkeypatch, {2: 0.2, 3: 0.1})
+    resumed = run(shapes, tmp_path / "resumed", "trainer.max_epochs=3",
+                  f"trainer.resume={tmp_path / 'part' / 'checkpoints' / 'last.pt'}")
+    assert (tmp_path / "resumed" / "checkpoints" / "best.pt").is_file()
+    assert same_weights(tmp_path / "resumed" / "checkpoints" / "best.pt", tmp_path / "full" / "checkpoints" / "best.pt")
+    assert resumed["test"] == full["test"] and resumed["best_epoch"] == full["best_epoch"] == 1
+    assert resumed["best_val_bleu4"] == 0.5
+
+
+def test_a_kill_between_writing_best_and_last_loses_nothing(shapes, tmp_path, monkeypatch):
+    """best.pt is written before last.pt: dying between the two leaves last.pt one epoch behind, and the
+    resumed run repeats that epoch identically, so it ends with the uninterrupted run's best weights."""
+    scripted_validation(monkeypatch, {1: 0.1, 2: 0.3, 3: 0.2})
+    full = run(shapes, tmp_path / "full", "trainer.max_epochs=3")
+
+    class Killed(BaseException):
+        pass
+
+    real_save, writes = captioning.training.save_run_checkpoint, []
+
+    def save(path, *args, **kwargs):
+        real_save(path, *args, **kwargs)
+        writes.append(path.name)
+        if writes == ["best.pt", "last.pt", "best.pt"]:  # epoch 2 improved: its best.pt is on disk, last.pt not yet
+            raise Killed
+    monkeypatch.setattr(captioning.training, "save_run_checkpoint", save)
+    scripted_validation(monkeypatch, {1: 0.1, 2: 0.3})
+    with pytest.raises(Killed):
+        run(shapes, tmp_path / "run", "trainer.max_epochs=3")
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["train_state"]
+    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")["train_state"]
+    assert (last["epoch"], best["best_epoch"]) == (2, 2)  # last.pt still before epoch 2; best.pt from epoch 2
+
+    monkeypatch.setattr(captioning.training, "save_run_checkpoint", real_save)
+    scripted_validation(monkeypatch, {2: 0.3, 3: 0.2})
+    resumed = run(shapes, tmp_path / "run", "trainer.max_epochs=3", "trainer.resume=auto")
+    assert resumed["best_epoch"] == 2 and resumed["test"] == full["test"]
+    assert same_weights(tmp_path / "run" / "checkpoints" / "best.pt", tmp_path / "full" / "checkpoints" / "best.pt")
+    assert same_weights(tmp_path / "run" / "checkpoints" / "last.pt", tmp_path / "full" / "checkpoints" / "last.pt")
+
+
+def signal_at_step(monkeypatch, step: int, signum: int = signal.SIGTERM) -> None:
+    """Send `signum` to this process when the training loop computes the loss of optimizer step `step`."""
+    real, calls = REAL_BATCH_LOSS, []
+
+    def batch_loss(decoder, encoder, batch, *args, **kwargs):
+        if decoder.training:
+            calls.append(1)
+            if len(calls) == step:
+                os.kill(os.getpid(), signum)
+        return real(decoder, encoder, batch, *args, **kwargs)
+    monkeypatch.setattr(captioning.engine, "batch_loss", batch_loss)
+
+
+@pytest.mark.parametrize("stop_step", [3, 10, 12])  # mid-epoch 1, mid-epoch 1 of 10 batches' end, in epoch 2
+def test_sigterm_saves_mid_epoch_and_the_resumed_run_is_identical(shapes, tmp_path, monkeypatch, stop_step):
+    full = run(shapes, tmp_path / "full", "trainer.max_epochs=2", "decoder.dropout=0.5")
+    signal_at_step(monkeypatch, stop_step)
+    with pytest.raises(interrupt.Interrupted) as stopped:
+        run(shapes, tmp_path / "run", "trainer.max_epochs=2", "decoder.dropout=0.5")
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["train_state"]
+    assert state["step"] == stop_step and stopped.value.signum == signal.SIGTERM  # the step it was in finished
+    assert str(stopped.value.checkpoint).endswith("last.pt") and f"step {stop_step}" in stopped.value.where
+    monkeypatch.undo()
+    resumed = run(shapes, tmp_path / "run", "trainer.max_epochs=2", "decoder.dropout=0.5", "trainer.resume=auto")
+    assert same_weights(tmp_path / "run" / "checkpoints" / "last.pt", tmp_path / "full" / "checkpoints" / "last.pt")
+    for a, b in zip(full["epochs"], resumed["epochs"], strict=True):
+        assert (a["train_loss"], a["val_loss"], a["step"]) == (b["train_loss"], b["val_loss"], b["step"])
+    assert resumed["test"] == full["test"]
+
+
+def test_sigint_during_validation_resumes_with_validation(shapes, tmp_path, monkeypatch):
+    full = run(shapes, tmp_path / "full", "trainer.max_epochs=1")
+    real = REAL_SCORE_SPLIT
+
+    def score_split(model, split, cfg, device, desc):
+        if desc == "val":
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the validation captions are generated
+        return real(model, split, cfg, device, desc)
+    monkeypatch.setattr(captioning.training, "score_split", score_split)
+    with pytest.raises(interrupt.Interrupted):
+        run(shapes, tmp_path / "run", "trainer.max_epochs=1")
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["train_state"]
+    assert (state["epoch"], state["batch"], state["history"]) == (1, 10, [])  # trained, not yet validated
+    monkeypatch.undo()
+    resumed = run(shapes, tmp_path / "run", "trainer.max_epochs=1", "trainer.resume=auto")
+    assert resumed["epochs"][0]["train_loss"] == full["epochs"][0]["train_loss"] and resumed["test"] == full["test"]
+
+
+def poison_step(monkeypatch, step: int) -> None:
+    """The loss of training step `step` (1-based, counting every batch) is NaN."""
+    real, calls = REAL_BATCH_LOSS, []
+
+    def batch_loss(decoder, *args, **kwargs):
+        loss, tokens = real(decoder, *args, **kwargs)
+        if decoder.training:
+            calls.append(1)
+            if len(calls) == step:
+                loss = loss * float("nan")
+        return loss, tokens
+    monkeypatch.setattr(captioning.engine, "batch_loss", batch_loss)
+
+
+def test_nan_mid_run_stops_before_overwriting_a_checkpoint(shapes, tmp_path, monkeypatch):
+    run(shapes, tmp_path / "good", "trainer.max_epochs=1")
+    poison_step(monkeypatch, 13)  # epoch 2, batch 3
+    with pytest.raises(Diverged, match=r"non-finite loss nan at step 13 \(epoch 2, batch 3\).*keeps the end of epoch 1"):
+        run(shapes, tmp_path / "run", "trainer.max_epochs=2")
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert same_weights(ckpts / "last.pt", tmp_path / "good" / "checkpoints" / "last.pt")  # epoch 1's, intact
+    assert all(torch.isfinite(w).all() for w in weights(ckpts / "best.pt").values() if w.is_floating_point())
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_nan_steps_can_be_skipped_and_counted(shapes, tmp_path, monkeypatch):
+    poison_step(monkeypatch, 4)
+    metrics = run(shapes, tmp_path / "run", "trainer.max_epochs=2", "trainer.nonfinite=skip")
+    assert [e["skipped_steps"] for e in metrics["epochs"]] == [1, 0]
+    assert [e["step"] for e in metrics["epochs"]] == [9, 19]  # the skipped batch made no optimizer step
+    assert all(math.isfinite(e["train_loss"]) for e in metrics["epochs"])
+
+
+def test_a_huge_learning_rate_stops_at_once(shapes, tmp_path):
+    with pytest.raises(Diverged, match=r"at step \d+ \(epoch 1, batch \d+\); no checkpoint was written"):
+        run(shapes, tmp_path / "run", "optim.optimizer.lr=1e38")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_resume_refuses_another_architecture_and_warns_about_changed_settings(shapes, tmp_path):
+    run(shapes, tmp_path / "a", "trainer.max_epochs=1")
+    last = tmp_path / "a" / "checkpoints" / "last.pt"
+    with pytest.raises(InputError, match=rf"cannot resume from {last}: .*decoder.hidden_dim: 16 in the checkpoint, 24 here"):
+        run(shapes, tmp_path / "b", f"trainer.resume={last}", "decoder.hidden_dim=24")
+    cfg, make_optimizer = config(shapes, f"trainer.resume={last}", "trainer.max_epochs=2", "optim.optimizer.lr=0.01")
+    with pytest.warns(UserWarning, match=r"taken from the checkpoint: optim.optimizer.lr=0.002 \(not 0.01\); "
+                                         r"taken from this command line: trainer.max_epochs=2 \(was 1\)"):
+        train(cfg, tmp_path / "c", make_optimizer)
+
+
+def test_resuming_a_finished_run_scores_it_again(shapes, tmp_path, capsys):
+    first = run(shapes, tmp_path / "a", "trainer.max_epochs=1")
+    again = run(shapes, tmp_path / "a", "trainer.max_epochs=1", "trainer.resume=auto")
+    assert again["test"] == first["test"] and "nothing left to train" in capsys.readouterr().out
