@@ -21,6 +21,7 @@ INJECT_MODES = ("init", "pre", "par")
 DECODE_METHODS = ("greedy", "beam", "sample")
 PRECISIONS = ("fp32", "bf16")
 NONFINITE_POLICIES = ("stop", "skip")
+SELECTION_METRICS = ("cider", "bleu4")
 
 
 def check(*options) -> None:
@@ -97,6 +98,7 @@ class TrainerOptions:
     grad_clip: Optional[float] = 5.0      # clip the global gradient norm to this; null: no clipping
     label_smoothing: float = 0.0
     patience: int = 4                     # early stopping: epochs without a better validation score
+    select_on: str = "cider"              # the validation score that picks best.pt and stops early: cider | bleu4
     nonfinite: str = "stop"               # a NaN/inf loss or gradient: stop the run (non-zero exit) | skip the step
     resume: Optional[str] = None          # a checkpoint to continue from (runs/X/checkpoints/last.pt), or auto:
                                           # this run directory's last.pt if there is one
@@ -115,6 +117,8 @@ class TrainerOptions:
             problems.append(f"trainer.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.precision not in PRECISIONS:
             problems.append(f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.select_on not in SELECTION_METRICS:
+            problems.append(f"trainer.select_on must be one of {', '.join(SELECTION_METRICS)}, got {self.select_on!r}")
         if self.nonfinite not in NONFINITE_POLICIES:
             problems.append(f"trainer.nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {self.nonfinite!r}")
         if self.progress not in (True, False, "auto"):

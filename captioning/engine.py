@@ -151,7 +151,7 @@ def generate_captions(caption_fn: Callable[[torch.Tensor], list[str]], loader: I
     return results
 
 
-def bleu_scores(results: Mapping[int, str], references: Mapping[int, list[str]]) -> dict:
-    """BLEU-1..4 with the same code as captioning-eval (official COCO scorer parity)."""
+def caption_scores(results: Mapping[int, str], references: Mapping[int, list[str]]) -> dict:
+    """BLEU-1..4 and CIDEr-D with the same code as captioning-eval (official COCO scorer parity)."""
     scores = score_captions(results, {i: references[i] for i in results})
-    return {k: float(v) for k, v in scores.items() if k.startswith("bleu")}
+    return {k: float(v) for k, v in scores.items() if k.startswith("bleu") or k == "cider"}

@@ -40,20 +40,22 @@ class RunLog:
         atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
 
     def plot_curves(self) -> Path:
-        """curves.png: train/val loss (left) and val BLEU-4 (right) per epoch."""
+        """curves.png: train/val loss, val BLEU-4 and val CIDEr-D per epoch."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         epochs = [r["epoch"] for r in self.history]
-        fig, (ax_loss, ax_bleu) = plt.subplots(1, 2, figsize=(10, 3.8))
+        fig, (ax_loss, ax_bleu, ax_cider) = plt.subplots(1, 3, figsize=(14, 3.8))
         for key, label in [("train_loss", "train"), ("val_loss", "val")]:
             ax_loss.plot(epochs, [r.get(key) for r in self.history], marker="o", label=label)
         ax_loss.set(xlabel="epoch", ylabel="cross-entropy per token", title="loss")
         ax_loss.legend()
         ax_bleu.plot(epochs, [r.get("val_bleu4") for r in self.history], marker="o", color="C2")
         ax_bleu.set(xlabel="epoch", ylabel="BLEU-4", title="validation BLEU-4")
+        ax_cider.plot(epochs, [r.get("val_cider") for r in self.history], marker="o", color="C3")
+        ax_cider.set(xlabel="epoch", ylabel="CIDEr-D", title="validation CIDEr-D")
         fig.tight_layout()
         path = self.run_dir / "curves.png"
         with atomic_path(path) as tmp:

@@ -27,8 +27,9 @@ from captioning import distributed, interrupt
 from captioning.checkpoint import load_checkpoint
 from captioning.config import DecodeOptions, DecoderOptions, TrainerOptions
 from captioning.data.features import cache_path, cached_features
-from captioning.data.splits import SPLITS, SplitData, check_images, load_splits
-from captioning.engine import Diverged, bleu_scores, evaluate_loss, generate_captions, train_one_epoch
+from captioning.baselines import NearestNeighbourCaptioner
+from captioning.data.splits import SplitData, check_images, load_splits, split_names, test_names
+from captioning.engine import Diverged, caption_scores, evaluate_loss, generate_captions, train_one_epoch
 from captioning.io import InputError, atomic_write_json, remove_stale_temp_files
 from captioning.models import Captioner, CaptionDecoder, DecoderConfig, build_encoder
 from captioning.optim import build_optimizer
@@ -49,7 +50,7 @@ def build_model(cfg: dict, vocab: Vocabulary) -> tuple[Captioner, dict]:
 
 def score_split(model: Captioner, split: SplitData, cfg: dict, device: torch.device, desc: str
                 ) -> tuple[dict, dict[int, str]]:
-    """Teacher-forced loss and BLEU-1..4 of generated captions on one split.
+    """Teacher-forced loss, BLEU-1..4 and CIDEr-D of generated captions on one split.
 
     Each rank evaluates its round-robin shard; the captions of all ranks are gathered, so every
     rank scores exactly the single-process set of images.
@@ -76,7 +77,7 @@ def score_split(model: Captioner, split: SplitData, cfg: dict, device: torch.dev
     results = generate_captions(caption_fn, loader(True), desc=desc,
                                 progress=t["progress"] if distributed.is_main() else False)
     results = distributed.gather_dict(results)
-    return {"loss": loss, **bleu_scores(results, split.coco.references())}, results
+    return {"loss": loss, **caption_scores(results, split.coco.references())}, results
 
 
 def shuffled_control(results: dict[int, str], references: dict[int, list[str]], seed: int) -> dict:
@@ -88,7 +89,7 @@ def shuffled_control(results: dict[int, str], references: dict[int, list[str]], 
     ids = sorted(results)
     perm = torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed)).tolist()
     shuffled = {ids[i]: results[ids[j]] for i, j in enumerate(perm)}
-    return bleu_scores(shuffled, references)
+    return caption_scores(shuffled, references)
 
 
 def check_config(cfg: dict) -> TrainerOptions:
@@ -128,6 +129,7 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
     random.seed(cfg["seed"])
     torch.manual_seed(cfg["seed"])
     cocos = load_splits(cfg["dataset"])
+    names = split_names(cfg["dataset"])
     resume = resume_path(opts.resume, run_dir)
     ckpt = load_checkpoint(resume) if resume is not None else None
     if ckpt is not None:
@@ -139,27 +141,27 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
     if ckpt is not None:
         check_resumable(resume, ckpt, model_config)
     encoder, frozen = model.encoder, not cfg["encoder"]["trainable"]
-    for s in SPLITS:  # every image that will be read: now, not after an hour of feature extraction
+    for s in names:  # every image that will be read: now, not after an hour of feature extraction
         if not frozen or not cache_path(encoder.spec, cocos[s], cfg["cache_dir"], opts.precision).is_file():
             check_images(cocos[s])
     if main:
         vocab.save(run_dir / "vocab.json")
 
     model.to(device)
-    features = {s: None for s in SPLITS}
+    features = {s: None for s in names}
     if frozen:
         def split_features(build: bool) -> dict:
             return {s: cached_features(encoder, cocos[s], cfg["cache_dir"], batch_size=cfg["encoder"]["batch_size"],
                                        num_workers=cfg["encoder"]["num_workers"], device=device,
                                        precision=opts.precision, progress=opts.progress if main else False,
-                                       build=build) for s in SPLITS}
+                                       build=build) for s in names}
         if main:
             features = split_features(build=True)
         distributed.barrier()  # the cache is complete: the other ranks read it
         if not main:
             features = split_features(build=False)
     splits = {s: SplitData(cocos[s], vocab, features[s], encoder.transform, cfg["dataset"]["max_caption_len"])
-              for s in SPLITS}
+              for s in names}
 
     local_batch = opts.batch_size // world
     # The same permutation for any number of ranks (torch.randperm seeded with seed + epoch); rank r
@@ -206,22 +208,22 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
                 raise Diverged(f"training diverged: every step of epoch {state.epoch} was non-finite "
                                f"({state.skipped} skipped)")
             val, _ = score_split(model, splits["val"], cfg, device, desc="val")
-            improved = val["bleu4"] > state.best_score  # the same on every rank: all score the same captions
+            improved = val[opts.select_on] > state.best_score  # the same on every rank: all score the same captions
             if improved:
-                state.best_score, state.best_epoch = val["bleu4"], state.epoch
+                state.best_score, state.best_epoch = val[opts.select_on], state.epoch
             row = {"epoch": state.epoch, "step": state.step, "train_loss": state.loss_sum / state.tokens,
-                   "val_loss": val["loss"], **{f"val_{k}": v for k, v in val.items() if k.startswith("bleu")},
-                   "tokens_per_s": stats["tokens_per_s"], "lr": optimizer.param_groups[0]["lr"],
-                   "skipped_steps": state.skipped}
+                   **{f"val_{k}": v for k, v in val.items()}, "tokens_per_s": stats["tokens_per_s"],
+                   "lr": optimizer.param_groups[0]["lr"], "skipped_steps": state.skipped}
             state.history.append(row)
             if main:
                 log.log_epoch(row)
                 skipped = f"  ({state.skipped} non-finite steps skipped)" if state.skipped else ""
                 print(f"epoch {state.epoch:3d}  step {state.step:6d}  train loss {row['train_loss']:.3f}  "
-                      f"val loss {val['loss']:.3f}  val BLEU-4 {val['bleu4']:.4f}{'  *' if improved else ''}{skipped}",
+                      f"val loss {val['loss']:.3f}  val BLEU-4 {val['bleu4']:.4f}  CIDEr-D {val['cider']:.3f}"
+                      f"{'  *' if improved else ''}{skipped}",
                       flush=True)
                 if improved:
-                    save("best.pt", score=val["bleu4"])  # before last.pt: see captioning.run_state
+                    save("best.pt", score=val[opts.select_on])  # before last.pt: see captioning.run_state
             state.next_epoch()
             if main:
                 save("last.pt")
@@ -242,15 +244,40 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
             raise InputError(f"no {best} to score: this run trained no epoch to the end")
         model.load_state_dict(load_checkpoint(best)["model"])
     distributed.broadcast_module_(model)  # every rank tests rank 0's best weights
-    test, results = score_split(model, splits["test"], cfg, device, desc="test")
-    metrics = {"test": test, "best_val_bleu4": state.best_score, "best_epoch": state.best_epoch,
-               "epochs": state.history}
-    if cfg.get("control", True):
-        metrics["test_shuffled_images"] = shuffled_control(results, splits["test"].coco.references(), cfg["seed"])
+    metrics = {"select_on": opts.select_on, "best_val_score": state.best_score, "best_epoch": state.best_epoch,
+               **score_tests(model, splits, features, cfg, device, run_dir if main else None), "epochs": state.history}
     if main:
-        atomic_write_json(run_dir / "test_captions.json",
-                          [{"image_id": i, "caption": c} for i, c in sorted(results.items())])
         atomic_write_json(run_dir / "metrics.json", metrics)
         log.plot_curves()
         log.close()
+    return metrics
+
+
+def score_tests(model: Captioner, splits: dict[str, SplitData], features: dict, cfg: dict, device: torch.device,
+                out_dir: Path | None) -> dict:
+    """Every test split (`test` and the dataset's extra ones): the model's captions and, beside them, what
+    they would score given to the wrong images (the control) and the retrieval baselines on the same
+    features (with a frozen encoder): {name: scores, name_shuffled_images, name_knn, name_knn_consensus}.
+    The model's captions go to out_dir/{name}_captions.json."""
+    baseline = cfg.get("baseline") or {}
+    knn = None
+    if baseline.get("knn") and features["train"] is not None:
+        coco = splits["train"].coco
+        knn = NearestNeighbourCaptioner(features["train"], [coco.captions[i] for i in coco.image_ids])
+    metrics = {}
+    for name in test_names(cfg["dataset"]):
+        scores, results = score_split(model, splits[name], cfg, device, desc=name)
+        references = splits[name].coco.references()
+        metrics[name] = scores
+        if cfg.get("control", True):
+            metrics[f"{name}_shuffled_images"] = shuffled_control(results, references, cfg["seed"])
+        if knn is not None:
+            ids = splits[name].coco.image_ids
+            for key, k in (("knn", 1), ("knn_consensus", baseline.get("consensus_k"))):
+                if k:
+                    captions = dict(zip(ids, knn.caption(features[name], k=k)))
+                    metrics[f"{name}_{key}"] = {"k": k, **caption_scores(captions, references)}
+        if out_dir is not None:
+            atomic_write_json(out_dir / f"{name}_captions.json",
+                              [{"image_id": i, "caption": c} for i, c in sorted(results.items())])
     return metrics

@@ -2,6 +2,7 @@
 """Write the synthetic shapes captioning dataset (see captioning/data/shapes.py).
 
     python datasets/make_shapes.py --out data/shapes --train 3000 --val 300 --test 300 --seed 0
+    python datasets/make_shapes.py --out data/shapes_shifted --distractors 2 --shifted-style outline
 """
 import argparse
 import sys
@@ -21,11 +22,16 @@ def main() -> None:
     p.add_argument("--size", type=int, default=128, help="image side in pixels")
     p.add_argument("--workers", type=int, default=None, help="processes (default: min(2, cores))")
     p.add_argument("--demo-images", type=int, default=8, help="test images copied to OUT/demo_images")
+    p.add_argument("--style", default="filled", help="drawing style of every split: filled | outline")
+    p.add_argument("--shifted-style", default=None,
+                   help="also write test_shifted (--test images) in this style: a shift from the training style")
+    p.add_argument("--distractors", type=int, default=0, help="up to this many unmentioned grey shapes per image")
     args = p.parse_args()
     start = time.perf_counter()
     try:
         make_shapes_dataset(args.out, args.train, args.val, args.test, seed=args.seed, image_size=args.size,
-                            workers=args.workers, demo_images=args.demo_images, progress="auto")
+                            workers=args.workers, demo_images=args.demo_images, progress="auto", style=args.style,
+                            shifted_style=args.shifted_style, distractors=args.distractors)
         print(f"wrote {args.out} in {time.perf_counter() - start:.1f} s")
         print(format_summary(summary(args.out)))
     except InputError as e:

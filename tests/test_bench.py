@@ -72,3 +72,4 @@ def test_eval(capsys, tmp_path):
     rows = bench(capsys, "eval", "--captions", str(captions), "--repeats", "1")
     assert len(rows) == 2 and rows[0]["images"] == "2"
     assert float(rows[0]["BLEU-4"]) > 0.1 and rows[0]["BLEU-4"] == rows[1]["BLEU-4"]  # ours equals the official
+    assert float(rows[0]["CIDEr-D"]) >= 0 and rows[0]["CIDEr-D"] == rows[1]["CIDEr-D"]

@@ -100,13 +100,14 @@ def test_a_missing_required_value_is_one_line_with_an_example(tmp_path, argv, ke
 
 
 def test_the_sweep_objective_is_validation_not_test(monkeypatch, tmp_path):
-    """What captioning-train returns to Hydra (a sweeper optimises it) is the best validation BLEU-4."""
+    """What captioning-train returns to Hydra (a sweeper optimises it) is the best validation score."""
     from hydra.core.hydra_config import HydraConfig
 
     import captioning.training
     from captioning.cli import train as train_cli
 
-    metrics = {"test": {f"bleu{n}": 0.9 for n in range(1, 5)}, "best_val_bleu4": 0.25, "best_epoch": 3}
+    metrics = {"select_on": "cider", "best_val_score": 0.25, "best_epoch": 3,
+               "test": {"loss": 1.0, **{f"bleu{n}": 0.9 for n in range(1, 5)}, "cider": 2.5}}
     monkeypatch.setattr(captioning.training, "train", lambda cfg, run_dir, make_optimizer: metrics)
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         cfg = compose("train", overrides=[f"hydra.run.dir={tmp_path}"], return_hydra_config=True)

@@ -109,7 +109,7 @@ def test_cli_official_metrics_on_a_subset(flickr8k, tmp_path):
     for name in ("meteor", "rouge_l", "cider"):
         assert report[name] == pytest.approx(float(expected[name][0]), abs=1e-9, rel=0), name
         assert [e[name] for e in report["per_image"]] == pytest.approx(list(expected[name][1]), abs=1e-9, rel=0)
-    for label in ("METEOR", "ROUGE-L", "CIDEr"):
+    for label in ("METEOR", "ROUGE-L", "CIDEr-D"):  # CIDEr-D is ours (cider.py), equal to the official Cider
         assert f"| {label} | " in stdout
 
 
@@ -137,9 +137,9 @@ def test_official_metrics_without_java_say_what_to_install(tmp_path):
 
 def test_official_metrics_without_pycocoevalcap_say_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "pycocoevalcap", None)  # makes `import pycocoevalcap` fail
-    check_metrics(["bleu"])  # BLEU never needs it
+    check_metrics(["bleu", "cider"])  # BLEU and CIDEr-D never need it
     with pytest.raises(MissingDependency, match="pip install pycocoevalcap"):
-        check_metrics(["bleu", "cider"])
+        check_metrics(["bleu", "rouge_l"])
 
 
 REFS = {i: [f"a dog number {i} runs", f"the dog {i} is running"] for i in range(1, 9)}

@@ -1,7 +1,7 @@
-"""captioning-eval: BLEU-1..4 (official COCO scorer parity), optionally METEOR/ROUGE-L/CIDEr.
+"""captioning-eval: BLEU-1..4 and CIDEr-D (official COCO scorer parity, no Java), optionally METEOR/ROUGE-L.
 
     captioning-eval annotations=REFS.json results=RESULTS.json [output=SCORES.json]
-    captioning-eval ... metrics=[bleu,meteor,rouge_l,cider] allow_subset=true bleu.flavour=nltk
+    captioning-eval ... metrics=[bleu,cider,meteor,rouge_l] allow_subset=true bleu.flavour=nltk
 
 Nothing is written to the working directory except `output` (conf/eval.yaml turns off Hydra's run
 directory and logs).

@@ -4,8 +4,8 @@
     captioning-train dataset=flickr8k dataset.root=data/flickr8k encoder=resnet101
     captioning-train -m decoder.cell=rnn,lstm          # one run directory per value
 
-The value returned to Hydra (what a sweeper optimises) is the best validation BLEU-4: sweeps
-must never tune on the test split.
+The value returned to Hydra (what a sweeper optimises) is the best validation score (CIDEr-D or
+BLEU-4, `trainer.select_on`): sweeps must never tune on the test split.
 """
 from __future__ import annotations
 
@@ -23,13 +23,22 @@ EXAMPLE = ("captioning-train dataset=coco dataset.train.annotations=data/coco/ca
            "dataset.train.images=data/coco/images (and the same for val and test)")
 
 
+ROWS = [("", "the model"), ("_knn", "nearest training image's caption (k=1)"),
+        ("_knn_consensus", "consensus of the k nearest images' captions"),
+        ("_shuffled_images", "control: the model's captions on shuffled images")]
+
+
 def _summary(metrics: dict, run_dir: str) -> str:
-    rows = [("test", metrics["test"])]
-    if "test_shuffled_images" in metrics:
-        rows.append(("test, images shuffled (control)", metrics["test_shuffled_images"]))
-    lines = ["", "| split | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 |", "|---|---|---|---|---|"]
-    lines += [f"| {name} | " + " | ".join(f"{m[f'bleu{n}']:.4f}" for n in range(1, 5)) + " |" for name, m in rows]
-    lines += ["", f"best validation BLEU-4 {metrics['best_val_bleu4']:.4f} (epoch {metrics['best_epoch']}); "
+    lines = ["", "| split | captions | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | CIDEr-D |", "|---|---|---|---|---|---|---|"]
+    for split in [k for k in metrics if isinstance(metrics[k], dict) and "loss" in metrics[k]]:
+        for suffix, what in ROWS:
+            if f"{split}{suffix}" in metrics:
+                m = metrics[f"{split}{suffix}"]
+                label = what.replace("the k nearest", f"the {m['k']} nearest") if "k" in m else what
+                lines.append(f"| {split} | {label} | " + " | ".join(f"{m[f'bleu{n}']:.4f}" for n in range(1, 5))
+                             + f" | {m['cider']:.4f} |")
+    name = {"cider": "CIDEr-D", "bleu4": "BLEU-4"}[metrics["select_on"]]
+    lines += ["", f"best validation {name} {metrics['best_val_score']:.4f} (epoch {metrics['best_epoch']}); "
                   f"run directory: {run_dir}  (metrics.json, test_captions.json, curves.png, checkpoints/best.pt)"]
     return "\n".join(lines)
 
@@ -57,7 +66,7 @@ def run(cfg: DictConfig) -> float:
              f"trainer.resume={e.checkpoint} (and the same hydra.run.dir, or a new one)", 128 + e.signum)
     if os.environ.get("RANK", "0") == "0":  # under torchrun every process returns the same metrics
         print(_summary(metrics, run_dir))
-    return metrics["best_val_bleu4"]  # the sweep objective: validation, never test
+    return metrics["best_val_score"]  # the sweep objective: validation (trainer.select_on), never test
 
 
 def main() -> None:

@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections import Counter
+from collections import Counter, defaultdict
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from captioning.io import atomic_path, atomic_write_json, read_json
+from captioning.io import InputError, atomic_path, atomic_write_json, read_json
 from captioning.progress import Mode, progress as progress_bar
 from captioning.text import tokenize
 
@@ -53,7 +53,11 @@ TEMPLATES = (
     "{count} {size} {shape} in {colour} on the {position}",
 )
 SPLITS = ("train", "val", "test")
+SHIFTED = "test_shifted"                 # the extra test split drawn in another style
+STYLES = ("filled", "outline")
 MARGIN, GAP, SPACING = 0.04, 0.06, 0.04  # border, clearance from the vertical midline, between copies
+DISTRACTOR_SIZE = 0.035                  # half the side of a distractor's box, as a fraction of the image side
+OUTLINE_WIDTH = 0.025                    # the outline style's line width, as a fraction of the image side
 SUPERSAMPLE = 4                          # draw 4x larger, then box-filter down: anti-aliased edges
 
 
@@ -66,31 +70,65 @@ def captions_for(attributes: dict) -> list[str]:
     return [t.format(**words) for t in TEMPLATES]
 
 
-def sample_scene(rng: np.random.Generator, image_size: int) -> tuple[dict, list[tuple[float, float]]]:
-    """Draw the attributes uniformly, then non-overlapping centres inside the chosen half."""
+def _free_centres(rng: np.random.Generator, count: int, r: float, box: tuple[float, float, float, float],
+                  taken: list[tuple[float, float, float]], gap: float) -> list[tuple[float, float]]:
+    """`count` centres in box (x_lo, x_hi, y_lo, y_hi) whose squares of half-side r keep `gap` from each other
+    and from the `taken` (x, y, r) squares; rejection sampling, restarted until all fit."""
+    x_lo, x_hi, y_lo, y_hi = box
+    while count:
+        centres: list[tuple[float, float]] = []
+        for _ in range(100 * count):
+            x, y = rng.uniform(x_lo, x_hi), rng.uniform(y_lo, y_hi)
+            if all(max(abs(x - cx), abs(y - cy)) >= r + cr + gap
+                   for cx, cy, cr in taken + [(cx, cy, r) for cx, cy in centres]):
+                centres.append((x, y))
+                if len(centres) == count:
+                    return centres
+    return []
+
+
+def sample_scene(rng: np.random.Generator, image_size: int, distractors: int = 0
+                 ) -> tuple[dict, list[tuple[float, float]], list[tuple[str, float, float, int]]]:
+    """Draw the attributes uniformly, then non-overlapping centres inside the chosen half; then up to
+    `distractors` small grey shapes anywhere else (never in the captions: a model must learn to ignore them)."""
     attributes = {name: values[rng.integers(len(values))] for name, values in ATTRIBUTES.items()}
     attributes["count"] = int(attributes["count"])
     s, r = image_size, SIZES[attributes["size"]] * image_size
-    x_lo, x_hi = MARGIN * s + r, s / 2 - GAP * s - r                # left half; mirrored for right
-    y_lo, y_hi = MARGIN * s + r, s - MARGIN * s - r
-    while True:  # rejection sampling; three large copies fit in a column, so this ends quickly
-        centres = []
-        for _ in range(100 * attributes["count"]):
-            x, y = rng.uniform(x_lo, x_hi), rng.uniform(y_lo, y_hi)
-            if all(max(abs(x - cx), abs(y - cy)) >= 2 * r + SPACING * s for cx, cy in centres):  # boxes apart
-                centres.append((x, y))
-                if len(centres) == attributes["count"]:
-                    break
-        if len(centres) == attributes["count"]:
-            break
+    box = (MARGIN * s + r, s / 2 - GAP * s - r, MARGIN * s + r, s - MARGIN * s - r)  # left half; mirrored for right
+    centres = _free_centres(rng, attributes["count"], r, box, [], SPACING * s)
     if attributes["position"] == "right":
         centres = [(s - x, y) for x, y in centres]
-    return attributes, centres
+    extras = []
+    if distractors:  # drawn only when asked, so the plain dataset's random stream (and bytes) stay the same
+        n, rd = int(rng.integers(0, distractors + 1)), DISTRACTOR_SIZE * s
+        taken = [(x, y, r) for x, y in centres]
+        spots = _free_centres(rng, n, rd, (MARGIN * s + rd, s - MARGIN * s - rd) * 2, taken, SPACING * s)
+        extras = [(SHAPES[rng.integers(len(SHAPES))], x, y, int(rng.integers(70, 170))) for x, y in spots]
+        attributes["distractors"] = n
+    return attributes, centres, extras
 
 
-def render(attributes: dict, centres: list[tuple[float, float]], image_size: int,
-           rng: np.random.Generator) -> Image.Image:
-    """Light, slightly tinted background; identical copies in a slightly jittered colour."""
+def _draw(draw: ImageDraw.ImageDraw, shape: str, x: float, y: float, r: float, colour: tuple, style: str,
+          width: int) -> None:
+    kw = {"fill": colour} if style == "filled" else {"outline": colour, "width": width}
+    if shape == "circle":
+        draw.ellipse([x - r, y - r, x + r, y + r], **kw)
+    elif shape == "square":
+        draw.rectangle([x - r, y - r, x + r, y + r], **kw)
+    else:
+        points = [(x, y - r), (x + r, y + r), (x - r, y + r)]
+        if style == "filled":
+            draw.polygon(points, fill=colour)
+        else:  # polygon(width=) is recent Pillow: draw the closed outline as lines
+            draw.line(points + points[:1], fill=colour, width=width, joint="curve")
+
+
+def render(attributes: dict, centres: list[tuple[float, float]], image_size: int, rng: np.random.Generator,
+           style: str = "filled", extras: list[tuple[str, float, float, int]] = ()) -> Image.Image:
+    """Light, slightly tinted background; identical copies in a slightly jittered colour, `filled` or as an
+    `outline`; distractors in grey, in the same style."""
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     k = SUPERSAMPLE
     grey = rng.integers(228, 250)
     background = tuple(int(grey + t) for t in rng.integers(-4, 5, size=3))
@@ -98,46 +136,54 @@ def render(attributes: dict, centres: list[tuple[float, float]], image_size: int
                                                               rng.integers(-15, 16, size=3)))
     image = Image.new("RGB", (image_size * k, image_size * k), background)
     draw = ImageDraw.Draw(image)
+    width = max(2, round(OUTLINE_WIDTH * image_size)) * k
+    for shape, x, y, level in extras:
+        _draw(draw, shape, x * k, y * k, DISTRACTOR_SIZE * image_size * k, (level,) * 3, style, width)
     r = SIZES[attributes["size"]] * image_size * k
     for x, y in centres:
-        x, y = x * k, y * k
-        if attributes["shape"] == "circle":
-            draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
-        elif attributes["shape"] == "square":
-            draw.rectangle([x - r, y - r, x + r, y + r], fill=colour)
-        else:
-            draw.polygon([(x, y - r), (x + r, y + r), (x - r, y + r)], fill=colour)
+        _draw(draw, attributes["shape"], x * k, y * k, r, colour, style, width)
     return image.reduce(k)
 
 
-def _make_image(job: tuple[int, int, int, int, str]) -> dict:
+def _make_image(job: tuple) -> dict:
     """Worker: draw and save one image; returns its COCO `images` entry."""
-    seed, split_index, index, image_size, path = job
+    seed, split_index, index, image_size, path, style, distractors = job
     rng = np.random.default_rng([seed, split_index, index])
-    attributes, centres = sample_scene(rng, image_size)
+    attributes, centres, extras = sample_scene(rng, image_size, distractors)
     with atomic_path(path) as tmp:
-        render(attributes, centres, image_size, rng).save(tmp, format="PNG")
-    return {"file_name": Path(path).name, "width": image_size, "height": image_size, "attributes": attributes}
+        render(attributes, centres, image_size, rng, style, extras).save(tmp, format="PNG")
+    return {"file_name": Path(path).name, "width": image_size, "height": image_size, "style": style,
+            "attributes": attributes}
 
 
 def make_shapes_dataset(root: str | os.PathLike, n_train: int = 3000, n_val: int = 300, n_test: int = 300,
                         seed: int = 0, image_size: int = 128, workers: int | None = None,
-                        demo_images: int = 8, progress: Mode = False) -> dict[str, Path]:
+                        demo_images: int = 8, progress: Mode = False, style: str = "filled",
+                        shifted_style: str | None = None, distractors: int = 0) -> dict[str, Path]:
     """Write root/images/{split}/*.png and root/captions_{split}.json; returns split -> annotations path.
 
     Image ids run on across splits (1..n_train, then val, then test), so they are unique in the
-    whole dataset. The first `demo_images` test images are also copied to root/demo_images.
+    whole dataset. The first `demo_images` test images are also copied to root/demo_images. With
+    `shifted_style`, a fourth split `test_shifted` of n_test images is drawn in that style (a distribution
+    shift between training and test); `test` stays in the training style. `distractors`: up to this many
+    small grey shapes per image that no caption mentions.
     """
     root = Path(root)
-    sizes = dict(zip(SPLITS, (n_train, n_val, n_test)))
+    for name in (style, shifted_style or style):
+        if name not in STYLES:
+            raise InputError(f"style must be one of {', '.join(STYLES)}, got {name!r}")
+    splits = [(s, n, style) for s, n in zip(SPLITS, (n_train, n_val, n_test))]
+    if shifted_style is not None:
+        splits.append((SHIFTED, n_test, shifted_style))
+    sizes = {s: n for s, n, _ in splits}
     if workers is None:  # below ~200 images, starting processes costs more than it saves
-        workers = min(2, os.cpu_count() or 1) if n_train + n_val + n_test >= 200 else 1
+        workers = min(2, os.cpu_count() or 1) if sum(sizes.values()) >= 200 else 1
     jobs, first_id = [], 1
-    for split_index, split in enumerate(SPLITS):
+    for split_index, (split, n, split_style) in enumerate(splits):
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
-        jobs += [(seed, split_index, i, image_size, str(root / "images" / split / f"{first_id + i:06d}.png"))
-                 for i in range(sizes[split])]
-        first_id += sizes[split]
+        jobs += [(seed, split_index, i, image_size, str(root / "images" / split / f"{first_id + i:06d}.png"),
+                  split_style, distractors) for i in range(n)]
+        first_id += n
     bar = dict(total=len(jobs), desc="shapes", unit="img", mode=progress)
     if workers > 1:
         with get_context("spawn").Pool(workers) as pool:
@@ -146,7 +192,7 @@ def make_shapes_dataset(root: str | os.PathLike, n_train: int = 3000, n_val: int
         entries = [_make_image(job) for job in progress_bar(jobs, **bar)]
 
     paths, image_id, ann_id = {}, 1, 1
-    for split in SPLITS:
+    for split, _, split_style in splits:
         images, annotations = [], []
         for entry in entries[image_id - 1:image_id - 1 + sizes[split]]:
             images.append({"id": image_id, **entry})
@@ -156,7 +202,8 @@ def make_shapes_dataset(root: str | os.PathLike, n_train: int = 3000, n_val: int
             image_id += 1
         paths[split] = root / f"captions_{split}.json"
         atomic_write_json(paths[split], {
-            "info": {"description": f"synthetic shapes, split {split}, seed {seed}, size {image_size}"},
+            "info": {"description": f"synthetic shapes, split {split}, seed {seed}, size {image_size}, "
+                                    f"style {split_style}, distractors {distractors}"},
             "licenses": [], "type": "captions", "images": images, "annotations": annotations}, indent=None)
 
     demo = root / "demo_images"
@@ -169,8 +216,8 @@ def make_shapes_dataset(root: str | os.PathLike, n_train: int = 3000, n_val: int
 
 def summary(root: str | os.PathLike) -> dict:
     """Images and captions per split, vocabulary size, caption lengths, attribute distribution."""
-    splits, attributes, vocab, lengths = {}, {name: Counter() for name in ATTRIBUTES}, set(), []
-    for split in SPLITS:
+    splits, attributes, vocab, lengths = {}, defaultdict(Counter), set(), []
+    for split in [*SPLITS, *([SHIFTED] if (Path(root) / f"captions_{SHIFTED}.json").is_file() else [])]:
         data = read_json(Path(root) / f"captions_{split}.json", what="annotations file")
         splits[split] = {"images": len(data["images"]), "captions": len(data["annotations"])}
         for image in data["images"]:
@@ -186,8 +233,8 @@ def summary(root: str | os.PathLike) -> dict:
 
 
 def format_summary(s: dict) -> str:
-    lines = [f"{split:>5}: {v['images']:6d} images {v['captions']:7d} captions" for split, v in s["splits"].items()]
+    lines = [f"{split:>12}: {v['images']:6d} images {v['captions']:7d} captions" for split, v in s["splits"].items()]
     lines.append(f"vocabulary: {s['vocab_size']} words; caption length: mean {s['caption_words']['mean']}, "
                  f"max {s['caption_words']['max']} words")
-    lines += [f"{name:>8}: " + ", ".join(f"{k}={n}" for k, n in c.items()) for name, c in s["attributes"].items()]
+    lines += [f"{name:>12}: " + ", ".join(f"{k}={n}" for k, n in c.items()) for name, c in s["attributes"].items()]
     return "\n".join(lines)

@@ -1,17 +1,19 @@
-"""Caption metrics: BLEU with official COCO-scorer parity (bleu.py), the COCO files an evaluation reads
-(coco_files.py) and the official METEOR/ROUGE-L/CIDEr when pycocoevalcap is installed (official.py).
+"""Caption metrics: BLEU (bleu.py) and CIDEr-D (cider.py) with official COCO-scorer parity, the COCO files an
+evaluation reads (coco_files.py) and the official METEOR/ROUGE-L when pycocoevalcap is installed (official.py).
 
 score_captions is the one entry point for raw strings: captioning-eval and the training loop's
-validation/test BLEU both go through it (or its parts below), so their numbers agree.
+validation/test scores both go through it (or its parts below), so their numbers agree.
 """
 from __future__ import annotations
 
 from typing import Hashable, Mapping, Sequence
 
 from captioning.metrics.bleu import BleuScore, corpus_bleu
+from captioning.metrics.cider import CiderD, cider_d
 from captioning.text import tokenize
 
-__all__ = ["BleuScore", "corpus_bleu", "tokenize_for_scoring", "bleu_tokenized", "bleu_captions", "score_captions"]
+__all__ = ["BleuScore", "corpus_bleu", "CiderD", "cider_d", "tokenize_for_scoring", "bleu_tokenized", "bleu_captions",
+           "score_captions"]
 
 
 def tokenize_for_scoring(results: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]]
@@ -49,5 +51,7 @@ def bleu_captions(results: Mapping[Hashable, str], references: Mapping[Hashable,
 
 def score_captions(results: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]],
                    flavour: str = "coco") -> dict[str, float]:
-    """{"bleu1".."bleu4", "hyp_len", "ref_len", "ratio"} for raw caption strings (see bleu_captions)."""
-    return bleu_captions(results, references, flavour).as_dict()
+    """{"bleu1".."bleu4", "cider", "hyp_len", "ref_len", "ratio"} for raw caption strings: BLEU as in
+    bleu_captions, CIDEr-D with document frequencies from the references of these images (as officially)."""
+    hypotheses, refs = tokenize_for_scoring(results, references)
+    return {**bleu_tokenized(hypotheses, refs, flavour).as_dict(), "cider": cider_d(hypotheses, refs)[0]}

@@ -9,20 +9,20 @@ from pathlib import Path
 from typing import Sequence
 
 from captioning.io import InputError
-from captioning.metrics import bleu_tokenized, tokenize_for_scoring
+from captioning.metrics import bleu_tokenized, cider_d, tokenize_for_scoring
 from captioning.metrics.bleu import FLAVOURS
 from captioning.metrics.coco_files import check_coverage, load_references, load_results
 from captioning.metrics.official import check_metrics, official_scores
 
-_NAMES = {"meteor": "METEOR", "rouge_l": "ROUGE-L", "cider": "CIDEr"}
+_NAMES = {"cider": "CIDEr-D", "meteor": "METEOR", "rouge_l": "ROUGE-L"}
 
 
-def evaluate_files(annotations: str | Path, results: str | Path, metrics: Sequence[str] = ("bleu",),
+def evaluate_files(annotations: str | Path, results: str | Path, metrics: Sequence[str] = ("bleu", "cider"),
                    flavour: str = "coco", allow_subset: bool = False) -> dict:
     """The report captioning-eval writes: corpus scores at the top level, then one entry per image.
 
-    {"bleu1".."bleu4", "hyp_len", "ref_len", "ratio", [meteor, rouge_l, cider], "num_images", "flavour",
-     "annotations", "results", "per_image": [{"image_id", "bleu1".."bleu4", ...}, ...]}
+    {"bleu1".."bleu4", "hyp_len", "ref_len", "ratio", "cider", [meteor, rouge_l], "num_images", "flavour",
+     "annotations", "results", "per_image": [{"image_id", "bleu1".."bleu4", "cider", ...}, ...]}
     Images are scored in results-file order; allow_subset scores only the images in the results
     (the official scorer's params['image_id']), otherwise they must be exactly the annotated ones.
     """
@@ -43,6 +43,10 @@ def evaluate_files(annotations: str | Path, results: str | Path, metrics: Sequen
         report.update(bleu.as_dict())
         for i, scores in bleu.per_image.items():
             per_image[i].update({f"bleu{n}": s for n, s in enumerate(scores, 1)})
+    if "cider" in metrics:
+        report["cider"], cider_per_image = cider_d(hypotheses, refs)
+        for i, s in cider_per_image.items():
+            per_image[i]["cider"] = s
     for name, (corpus, scores) in official_scores(metrics, hypotheses, refs).items():
         report[name] = corpus
         for i, s in zip(hypotheses, scores):

@@ -1,4 +1,5 @@
-"""The official METEOR, ROUGE-L and CIDEr(-D), from pycocoevalcap when it (and Java) is installed.
+"""The official METEOR and ROUGE-L, from pycocoevalcap when it (and Java) is installed. (BLEU and CIDEr-D
+are ours, in pure Python, with the official scorer's numbers: bleu.py and cider.py.)
 
 We give the scorers the input the official pipeline (COCOEvalCap) gives them, PTB-tokenized captions
 joined by spaces, so the numbers are the official ones; only our tokenizer (pure Python, same output)
@@ -12,10 +13,9 @@ from typing import Hashable, Mapping, Sequence
 
 from captioning.io import InputError
 
-METRICS = ("bleu", "meteor", "rouge_l", "cider")
+METRICS = ("bleu", "cider", "meteor", "rouge_l")
 _SCORERS = {"meteor": ("pycocoevalcap.meteor.meteor", "Meteor"),
-            "rouge_l": ("pycocoevalcap.rouge.rouge", "Rouge"),
-            "cider": ("pycocoevalcap.cider.cider", "Cider")}
+            "rouge_l": ("pycocoevalcap.rouge.rouge", "Rouge")}
 
 
 class MissingDependency(InputError):
@@ -42,7 +42,7 @@ def check_metrics(metrics: Sequence[str]) -> None:
 
 def official_scores(metrics: Sequence[str], hypotheses: Mapping[Hashable, str],
                     references: Mapping[Hashable, Sequence[str]]) -> dict[str, tuple[float, list[float]]]:
-    """{metric: (corpus score, per-image scores in `hypotheses` order)} for the non-BLEU metrics asked for.
+    """{metric: (corpus score, per-image scores in `hypotheses` order)} for the official metrics asked for.
 
     hypotheses/references: tokenized strings (metrics.tokenize_for_scoring).
     """
