@@ -18,6 +18,7 @@ from captioning.io import InputError
 CELLS = ("rnn", "lstm", "gru")
 IMPLS = ("fused", "explicit")
 INJECT_MODES = ("init", "pre", "par")
+FEATURE_NORMS = ("none", "l2", "layernorm")
 DECODE_METHODS = ("greedy", "beam", "sample")
 PRECISIONS = ("fp32", "bf16")
 NONFINITE_POLICIES = ("stop", "skip")
@@ -41,17 +42,22 @@ class DecoderOptions:
     cell: str = "lstm"      # lstm | gru | rnn
     impl: str = "fused"     # fused (torch's cuDNN/oneDNN kernels) | explicit (the lecture's equations)
     inject: str = "init"    # init: h0 = tanh(W_ih v + b) | pre: image is the first input | par: added at every step
-    dropout: float = 0.3    # on the word embeddings, between layers and before the output layer
+    embed_dropout: float = 0.3    # dropout on the word embeddings
+    feature_dropout: float = 0.0  # dropout on the image feature v, before the decoder projects it
+    output_dropout: float = 0.3   # dropout on the recurrent core's output (and between stacked layers)
+    feature_norm: str = "none"    # v before its projection: none | l2 (unit length, times sqrt(D)) | layernorm
 
     def problems(self) -> list[str]:
         """One message per option whose value cannot work (checked before any long work starts)."""
         problems = [f"decoder.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
-                    for name, allowed in (("cell", CELLS), ("impl", IMPLS), ("inject", INJECT_MODES))
+                    for name, allowed in (("cell", CELLS), ("impl", IMPLS), ("inject", INJECT_MODES),
+                                          ("feature_norm", FEATURE_NORMS))
                     if getattr(self, name) not in allowed]
         problems += [f"decoder.{name} must be at least 1, got {getattr(self, name)}"
                      for name in ("embed_dim", "hidden_dim", "num_layers") if getattr(self, name) < 1]
-        if not 0 <= self.dropout < 1:
-            problems.append(f"decoder.dropout must be in [0, 1), got {self.dropout}")
+        problems += [f"decoder.{name} must be in [0, 1), got {getattr(self, name)}"
+                     for name in ("embed_dropout", "feature_dropout", "output_dropout")
+                     if not 0 <= getattr(self, name) < 1]
         return problems
 
 

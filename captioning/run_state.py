@@ -25,7 +25,8 @@ from captioning.checkpoint import load_checkpoint, save_checkpoint
 from captioning.io import InputError, atomic_path
 
 # Decoder fields that change the shapes or names of the weights; the rest are hyper-parameters.
-ARCHITECTURE = ("embed_dim", "hidden_dim", "num_layers", "cell", "impl", "inject", "vocab_size", "feature_dim")
+ARCHITECTURE = ("embed_dim", "hidden_dim", "num_layers", "cell", "impl", "inject", "feature_norm", "vocab_size",
+                "feature_dim")
 # Settings a resumed run takes from the checkpoint (the optimizer's state holds its learning rate and
 # moments; the vocabulary fixes the output layer); every other setting comes from the command line.
 FROM_CHECKPOINT = ("optim.", "vocab.")

@@ -213,7 +213,8 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
                 state.best_score, state.best_epoch = val[opts.select_on], state.epoch
             row = {"epoch": state.epoch, "step": state.step, "train_loss": state.loss_sum / state.tokens,
                    **{f"val_{k}": v for k, v in val.items()}, "tokens_per_s": stats["tokens_per_s"],
-                   "lr": optimizer.param_groups[0]["lr"], "skipped_steps": state.skipped}
+                   "train_seconds": stats["seconds"], "lr": optimizer.param_groups[0]["lr"],
+                   "skipped_steps": state.skipped}
             state.history.append(row)
             if main:
                 log.log_epoch(row)
@@ -244,7 +245,10 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
             raise InputError(f"no {best} to score: this run trained no epoch to the end")
         model.load_state_dict(load_checkpoint(best)["model"])
     distributed.broadcast_module_(model)  # every rank tests rank 0's best weights
+    trained = [p for p in model.parameters() if p.requires_grad]
     metrics = {"select_on": opts.select_on, "best_val_score": state.best_score, "best_epoch": state.best_epoch,
+               "parameters": sum(p.numel() for p in trained),
+               "train_seconds": sum(row.get("train_seconds", 0.0) for row in state.history),
                **score_tests(model, splits, features, cfg, device, run_dir if main else None), "epochs": state.history}
     if main:
         atomic_write_json(run_dir / "metrics.json", metrics)

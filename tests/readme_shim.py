@@ -32,6 +32,7 @@ TINY = {
     "captioning-lm": ["optim.epochs=1", "max_chars=4000", "model.hidden_size=32", "sample.length=20",
                       "sample.num_samples=1"],
     "captioning-gradflow": ["seq_len=12", "hidden_size=8", "seeds=[0]", "clip.seq_len=6"],
+    "captioning-baseline": ["encoder=small_cnn", "encoder.image_size=32", "encoder.num_workers=0"],
 }
 TINY_BENCH = {
     "encoder": ["--limit", "4", "--repeats", "1", "--encoder", "small_cnn", "--workers", "1"],
@@ -64,6 +65,11 @@ def hydra_app(program: str, args: list[str]) -> int:
         return call([real, *args, *TINY[program], *(["trainer.max_steps=6"] if resuming else [])])
     plain = [a for a in args if a not in ("-m", "--multirun")]
     return max(call([real, *combo, "--cfg", "job"]) for combo in sweep(plain))
+
+
+def report(args: list[str]) -> int:
+    real = os.path.join(REAL_BIN, "captioning-report")
+    return call([real, "--help"] if MODE == "compose" else [real, *args])
 
 
 def bench(args: list[str]) -> int:
@@ -104,6 +110,8 @@ def main() -> int:
     program, args = os.path.basename(sys.argv[1]), sys.argv[2:]
     if program == "captioning-bench":
         return bench(args)
+    if program == "captioning-report":
+        return report(args)
     if program in TINY:
         return hydra_app(program, args)
     return {"torchrun": torchrun, "python": python, "make": make}[program](args)

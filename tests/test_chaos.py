@@ -16,7 +16,7 @@ from captioning.data.shapes import make_shapes_dataset
 BIN = Path(sys.executable).parent
 DRIVER = Path(__file__).with_name("chaos_driver.py")
 TINY = ["encoder=small_cnn", "encoder.image_size=32", "encoder.num_workers=0", "decoder.hidden_dim=16",
-        "decoder.embed_dim=8", "decoder.dropout=0.5", "trainer.batch_size=8", "trainer.max_epochs=3",
+        "decoder.embed_dim=8", "decoder.output_dropout=0.5", "decoder.embed_dropout=0.5", "trainer.batch_size=8", "trainer.max_epochs=3",
         "trainer.patience=99", "trainer.tensorboard=false", "trainer.progress=false"]
 # In order; each kill is counted within the process it hits (a resumed run starts counting again).
 KILLS = ["step:4", "write:best.pt:1", "step:7", "val:1", "write:last.pt:1", "step:12", "val:2", "write:metrics.json:1"]

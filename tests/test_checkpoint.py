@@ -142,6 +142,20 @@ def test_bad_checkpoint_files_give_input_errors(tmp_path, content, message):
     assert "weights_only" not in str(err.value)  # torch's advice to unpickle anyway is never passed on
 
 
+def test_checkpoint_with_the_old_single_dropout_still_loads(tmp_path):
+    model = make_captioner()
+    config = {**vars(model.decoder.config)}
+    for name in ("embed_dropout", "feature_dropout", "output_dropout", "feature_norm"):
+        del config[name]
+    config["dropout"] = 0.25  # DecoderConfig as this project wrote it before the three dropouts
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, model_state=model.state_dict(), vocab=model.vocab,
+                    model_config={"encoder": model.encoder.spec, "decoder": config})
+    loaded = load_captioner(path, device="cpu")
+    c = loaded.decoder.config
+    assert (c.embed_dropout, c.output_dropout, c.feature_dropout, c.feature_norm) == (0.25, 0.25, 0.0, "none")
+
+
 def test_checkpoint_that_does_not_fit_its_config_is_an_input_error(tmp_path):
     model = make_captioner()
     path = tmp_path / "model.pt"

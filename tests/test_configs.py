@@ -19,6 +19,8 @@ from omegaconf import OmegaConf
 
 from captioning.cli._conf import CONF_DIR
 from captioning.config import DecodeOptions, DecoderOptions, TrainerOptions, check
+from captioning.data.splits import split_names
+from captioning.models import build_encoder
 from captioning.text import Vocabulary
 from captioning.optim import build_optimizer
 from captioning.training import build_model
@@ -26,12 +28,13 @@ from captioning.training import build_model
 BIN = Path(sys.executable).parent
 # entry point -> the config groups it composes (hydra/launcher is tested in test_distributed.py)
 GROUPS = {"train": ["dataset", "encoder", "decoder", "optim", "trainer", "decode", "experiment"],
-          "caption": ["decode"]}
+          "caption": ["decode"], "baseline": ["dataset", "encoder"]}
 # Required values a user supplies on the command line (dataset=coco has no default paths).
 FILL_IN = {"train": {"dataset.train.annotations": "a.json", "dataset.train.images": "img",
                      "dataset.val.annotations": "b.json", "dataset.val.images": "img",
                      "dataset.test.annotations": "c.json", "dataset.test.images": "img"},
            "caption": {"checkpoint": "m.pt", "images": "photos", "output": "out"}}
+FILL_IN["baseline"] = FILL_IN["train"]
 
 
 def group_options(group: str) -> list[str]:
@@ -65,6 +68,11 @@ def test_option_composes_and_builds(entry, group, option):
     override = f"+{group}={option}" if group == "experiment" else f"{group}={option}"
     cfg = compose_with(entry, override)
     plain = OmegaConf.to_container(cfg, resolve=True)
+    if entry == "baseline":  # its encoder and the split it captions
+        assert plain["split"] in split_names(plain["dataset"])
+        e = plain["encoder"]
+        assert build_encoder(e["name"], pretrained=False, image_size=e["image_size"]).out_dim > 0
+        return
     check(DecodeOptions(**plain["decode"]))
     if entry != "train":
         return

@@ -13,10 +13,12 @@ V, D, E, H, B, T = 11, 6, 5, 7, 3, 6
 CELLS, INJECTS, IMPLS = ("lstm", "gru", "rnn"), ("init", "pre", "par"), ("fused", "explicit")
 
 
-def make(cell="lstm", inject="init", impl="fused", num_layers=2, dropout=0.0, seed=0) -> CaptionDecoder:
+def make(cell="lstm", inject="init", impl="fused", num_layers=2, dropout=0.0, seed=0, **options) -> CaptionDecoder:
+    """A decoder in eval mode; `dropout` for all three dropouts, `options` for any other DecoderOptions."""
     torch.manual_seed(seed)
+    rates = {"embed_dropout": dropout, "feature_dropout": dropout, "output_dropout": dropout}
     cfg = DecoderConfig(vocab_size=V, feature_dim=D, embed_dim=E, hidden_dim=H, num_layers=num_layers,
-                        cell=cell, impl=impl, inject=inject, dropout=dropout)
+                        cell=cell, impl=impl, inject=inject, **{**rates, **options})
     return CaptionDecoder(cfg).eval()
 
 
@@ -147,3 +149,35 @@ def test_dropout_is_active_in_training_only():
     decoder.train()
     assert not torch.equal(decoder(features, captions), decoder(features, captions))
     assert F.mse_loss(decoder.eval()(features, captions), decoder(features, captions)) == 0
+
+
+@pytest.mark.parametrize("which", ["embed_dropout", "feature_dropout", "output_dropout"])
+def test_each_dropout_acts_where_it_says(which):
+    """Each rate alone changes the training-mode output; a feature dropout of 1 - eps hides the image."""
+    features, captions = batch()
+    decoder = make("lstm", **{which: 0.5}).train()
+    torch.manual_seed(1)
+    a = decoder(features, captions)
+    torch.manual_seed(2)
+    assert not torch.equal(a, decoder(features, captions))
+    masks = []
+    hook = {"embed_dropout": decoder.embed_dropout, "feature_dropout": decoder.feature_dropout,
+            "output_dropout": decoder.output_dropout}[which].register_forward_hook(lambda m, i, o: masks.append(o))
+    decoder(features, captions)
+    hook.remove()
+    assert masks and any((m == 0).any() for m in masks)  # this dropout module zeroed something
+
+
+@pytest.mark.parametrize("norm", ["l2", "layernorm"])
+@pytest.mark.parametrize("inject", ["init", "pre", "par"])
+def test_feature_norm_makes_the_decoder_scale_free_and_decodes_as_it_trains(norm, inject):
+    decoder = make("lstm", inject=inject, feature_norm=norm)
+    features, captions = batch()
+    with torch.no_grad():
+        logits = decoder(features, captions)
+        assert torch.allclose(logits, decoder(features * 37.0, captions), atol=1e-4)  # v and 37 v read alike
+        state, stepped = decoder.init_state(features), []
+        for t in range(captions.shape[1] - 1):
+            out, state = decoder.step(captions[:, t], state, features)
+            stepped.append(out)
+    assert torch.allclose(torch.stack(stepped, 1), logits, atol=1e-5)

@@ -20,7 +20,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = ["captioning-train", "captioning-eval", "captioning-caption", "captioning-gradflow", "captioning-lm",
-           "captioning-bench"]
+           "captioning-bench", "captioning-baseline", "captioning-report"]
 
 
 def test_setup_cfg_lists_every_package():
@@ -72,7 +72,7 @@ def test_wheel_carries_the_configs_and_is_what_runs(installed, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", ["captioning-train", "captioning-eval", "captioning-caption",
-                                    "captioning-gradflow", "captioning-lm"])
+                                    "captioning-gradflow", "captioning-lm", "captioning-baseline"])
 def test_hydra_apps_compose_from_another_folder(installed, tmp_path, script):
     proc = run([installed / script, "--cfg", "job"], cwd=tmp_path)
     assert "decode" in proc.stdout or "seq_len" in proc.stdout or "tbptt" in proc.stdout or "annotations" in proc.stdout
@@ -96,6 +96,8 @@ def test_train_caption_eval_from_another_folder(installed, tmp_path):
     assert len(json.loads((tmp_path / "gallery" / "captions.json").read_text())) == 3
     proc = run([installed / "captioning-bench", "--help"], cwd=tmp_path)
     assert "encoder" in proc.stdout
+    proc = run([installed / "captioning-report", "run"], cwd=tmp_path)
+    assert "| defaults | 1 |" in proc.stdout and (tmp_path / "run" / "report.png").is_file()
 
 
 def test_nothing_reads_outside_the_repository():

@@ -45,7 +45,7 @@ def test_bf16_without_native_units_warns(monkeypatch, recwarn, fast):
 def test_bf16_training_step_learns_with_fp32_weights(impl):
     torch.manual_seed(0)
     decoder = CaptionDecoder(DecoderConfig(vocab_size=20, feature_dim=6, embed_dim=8, hidden_dim=16, impl=impl,
-                                           dropout=0.0))  # memorising one batch: no regularisation
+                                           embed_dropout=0.0, output_dropout=0.0))  # memorising one batch
     logit_dtypes = []
     decoder.out.register_forward_hook(lambda m, i, out: logit_dtypes.append(out.dtype))
     captions = torch.randint(3, 20, (8, 7))

@@ -25,7 +25,7 @@ from test_real_layouts import karpathy_file
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 SHIMMED = ["captioning-train", "captioning-eval", "captioning-caption", "captioning-gradflow", "captioning-lm",
-           "captioning-bench", "torchrun", "python", "make"]
+           "captioning-bench", "captioning-baseline", "captioning-report", "torchrun", "python", "make"]
 
 RUN, COMPOSE = "run", "compose"
 # Every command of README's bash blocks, and how it is covered. COMPOSE only where running is impossible here.
@@ -42,7 +42,20 @@ COVERAGE = {
     "captioning-train +experiment=demo": RUN,
     "captioning-train +experiment=demo trainer.precision=bf16 hydra.run.dir=runs/demo_bf16": RUN,
     "captioning-train decoder.cell=gru decoder.inject=par optim=adamw trainer.max_epochs=20": RUN,
-    "captioning-train -m decoder.cell=rnn,lstm": RUN,
+    "captioning-train -m decoder.cell=rnn,lstm hydra.sweep.dir=multirun/cells": RUN,
+    "captioning-report multirun/cells --output multirun/cells/report.md": RUN,
+    "python datasets/make_shapes.py --out data/shapes_shifted --distractors 2 --shifted-style outline": RUN,
+    "captioning-baseline dataset=shapes_shifted 'k=[1,5,10,25]'": RUN,
+    "captioning-baseline dataset=shapes_shifted split=test_shifted 'k=[1,5,10,25]'": RUN,
+    **{f"captioning-train -m dataset=shapes_shifted seed=0,1,2 {factor} trainer.tensorboard=false "
+       f"hydra.sweep.dir=multirun/{name}": COMPOSE  # the study: 24 full training runs (each composed here)
+       for factor, name in [("decoder.feature_norm=none,l2,layernorm", "feature_norm"),
+                            ("decoder.embed_dropout=0 decoder.output_dropout=0", "no_dropout"),
+                            ("decoder.feature_dropout=0.3", "feature_dropout"), ("optim=adamw", "adamw"),
+                            ("trainer.label_smoothing=0.1", "label_smoothing"),
+                            ("trainer.select_on=bleu4", "select_bleu4")]},
+    "captioning-report multirun/feature_norm multirun/no_dropout multirun/feature_dropout multirun/adamw "
+    "multirun/label_smoothing multirun/select_bleu4 --output study.md": COMPOSE,  # reads the study's runs
     "captioning-train dataset=flickr8k": RUN,
     "captioning-train dataset=coco_karpathy encoder=resnet101": COMPOSE,  # downloads ResNet-101's weights
     "captioning-train dataset=coco dataset.train.annotations=data/coco/captions_train.json "

@@ -62,22 +62,27 @@ def test_diverging_run_exits_nonzero_naming_the_step(tmp_path, shapes):
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "metrics.json").exists()
 
 
-@pytest.mark.parametrize("override, message", [
-    ("trainer.max_epochs=0", "trainer.max_epochs must be at least 1, got 0"),
-    ("trainer.batch_size=-4", "trainer.batch_size must be at least 1, got -4"),
-    ("decoder.cell=transformer", "decoder.cell must be one of rnn, lstm, gru, got 'transformer'"),
-    ("trainer.precision=fp16", "trainer.precision must be one of fp32, bf16, got 'fp16'"),
-    ("optim.optimizer.lr=nan", "optim.optimizer.lr must be a positive number, got nan"),
-    ("decode.beam_size=0", "decode.beam_size must be at least 1, got 0"),
-    ("decode.max_len=0", "decode.max_len must be at least 1, got 0"),
-    ("decode.top_k=0", "decode.top_k must be at least 1 or null, got 0"),
-    ("decode.temperature=0", "decode.temperature must be > 0"),
-    ("trainer.device=cuda", "device=cuda but torch sees no CUDA GPU here"),
-])
-def test_options_that_cannot_work_are_one_line_before_any_work(tmp_path, shapes, override, message):
-    line = one_error_line(train(tmp_path, shapes, override, "hydra.run.dir=run", check=False))
-    assert message in line
+BAD_OPTIONS = {  # override -> the words of its one-line error (all in one run: they are reported together)
+    "trainer.max_epochs=0": "trainer.max_epochs must be at least 1, got 0",
+    "trainer.batch_size=-4": "trainer.batch_size must be at least 1, got -4",
+    "decoder.cell=transformer": "decoder.cell must be one of rnn, lstm, gru, got 'transformer'",
+    "trainer.precision=fp16": "trainer.precision must be one of fp32, bf16, got 'fp16'",
+    "optim.optimizer.lr=nan": "optim.optimizer.lr must be a positive number, got nan",
+    "decode.beam_size=0": "decode.beam_size must be at least 1, got 0",
+    "decode.max_len=0": "decode.max_len must be at least 1, got 0",
+    "decode.top_k=0": "decode.top_k must be at least 1 or null, got 0",
+    "decode.temperature=0": "decode.temperature must be > 0",
+    "trainer.select_on=meteor": "trainer.select_on must be one of cider, bleu4, got 'meteor'",
+}
+
+
+def test_options_that_cannot_work_are_one_line_before_any_work(tmp_path, shapes):
+    line = one_error_line(train(tmp_path, shapes, *BAD_OPTIONS, "hydra.run.dir=run", check=False))
+    assert all(message in line for message in BAD_OPTIONS.values()), line
     assert not (tmp_path / "cache").exists()  # refused before the feature pass
+    if not torch.cuda.is_available():  # on a GPU machine this run is legitimate
+        line = one_error_line(train(tmp_path, shapes, "trainer.device=cuda", "hydra.run.dir=run", check=False))
+        assert "device=cuda but torch sees no CUDA GPU here" in line
 
 
 def test_a_wrongly_typed_option_names_the_key_without_a_traceback(tmp_path, shapes):

@@ -140,15 +140,15 @@ def signal_at_step(monkeypatch, step: int, signum: int = signal.SIGTERM) -> None
 
 @pytest.mark.parametrize("stop_step", [3, 10, 12])  # mid-epoch 1, mid-epoch 1 of 10 batches' end, in epoch 2
 def test_sigterm_saves_mid_epoch_and_the_resumed_run_is_identical(shapes, tmp_path, monkeypatch, stop_step):
-    full = run(shapes, tmp_path / "full", "trainer.max_epochs=2", "decoder.dropout=0.5")
+    full = run(shapes, tmp_path / "full", "trainer.max_epochs=2", "decoder.output_dropout=0.5", "decoder.embed_dropout=0.5")
     signal_at_step(monkeypatch, stop_step)
     with pytest.raises(interrupt.Interrupted) as stopped:
-        run(shapes, tmp_path / "run", "trainer.max_epochs=2", "decoder.dropout=0.5")
+        run(shapes, tmp_path / "run", "trainer.max_epochs=2", "decoder.output_dropout=0.5", "decoder.embed_dropout=0.5")
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["train_state"]
     assert state["step"] == stop_step and stopped.value.signum == signal.SIGTERM  # the step it was in finished
     assert str(stopped.value.checkpoint).endswith("last.pt") and f"step {stop_step}" in stopped.value.where
     monkeypatch.undo()
-    resumed = run(shapes, tmp_path / "run", "trainer.max_epochs=2", "decoder.dropout=0.5", "trainer.resume=auto")
+    resumed = run(shapes, tmp_path / "run", "trainer.max_epochs=2", "decoder.output_dropout=0.5", "decoder.embed_dropout=0.5", "trainer.resume=auto")
     assert same_weights(tmp_path / "run" / "checkpoints" / "last.pt", tmp_path / "full" / "checkpoints" / "last.pt")
     for a, b in zip(full["epochs"], resumed["epochs"], strict=True):
         assert (a["train_loss"], a["val_loss"], a["step"]) == (b["train_loss"], b["val_loss"], b["step"])

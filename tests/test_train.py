@@ -25,7 +25,7 @@ def tiny_shapes(tmp_path_factory) -> Path:
 def train(run_dir: Path, data: Path, *overrides: str, multirun: bool = False) -> subprocess.CompletedProcess:
     args = [str(BIN / "captioning-train"), *(["-m"] if multirun else []),
             f"dataset.root={data}", "encoder=small_cnn", f"cache_dir={data / 'cache'}",
-            "decoder.hidden_dim=32", "decoder.embed_dim=16", "decoder.dropout=0.1",
+            "decoder.hidden_dim=32", "decoder.embed_dim=16", "decoder.embed_dropout=0.1",
             "trainer.batch_size=16", "trainer.progress=false", "trainer.tensorboard=false",
             "optim.scheduler=constant", "optim.warmup_steps=0", *overrides]
     args.append(f"hydra.sweep.dir={run_dir}" if multirun else f"hydra.run.dir={run_dir}")
@@ -41,7 +41,11 @@ def test_run_writes_checkpoints_metrics_and_captions(tmp_path, tiny_shapes):
                  "test_captions.json", "curves.png", "vocab.json"]:
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics["test"]) >= {"bleu1", "bleu2", "bleu3", "bleu4", "loss"}
+    assert set(metrics["test"]) >= {"bleu1", "bleu2", "bleu3", "bleu4", "cider", "loss"}
+    assert metrics["test_knn"]["k"] == 1 and metrics["test_knn_consensus"]["k"] == 10  # the baselines, beside it
+    assert all(set(metrics[k]) >= {"bleu4", "cider"} for k in ("test_knn", "test_knn_consensus", "test_shuffled_images"))
+    assert metrics["select_on"] == "cider" and metrics["parameters"] > 0 and metrics["train_seconds"] > 0
+    assert all("val_cider" in e for e in metrics["epochs"])
     assert all(0.0 <= metrics["test"][f"bleu{n}"] <= 1.0 for n in range(1, 5))
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
     results = json.loads((run / "test_captions.json").read_text())

@@ -10,6 +10,7 @@ Where the image feature v (B, D) enters is configurable (`inject`):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -42,8 +43,12 @@ class CaptionDecoder(nn.Module):
         check(config)
         self.config = c = config
         self.embed = nn.Embedding(c.vocab_size, c.embed_dim)
-        self.rnn = build_recurrent(c.cell, c.impl, c.embed_dim, c.hidden_dim, c.num_layers, c.dropout)
-        self.dropout = nn.Dropout(c.dropout)
+        self.rnn = build_recurrent(c.cell, c.impl, c.embed_dim, c.hidden_dim, c.num_layers, c.output_dropout)
+        self.embed_dropout = nn.Dropout(c.embed_dropout)
+        self.feature_dropout = nn.Dropout(c.feature_dropout)
+        self.output_dropout = nn.Dropout(c.output_dropout)
+        if c.feature_norm == "layernorm":
+            self.feature_layernorm = nn.LayerNorm(c.feature_dim)
         self.out = nn.Linear(c.hidden_dim, c.vocab_size)
         if c.inject == "init":
             self.init_state_proj = nn.Linear(c.feature_dim, c.num_layers * c.hidden_dim)  # W_ih, b
@@ -56,9 +61,20 @@ class CaptionDecoder(nn.Module):
         """(B, L*H) -> (L, B, H), one initial state per layer."""
         return x.view(x.shape[0], self.config.num_layers, self.config.hidden_dim).transpose(0, 1).contiguous()
 
+    def image(self, features: Tensor) -> Tensor:
+        """v as the decoder reads it, (B, D): normalised (`feature_norm`: l2 gives every image the same length,
+        sqrt(D), so the scale of the CNN's activations no longer matters; layernorm also learns a per-feature
+        scale and shift), then `feature_dropout`."""
+        if self.config.feature_norm == "l2":
+            features = F.normalize(features, dim=-1) * math.sqrt(self.config.feature_dim)
+        elif self.config.feature_norm == "layernorm":
+            features = self.feature_layernorm(features)
+        return self.feature_dropout(features)
+
     def init_state(self, features: Tensor) -> State:
         """The recurrent state before <start>: (B, D) -> h (L, B, H) or (h, c)."""
         c = self.config
+        features = self.image(features)
         if c.inject == "init":
             h0 = self._layers(torch.tanh(self.init_state_proj(features)))  # h0 = tanh(W_ih v + b)
             if c.cell == "lstm":
@@ -82,15 +98,15 @@ class CaptionDecoder(nn.Module):
         return self.rnn(x, state)
 
     def _inputs(self, tokens: Tensor, features: Tensor) -> Tensor:
-        x = self.embed(tokens)  # (B, T, E)
+        x = self.embed_dropout(self.embed(tokens))  # (B, T, E)
         if self.config.inject == "par":
-            x = x + self.image_proj(features)[:, None]  # + W_ih v at every step
-        return self.dropout(x)
+            x = x + self.image_proj(self.image(features))[:, None]  # + W_ie v at every step
+        return x
 
     def forward(self, features: Tensor, captions: Tensor) -> Tensor:
         """Teacher forcing: logits (B, T-1, V) predicting captions[:, 1:] from captions[:, :-1]."""
         out, _ = self._recurrent(self._inputs(captions[:, :-1], features), self.init_state(features))  # (B, T-1, H)
-        return self.out(self.dropout(out))
+        return self.out(self.output_dropout(out))
 
     def step(self, tokens: Tensor, state: State, features: Tensor) -> tuple[Tensor, State]:
         """One decoding step for N sequences: tokens (N,) -> logits (N, V) and the next state."""

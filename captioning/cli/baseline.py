@@ -1,0 +1,82 @@
+"""captioning-baseline: k-nearest-neighbour captioning of a split on an encoder's features, scored.
+
+    captioning-baseline                                    # shapes, test split, k = 1 and 10
+    captioning-baseline dataset=flickr8k split=val 'k=[1,5,25]'
+    captioning-baseline checkpoint=runs/demo/checkpoints/best.pt output=runs/demo/knn
+
+Neighbours come from the training split; features from the feature cache that captioning-train fills.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from captioning.cli._conf import CONF_DIR
+from captioning.cli.common import require, run_entry_point, user_errors
+
+
+def knn_scores(cfg: DictConfig) -> dict:
+    from captioning.baselines import NearestNeighbourCaptioner
+    from captioning.data.features import cache_path, cached_features
+    from captioning.data.splits import check_images, load_splits, split_names
+    from captioning.engine import caption_scores
+    from captioning.io import InputError, atomic_write_json
+    from captioning.models import build_encoder, load_captioner
+    from captioning.precision import resolve_device
+
+    dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
+    if cfg.split == "train" or cfg.split not in split_names(dataset):
+        raise InputError(f"split={cfg.split} is not one of {', '.join(split_names(dataset)[1:])} "
+                         f"(the neighbours come from train)")
+    ks = list(cfg.k) if OmegaConf.is_list(cfg.k) else [cfg.k]
+    if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
+        raise InputError(f"k must be positive integers, got {ks}")
+    device = resolve_device(cfg.device)
+    cocos = load_splits(dataset)
+    if cfg.checkpoint:
+        encoder = load_captioner(cfg.checkpoint, device="cpu").encoder
+    else:
+        e = cfg.encoder
+        encoder = build_encoder(e.name, pretrained=e.pretrained, weights=e.weights, image_size=e.image_size)
+    features = {}
+    for name in ("train", cfg.split):
+        if not cache_path(encoder.spec, cocos[name], cfg.cache_dir, cfg.precision).is_file():
+            check_images(cocos[name])
+        features[name] = cached_features(encoder, cocos[name], cfg.cache_dir, batch_size=cfg.encoder.batch_size,
+                                         num_workers=cfg.encoder.num_workers, device=device,
+                                         precision=cfg.precision, progress=cfg.progress)
+    train, target = cocos["train"], cocos[cfg.split]
+    knn = NearestNeighbourCaptioner(features["train"], [train.captions[i] for i in train.image_ids])
+    report = {}
+    for k in ks:
+        captions = dict(zip(target.image_ids, knn.caption(features[cfg.split], k=k)))
+        report[f"knn{k}"] = caption_scores(captions, target.references())
+        if cfg.output:
+            atomic_write_json(Path(cfg.output) / f"{cfg.split}_knn{k}_captions.json",
+                              [{"image_id": i, "caption": c} for i, c in sorted(captions.items())])
+    if cfg.output:
+        atomic_write_json(Path(cfg.output) / "knn_scores.json", report)
+    return report
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="baseline")
+def run(cfg: DictConfig) -> None:
+    require(cfg, "captioning-baseline dataset=coco dataset.train.annotations=... split=test")
+    with user_errors():
+        report = knn_scores(cfg)
+    print(f"| {cfg.split}: nearest-neighbour captions | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | CIDEr-D |\n"
+          f"|---|---|---|---|---|---|")
+    for name, m in report.items():
+        k = int(name[3:])
+        label = "nearest training image's caption (k=1)" if k == 1 else f"consensus of the {k} nearest images"
+        print(f"| {label} | " + " | ".join(f"{m[f'bleu{n}']:.4f}" for n in range(1, 5)) + f" | {m['cider']:.4f} |")
+
+
+def main() -> None:
+    run_entry_point(run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""One table (and one plot) from the runs of Hydra sweeps: what `captioning-report` prints.
+
+Every run directory below the given folders that holds a metrics.json is read with its
+.hydra/overrides.yaml. Runs that differ only in `seed=` form one row: the mean and spread (sample
+standard deviation, "±") over the seeds of the best validation score, BLEU-4 and CIDEr-D of every test
+split, with the number of trainable parameters and the training time. The retrieval baselines, which
+do not depend on the seed, come last as rows of their own. Rows are sorted by the validation score.
+"""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from captioning.io import InputError, read_json
+
+BASELINES = {"knn": "k-NN: nearest training image's caption", "knn_consensus": "k-NN: consensus caption"}
+
+
+def read_runs(folders: list[Path]) -> list[dict]:
+    """[{"dir", "overrides": {key: value}, "metrics"}] for every finished run below `folders`."""
+    runs = []
+    for folder in folders:
+        if not Path(folder).is_dir():
+            raise InputError(f"sweep folder not found: {folder}")
+        for metrics in sorted(Path(folder).rglob("metrics.json")):
+            overrides = metrics.parent / ".hydra" / "overrides.yaml"
+            pairs = _read_overrides(overrides) if overrides.is_file() else []
+            runs.append({"dir": metrics.parent, "overrides": dict(p.split("=", 1) for p in pairs if "=" in p),
+                         "metrics": read_json(metrics, what="run metrics")})
+    if not runs:
+        raise InputError(f"no finished runs (metrics.json) below {', '.join(map(str, folders))}")
+    return runs
+
+
+def _read_overrides(path: Path) -> list[str]:
+    """Hydra's overrides.yaml is a YAML list of strings; read it without a YAML parser for lists of `- k=v`."""
+    return [line[2:].strip().strip("'\"") for line in path.read_text(encoding="utf-8").splitlines()
+            if line.startswith("- ")]
+
+
+def _mean_spread(values: list[float], digits: int) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+NAMES = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4", "cider": "CIDEr-D"}
+
+
+def table(runs: list[dict], scores: tuple[str, ...] = ("bleu4", "cider")) -> tuple[str, list[dict]]:
+    """The markdown table and its rows as data: one row per setting (seeds pooled), then the baselines."""
+    ignore = {"seed", "hydra.sweep.dir", "hydra.run.dir", "trainer.tensorboard"}
+    keys = sorted({k for r in runs for k in r["overrides"] if k not in ignore})
+    differing = [k for k in keys if len({r["overrides"].get(k, "default") for r in runs}) > 1]
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(tuple(r["overrides"].get(k, "default") for k in differing), []).append(r)
+    tests = [k for k, v in runs[0]["metrics"].items() if isinstance(v, dict) and "loss" in v]
+    rows = []
+    for setting, members in groups.items():
+        m = [r["metrics"] for r in members]
+        row = {"setting": dict(zip(differing, setting)), "seeds": len(m),
+               "select_on": m[0]["select_on"], "val": [x["best_val_score"] for x in m],
+               "parameters": m[0].get("parameters"), "minutes": [x.get("train_seconds", 0) / 60 for x in m]}
+        for t in tests:
+            row[t] = {k: [x[t][k] for x in m] for k in NAMES}
+        rows.append(row)
+    rows.sort(key=lambda r: -statistics.mean(r["val"]))
+    header = ["setting", "seeds", f"val {rows[0]['select_on']}",
+              *[f"{t} {NAMES[k]}" for t in tests for k in scores], "parameters", "train min"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [label(r), str(r["seeds"]), _mean_spread(r["val"], 3)]
+        cells += [_mean_spread(r[t][k], 3) for t in tests for k in scores]
+        cells += [f"{r['parameters']:,}" if r["parameters"] else "", _mean_spread(r["minutes"], 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    first = runs[0]["metrics"]
+    for key, name in BASELINES.items():
+        if f"{tests[0]}_{key}" in first:
+            cells = [f"{name} (k={first[f'{tests[0]}_{key}']['k']})", "", ""]
+            cells += [f"{first[f'{t}_{key}'][k]:.3f}" for t in tests for k in scores] + ["", ""]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines), rows
+
+
+def label(row: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in row["setting"].items()) or "defaults"
+
+
+def plot(rows: list[dict], runs: list[dict], path: Path) -> Path:
+    """Test CIDEr-D of every setting (mean, with the seeds' spread) per test split, the baselines as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from captioning.io import atomic_path
+
+    tests = [k for k in rows[0] if isinstance(rows[0][k], dict) and "cider" in rows[0][k]]
+    fig, axes = plt.subplots(1, len(tests), figsize=(6 * len(tests), 0.5 * len(rows) + 2), squeeze=False)
+    labels = [label(r) for r in rows]
+    for ax, t in zip(axes[0], tests):
+        means = [statistics.mean(r[t]["cider"]) for r in rows]
+        spreads = [statistics.stdev(r[t]["cider"]) if len(r[t]["cider"]) > 1 else 0 for r in rows]
+        ax.barh(range(len(rows)), means, xerr=spreads, color="C0")
+        for key, colour in (("knn", "C1"), ("knn_consensus", "C3")):
+            if f"{t}_{key}" in runs[0]["metrics"]:
+                ax.axvline(runs[0]["metrics"][f"{t}_{key}"]["cider"], color=colour, linestyle="--",
+                           label=BASELINES[key])
+        ax.set(yticks=range(len(rows)), yticklabels=labels, xlabel="CIDEr-D", title=t)
+        ax.invert_yaxis()
+        ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,47 @@
+"""captioning-report: sweeps' runs pooled over seeds into one table (mean ± spread), baselines last, a plot."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from captioning.cli.report import main
+
+
+def scores(b: float, c: float, loss: bool = True) -> dict:  # a model's scores have a loss, a baseline's do not
+    return {**({"loss": 1.0} if loss else {}), "bleu1": b + 0.1, "bleu2": b + 0.05, "bleu3": b + 0.02, "bleu4": b,
+            "cider": c}
+
+
+def fake_run(folder: Path, overrides: list[str], val: float, test_cider: float) -> None:
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    metrics = {"select_on": "cider", "best_val_score": val, "best_epoch": 3, "parameters": 1234, "train_seconds": 90,
+               "test": scores(0.5, test_cider), "test_shifted": scores(0.3, test_cider / 2),
+               "test_knn": {"k": 1, **scores(0.4, 1.0, False)}, "test_shifted_knn": {"k": 1, **scores(0.2, 0.5, False)},
+               "epochs": []}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_seeds_are_pooled_and_rows_sorted_by_validation(tmp_path, capsys):
+    for n, (norm, seed, val, cider) in enumerate([("none", 0, 1.0, 2.0), ("none", 1, 1.2, 2.2), ("l2", 0, 2.0, 3.0),
+                                                   ("l2", 1, 2.0, 3.4)]):
+        fake_run(tmp_path / "sweep" / str(n), ["dataset=shapes_shifted", f"decoder.feature_norm={norm}", f"seed={seed}"],
+                 val, cider)
+    main([str(tmp_path / "sweep"), "--output", str(tmp_path / "study.md")])
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("| ")]
+    assert lines[0].startswith("| setting | seeds | val cider | test BLEU-4 | test CIDEr-D | test_shifted BLEU-4")
+    assert lines[1].startswith("| decoder.feature_norm=l2 | 2 | 2.000 ± 0.000 | 0.500 ± 0.000 | 3.200 ± 0.283 |")
+    assert lines[2].startswith("| decoder.feature_norm=none | 2 | 1.100 ± 0.141 |")  # dataset= is the same: no column
+    assert lines[3].startswith("| k-NN: nearest training image's caption (k=1) |  |  | 0.400 | 1.000 | 0.200 | 0.500 |")
+    assert (tmp_path / "study.md").read_text().strip() == out.strip()
+    assert (tmp_path / "study.png").stat().st_size > 1000
+
+
+def test_no_runs_is_one_error_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "empty")])
+    assert e.value.code == 1 and capsys.readouterr().err.startswith("error: no finished runs")
