@@ -67,7 +67,7 @@ class DecodeOptions:
 
     method: str = "beam"         # greedy | beam | sample
     beam_size: int = 3           # beam
-    max_len: int = 20            # words at most, <end> excluded
+    max_len: int = 20            # tokens at most, <end> included
     length_norm: float = 0.7     # beam: the winner maximises log p / length ** length_norm (0: raw log p)
     temperature: float = 1.0     # sample: softmax(logits / temperature)
     top_k: Optional[int] = None  # sample: only from the k most likely words (None: all)

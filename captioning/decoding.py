@@ -1,15 +1,17 @@
 """Generating captions from image features: argmax, sampling and beam search.
 
 All three work on a whole batch at once (beam search on (batch x beam) rows): there is no
-Python loop over images, only over time steps. Each returns token ids (B, L) without the
-<start> token; everything after a sequence's <end> is <pad>.
+Python loop over images, only over time steps. Each returns `Decoded`: token ids (B, L) without the
+<start> token, everything after a sequence's <end> <pad>, and each sequence's score, the mean
+log-probability per token of its tokens (<end> included) under the model: a low score marks a caption
+the model is unsure of, often an image unlike the training data.
 
 The decoder must offer `init_state(features)`, `step(tokens, state, features)` and
 `reorder_state(state, index)` (see captioning.models.decoder.CaptionDecoder).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -19,6 +21,11 @@ from captioning.config import DecodeOptions
 D = DecodeOptions  # the defaults below are its field defaults: one source for the API and the configs
 
 
+class Decoded(NamedTuple):
+    ids: Tensor    # (B, L) token ids, <pad> after <end>
+    score: Tensor  # (B,) mean log p per token, <end> included
+
+
 def _pad_after_eos(seqs: Tensor, eos_id: int, pad_id: int) -> Tensor:
     """Replace every token after the first <end> of each row by <pad>."""
     after = (seqs == eos_id).long().cumsum(1) - (seqs == eos_id).long() > 0  # strictly after first eos
@@ -26,31 +33,35 @@ def _pad_after_eos(seqs: Tensor, eos_id: int, pad_id: int) -> Tensor:
 
 
 def _generate(decoder, features: Tensor, choose: Callable[[Tensor], Tensor], bos_id: int, eos_id: int,
-              pad_id: int, max_len: int) -> Tensor:
+              pad_id: int, max_len: int) -> Decoded:
     """Feed each step's chosen token back in; stop when every row has produced <end>."""
     B = features.shape[0]
     state = decoder.init_state(features)
     tokens = features.new_full((B,), bos_id, dtype=torch.long)
     done = torch.zeros(B, dtype=torch.bool, device=features.device)
+    logp_sum, length = torch.zeros(B, device=features.device), torch.zeros(B, device=features.device)
     out = []
     for _ in range(max_len):
         logits, state = decoder.step(tokens, state, features)  # (B, V)
-        tokens = choose(logits.float()).masked_fill(done, pad_id)
+        logits = logits.float()
+        tokens = choose(logits).masked_fill(done, pad_id)
+        logp_sum += logits.log_softmax(-1).gather(1, tokens[:, None])[:, 0].masked_fill(done, 0.0)
+        length += (~done).float()  # tokens up to and including <end>
         out.append(tokens)
         done |= tokens == eos_id
         if done.all():
             break
-    return _pad_after_eos(torch.stack(out, 1), eos_id, pad_id)
+    return Decoded(_pad_after_eos(torch.stack(out, 1), eos_id, pad_id), logp_sum / length.clamp(min=1))
 
 
-def greedy(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int = 0, max_len: int = D.max_len) -> Tensor:
+def greedy(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int = 0, max_len: int = D.max_len) -> Decoded:
     """Argmax decoding: w_t = argmax_w p(w | w_<t, v). Deterministic, but prone to generic captions."""
     return _generate(decoder, features, lambda logits: logits.argmax(-1), bos_id, eos_id, pad_id, max_len)
 
 
 def sample(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int = 0, max_len: int = D.max_len,
            temperature: float = D.temperature, top_k: int | None = D.top_k,
-           generator: torch.Generator | None = None) -> Tensor:
+           generator: torch.Generator | None = None) -> Decoded:
     """Sampling: w_t ~ softmax(logits / temperature), optionally restricted to the top-k words.
 
     Temperature < 1 sharpens the distribution towards argmax; > 1 flattens it (more variety).
@@ -69,7 +80,7 @@ def sample(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int = 0,
 
 
 def beam_search(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int = 0, max_len: int = D.max_len,
-                beam_size: int = D.beam_size, length_norm: float = D.length_norm) -> Tensor:
+                beam_size: int = D.beam_size, length_norm: float = D.length_norm) -> Decoded:
     """Beam search over (B * K) rows; returns the best sequence per image (B, L).
 
     Keeps the K highest-scoring prefixes, score = sum_t log p(w_t | w_<t, v). A finished
@@ -107,14 +118,15 @@ def beam_search(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int
         if finished.all():
             break
     best = (scores / lengths.clamp(min=1) ** length_norm).argmax(-1)  # (B,)
-    return _pad_after_eos(seqs[(offsets[:, 0] + best)], eos_id, pad_id)
+    ids = _pad_after_eos(seqs[(offsets[:, 0] + best)], eos_id, pad_id)
+    return Decoded(ids, scores.gather(1, best[:, None])[:, 0] / lengths.gather(1, best[:, None])[:, 0].clamp(min=1))
 
 
 def decode(decoder, features: Tensor, method: str = D.method, *, bos_id: int, eos_id: int, pad_id: int = 0,
            max_len: int = D.max_len, beam_size: int = D.beam_size, length_norm: float = D.length_norm,
            temperature: float = D.temperature, top_k: int | None = D.top_k,
-           generator: torch.Generator | None = None) -> Tensor:
-    """Dispatch on `method` (greedy | sample | beam); returns token ids (B, L)."""
+           generator: torch.Generator | None = None) -> Decoded:
+    """Dispatch on `method` (greedy | sample | beam); returns token ids (B, L) and scores (B,)."""
     common = dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, max_len=max_len)
     if method == "greedy":
         return greedy(decoder, features, **common)

@@ -1,7 +1,10 @@
 """Writing a captioned folder: captions.json, captions.csv and a self-contained index.html.
 
 The gallery only references files inside the output directory (thumbnails are written
-there), so it can be zipped, mailed or opened offline.
+there), so it can be zipped, mailed or opened offline. Every caption shows its score (the mean
+log-probability per token: low means the model was unsure); when the rows carry references and their
+CIDEr-D / BLEU-4 (captioning-caption references=...), the worst-scored images come first, each with its
+references, so a researcher sees what the model gets wrong.
 """
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ h1 {{ font-size: 1.4em; }} .summary {{ color: #555; }}
 figure {{ margin: 0; background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: 8px; }}
 img {{ width: 100%; height: 200px; object-fit: contain; background: #eee; }}
 figcaption {{ margin-top: 6px; font-size: 0.95em; }} .file {{ color: #888; font-size: 0.8em; word-break: break-all; }}
-.failed li {{ color: #a00; }}
+.failed li {{ color: #a00; }} .score {{ color: #666; font-size: 0.85em; }}
+.refs {{ color: #555; font-size: 0.85em; margin: 4px 0 0 1em; padding: 0; }}
 </style></head><body>
 <h1>{title}</h1>
 <p class="summary">{summary}</p>
@@ -42,6 +46,16 @@ def summary_line(rows: list[dict]) -> str:
 def shown(text: str) -> str:
     """HTML-escaped text, with the bytes of a file name that is not UTF-8 shown as \\xNN escapes."""
     return html.escape(text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
+
+
+def _details(row: dict) -> str:
+    """The caption's score, and its CIDEr-D, BLEU-4 and references when there are some."""
+    parts = [f"score {row['score']:.2f}"] if "score" in row else []
+    if "cider" in row:
+        parts += [f"CIDEr-D {row['cider']:.2f}", f"BLEU-4 {row['bleu4']:.2f}"]
+    refs = "".join(f"<li>{html.escape(r)}</li>" for r in row.get("references", []))
+    return (f'<div class="score">{" · ".join(parts)}</div>' if parts else "") + \
+        (f'<ul class="refs">{refs}</ul>' if refs else "")
 
 
 def write_thumbnail(source: Path, dest: Path, size: int) -> None:
@@ -64,21 +78,25 @@ def write_outputs(rows: list[dict], images_root: Path, out_dir: Path, thumbnail_
     atomic_write_json(paths["json"], rows)
 
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["file_name", "caption", "error"], lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=["file_name", "caption", "score", "bleu4", "cider", "error"],
+                            lineterminator="\n", extrasaction="ignore")  # references: in the JSON only
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(paths["csv"], buf.getvalue(), errors="surrogateescape")
 
     figures, failures = [], []
-    for n, row in enumerate(rows):
+    order = sorted(range(len(rows)), key=lambda n: rows[n].get("cider", float("inf")))  # worst-scored first
+    for n in order:
+        row = rows[n]
         name = shown(row["file_name"])
         if "caption" not in row:
             failures.append(f"<li><b>{name}</b>: {shown(row['error'])}</li>")
             continue
         thumb = Path("thumbs") / f"{n:06d}.jpg"
         write_thumbnail(images_root / row["file_name"], out_dir / thumb, thumbnail_size)
-        figures.append(f'<figure><img src="{thumb.as_posix()}" alt="{name}">'
-                       f'<figcaption>{html.escape(row["caption"])}<div class="file">{name}</div></figcaption></figure>')
+        figures.append(f'<figure><img src="{thumb.as_posix()}" alt="{name}"><figcaption>'
+                       f'{html.escape(row["caption"])}{_details(row)}<div class="file">{name}</div>'
+                       f'</figcaption></figure>')
     failed = (f'<h2>Could not be read</h2><ul class="failed">{"".join(failures)}</ul>' if failures else "")
     page = PAGE.format(title=shown(title), summary=html.escape(summary_line(rows)),
                        figures="\n".join(figures), failures=failed)

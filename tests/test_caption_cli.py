@@ -184,3 +184,32 @@ def test_cli_and_python_api_give_the_same_captions(tmp_path, capsys, options, ap
     api = load_captioner(checkpoint, device="cpu").caption(paths, batch_size=8, **api_kwargs)
     assert [r["caption"] for r in rows] == api
     assert len(set(api)) > 1  # the images really get different captions
+
+
+def test_scores_references_and_worst_first(tmp_path, checkpoint, capsys):
+    """Every caption carries its mean token log-probability; with references=, its CIDEr-D and BLEU-4 and the
+    references themselves, and the gallery shows the worst-scored images first."""
+    shapes = tmp_path / "shapes"
+    make_shapes_dataset(shapes, n_train=0, n_val=0, n_test=5, seed=4, image_size=48, demo_images=0)
+    annotations = json.loads((shapes / "captions_test.json").read_text())
+    first = annotations["images"][0]["id"]  # give one image its own caption as a reference: it scores best
+    rows, _ = caption_inprocess(capsys, f"checkpoint={checkpoint}", f"images={shapes / 'images' / 'test'}",
+                                f"output={tmp_path / 'plain'}", "decode=greedy")
+    own = next(r["caption"] for r in rows if r["file_name"] == annotations["images"][0]["file_name"])
+    annotations["annotations"].append({"id": 999, "image_id": first, "caption": own})
+    (tmp_path / "refs.json").write_text(json.dumps(annotations))
+    rows, out = caption_inprocess(capsys, f"checkpoint={checkpoint}", f"images={shapes / 'images' / 'test'}",
+                                  f"output={tmp_path / 'out'}", "decode=greedy", f"references={tmp_path / 'refs.json'}")
+    assert "5 images have references: BLEU-4" in out
+    written = json.loads((tmp_path / "out" / "captions.json").read_text())
+    assert all(isinstance(r["score"], float) and r["score"] <= 0 for r in written)
+    assert all(len(r["references"]) >= 5 and {"bleu4", "cider"} <= set(r) for r in written)
+    best = max(written, key=lambda r: r["cider"])
+    assert best["file_name"] == annotations["images"][0]["file_name"]
+    with open(tmp_path / "out" / "captions.csv", newline="") as f:
+        assert {r["file_name"]: float(r["cider"]) for r in csv.DictReader(f)} == \
+            {r["file_name"]: r["cider"] for r in written}
+    page = (tmp_path / "out" / "index.html").read_text()
+    order = [page.index(f'alt="{r["file_name"]}"') for r in sorted(written, key=lambda r: r["cider"])]
+    assert order == sorted(order)  # worst CIDEr-D first
+    assert "score -" in page and written[0]["references"][0] in page

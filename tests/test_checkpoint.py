@@ -76,7 +76,7 @@ def test_checkpoint_round_trip_and_captions(tmp_path):
     pil = [im if isinstance(im, Image.Image) else Image.open(im).convert("RGB") for im in ims]
     with torch.no_grad():
         feats = model.encoder(torch.stack([model.transform(im) for im in pil]))
-        ids = decode(model.decoder, feats, "beam", beam_size=3, bos_id=1, eos_id=2)
+        ids = decode(model.decoder, feats, "beam", beam_size=3, bos_id=1, eos_id=2).ids
     assert captions == [" ".join(model.vocab.decode(row)) for row in ids.tolist()]
     assert loaded.caption_features(feats, method="greedy") == model.caption_features(feats, method="greedy")
 

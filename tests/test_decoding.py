@@ -50,7 +50,7 @@ def sequence_scores(decoder, feats: torch.Tensor, seqs: torch.Tensor) -> tuple[t
 def test_greedy_takes_the_argmax_at_every_step(cell, inject, eos_bias):
     decoder, feats = make(cell=cell, inject=inject, eos_bias=eos_bias), features()
     with torch.no_grad():
-        seqs = greedy(decoder, feats, max_len=10, **IDS)
+        seqs = greedy(decoder, feats, max_len=10, **IDS).ids
         logits = decoder(feats, torch.cat([torch.full((len(feats), 1), BOS), seqs], 1))  # (B, L, V)
     for row, (tokens, argmax) in enumerate(zip(seqs.tolist(), logits.argmax(-1).tolist())):
         n = tokens.index(EOS) + 1 if EOS in tokens else len(tokens)
@@ -63,17 +63,18 @@ def test_greedy_takes_the_argmax_at_every_step(cell, inject, eos_bias):
 def test_beam_size_one_is_greedy(cell, inject):
     decoder, feats = make(cell=cell, inject=inject), features(16)
     with torch.no_grad():
-        assert torch.equal(beam_search(decoder, feats, beam_size=1, max_len=12, **IDS),
-                           greedy(decoder, feats, max_len=12, **IDS))
+        one, g = beam_search(decoder, feats, beam_size=1, max_len=12, **IDS), greedy(decoder, feats, max_len=12, **IDS)
+    assert torch.equal(one.ids, g.ids) and torch.allclose(one.score, g.score)
 
 
 @pytest.mark.parametrize("beam_size,length_norm", [(3, 0.0), (5, 0.7)])
 def test_batched_beam_search_equals_one_image_at_a_time(beam_size, length_norm):
     decoder, feats = make(), features(10)
     with torch.no_grad():
-        batched = strip(beam_search(decoder, feats, beam_size=beam_size, length_norm=length_norm, max_len=12, **IDS))
+        batched = strip(beam_search(decoder, feats, beam_size=beam_size, length_norm=length_norm, max_len=12,
+                                    **IDS).ids)
         alone = [strip(beam_search(decoder, f[None], beam_size=beam_size, length_norm=length_norm, max_len=12,
-                                   **IDS))[0] for f in feats]
+                                   **IDS).ids)[0] for f in feats]
     assert batched == alone
     assert len({len(s) for s in batched}) > 1  # captions of different lengths were in one batch
 
@@ -86,13 +87,13 @@ def test_wide_beam_finds_the_exhaustive_optimum(length_norm):
     every = torch.tensor(list(itertools.product(range(V), repeat=L)))  # (V**L, L)
     optimum, greedy_is_optimal = [], []
     with torch.no_grad():
-        greedy_out = strip(greedy(decoder, feats, max_len=L, **IDS))
+        greedy_out = strip(greedy(decoder, feats, max_len=L, **IDS).ids)
         for i, f in enumerate(feats):
             score, length = sequence_scores(decoder, f.expand(len(every), -1), every)
             best = strip(every[(score / length ** length_norm).argmax()][None])[0]
             optimum.append(best)
             greedy_is_optimal.append(greedy_out[i] == best)
-        beam = strip(beam_search(decoder, feats, beam_size=V ** L, length_norm=length_norm, max_len=L, **IDS))
+        beam = strip(beam_search(decoder, feats, beam_size=V ** L, length_norm=length_norm, max_len=L, **IDS).ids)
     assert beam == optimum
     assert not all(greedy_is_optimal)  # the toy problem is hard enough that greedy misses the optimum
 
@@ -102,9 +103,11 @@ def test_beam_search_scores_at_least_as_well_as_greedy_on_average():
     with torch.no_grad():
         g = greedy(decoder, feats, max_len=12, **IDS)
         b = beam_search(decoder, feats, beam_size=5, max_len=12, length_norm=0.0, **IDS)  # raw log p, as scored
-        g_score, _ = sequence_scores(decoder, feats, g)
-        b_score, _ = sequence_scores(decoder, feats, b)
+        g_score, g_length = sequence_scores(decoder, feats, g.ids)
+        b_score, b_length = sequence_scores(decoder, feats, b.ids)
     assert b_score.mean() > g_score.mean()
+    # the reported score is the mean log p per token of the returned caption, as the forward pass computes it
+    assert torch.allclose(g.score, g_score / g_length, atol=1e-5) and torch.allclose(b.score, b_score / b_length, atol=1e-5)
 
 
 def test_sampling_is_seeded_and_follows_the_distribution():
@@ -112,7 +115,7 @@ def test_sampling_is_seeded_and_follows_the_distribution():
     feats = features(1).expand(4000, -1)
 
     def run(seed, **kw):
-        return sample(decoder, feats, max_len=3, generator=torch.Generator().manual_seed(seed), **kw, **IDS)
+        return sample(decoder, feats, max_len=3, generator=torch.Generator().manual_seed(seed), **kw, **IDS).ids
 
     with torch.no_grad():
         a, b, c = run(0), run(0), run(1)
@@ -133,18 +136,19 @@ def test_sampling_is_seeded_and_follows_the_distribution():
 def test_top_k_one_and_tiny_temperature_are_greedy():
     decoder, feats = make(), features()
     with torch.no_grad():
-        expected = greedy(decoder, feats, max_len=8, **IDS)
-        assert torch.equal(sample(decoder, feats, max_len=8, top_k=1, **IDS), expected)
-        assert torch.equal(sample(decoder, feats, max_len=8, temperature=1e-4, **IDS), expected)
+        expected = greedy(decoder, feats, max_len=8, **IDS).ids
+        assert torch.equal(sample(decoder, feats, max_len=8, top_k=1, **IDS).ids, expected)
+        assert torch.equal(sample(decoder, feats, max_len=8, temperature=1e-4, **IDS).ids, expected)
 
 
 def test_decode_dispatches_and_validates():
     decoder, feats = make(), features(4)
     with torch.no_grad():
-        assert torch.equal(decode(decoder, feats, "beam", beam_size=2, max_len=6, **IDS),
-                           beam_search(decoder, feats, beam_size=2, max_len=6, **IDS))
-        assert torch.equal(decode(decoder, feats, "greedy", max_len=6, **IDS), greedy(decoder, feats, max_len=6, **IDS))
-        out = decode(decoder, feats, "sample", max_len=6, generator=torch.Generator().manual_seed(0), **IDS)
+        assert torch.equal(decode(decoder, feats, "beam", beam_size=2, max_len=6, **IDS).ids,
+                           beam_search(decoder, feats, beam_size=2, max_len=6, **IDS).ids)
+        assert torch.equal(decode(decoder, feats, "greedy", max_len=6, **IDS).ids,
+                           greedy(decoder, feats, max_len=6, **IDS).ids)
+        out = decode(decoder, feats, "sample", max_len=6, generator=torch.Generator().manual_seed(0), **IDS).ids
     assert out.shape[0] == 4 and out.shape[1] <= 6
     with pytest.raises(ValueError, match="greedy, sample or beam"):
         decode(decoder, feats, "nucleus", **IDS)

@@ -61,10 +61,10 @@ def run(args: argparse.Namespace) -> list[dict]:
     rows = []
     for k in args.beam_sizes:
         methods = {"per-image loop": lambda: [c for f in features
-                                              for c in _captions(beam_search(decoder, f[None], beam_size=k, **search))]}
+                                              for c in _captions(beam_search(decoder, f[None], beam_size=k, **search).ids)]}
         for b in args.batch_sizes:
             methods[f"batched, {b} images/call"] = lambda b=b: [
-                c for chunk in features.split(b) for c in _captions(beam_search(decoder, chunk, beam_size=k, **search))]
+                c for chunk in features.split(b) for c in _captions(beam_search(decoder, chunk, beam_size=k, **search).ids)]
         results = {name: _timed(fn, args.repeats) for name, fn in methods.items()}
         loop_s, loop_out = results["per-image loop"]
         for name, (seconds, out) in results.items():

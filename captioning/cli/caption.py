@@ -26,6 +26,7 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
     import torch
     from torch.utils.data import DataLoader
 
+    from captioning.data.coco import load_coco_captions
     from captioning.data.folder import IMAGE_EXTENSIONS, ImageFolderDataset, collate_folder, find_images
     from captioning.gallery import summary_line, write_outputs
     from captioning.models import load_captioner
@@ -41,6 +42,10 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
         raise InputError(f"images folder not found: {root}")
     if out_dir.is_file():
         raise InputError(f"output={out_dir} is a file; give a folder for captions.json, captions.csv and index.html")
+    references = None
+    if cfg.references:  # read before any image: a bad file fails now
+        coco = load_coco_captions(cfg.references)
+        references = {coco.file_names[i]: coco.captions[i] for i in coco.image_ids}
     inside = out_dir.resolve().is_relative_to(root.resolve())
     paths, problems = find_images(root, exclude=out_dir if inside else None)
     if inside:
@@ -63,13 +68,34 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
             if images is None:
                 continue
             features = captioner.encoder(images.to(captioner.device))
-            captions = captioner.caption_features(features, seed=cfg.seed + n, **decode)
-            for i, caption in zip(indices, captions):
-                rows[i] = {"file_name": name(paths[i]), "caption": caption}
+            captions = captioner.caption_features(features, seed=cfg.seed + n, with_scores=True, **decode)
+            for i, (caption, score) in zip(indices, captions):
+                rows[i] = {"file_name": name(paths[i]), "caption": caption, "score": round(score, 4)}
     rows += [{"file_name": name(path), "error": reason} for path, reason in problems]
+    if references is not None:
+        print(score_against(rows, references))
     written = write_outputs(rows, root, out_dir, cfg.thumbnail_size, title=f"Captions for {root}")
     print(f"{summary_line(rows)}; gallery: {written['html']}  (also {written['json'].name}, {written['csv'].name})")
     return rows
+
+
+def score_against(rows: list[dict], references: dict[str, list[str]]) -> str:
+    """Add each captioned image's references, BLEU-4 and CIDEr-D to its row (images matched by their path
+    relative to the folder, as the references' file_name); returns the line that summarises them."""
+    from captioning.metrics import bleu_tokenized, cider_d, tokenize_for_scoring
+
+    matched = {n: r for n, r in enumerate(rows) if "caption" in r and r["file_name"] in references}
+    if not matched:
+        return f"note: none of the {len(rows)} images is in the references (file_name relative to the folder)"
+    hypotheses, refs = tokenize_for_scoring({n: r["caption"] for n, r in matched.items()},
+                                            {n: references[r["file_name"]] for n, r in matched.items()})
+    bleu = bleu_tokenized(hypotheses, refs)
+    cider, per_image = cider_d(hypotheses, refs)
+    for n, row in matched.items():
+        row.update(references=references[row["file_name"]], bleu4=round(bleu.per_image[n][3], 4),
+                   cider=round(per_image[n], 4))
+    return (f"{len(matched)} images have references: BLEU-4 {bleu.bleu[3]:.4f}, CIDEr-D {cider:.4f} "
+            f"(the gallery shows the worst first)")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="caption")

@@ -43,20 +43,22 @@ class Captioner(nn.Module):
     def caption_features(self, features: Tensor, method: str = D.method, beam_size: int = D.beam_size,
                          max_len: int = D.max_len, length_norm: float = D.length_norm,
                          temperature: float = D.temperature, top_k: int | None = D.top_k,
-                         seed: int | None = None) -> list[str]:
+                         seed: int | None = None, with_scores: bool = False) -> list[str] | list[tuple[str, float]]:
         """Captions for pooled image features (B, D): the validation path on cached features.
 
         method: beam (beam_size, length_norm) | greedy | sample (temperature, top_k, seed); the
-        defaults are `captioning.config.DecodeOptions`', which `conf/decode/` extends.
+        defaults are `captioning.config.DecodeOptions`', which `conf/decode/` extends. With `with_scores`,
+        (caption, score) pairs: the mean log-probability per token of the caption (see captioning.decoding).
         """
         generator = None
         if seed is not None:
             generator = torch.Generator(self.device).manual_seed(seed)
         with _evaluating(self.decoder):
-            ids = decode(self.decoder, features.to(self.device, torch.float32), method, bos_id=self.vocab.bos_id,
+            out = decode(self.decoder, features.to(self.device, torch.float32), method, bos_id=self.vocab.bos_id,
                          eos_id=self.vocab.eos_id, pad_id=self.vocab.pad_id, max_len=max_len, beam_size=beam_size,
                          length_norm=length_norm, temperature=temperature, top_k=top_k, generator=generator)
-        return [" ".join(self.vocab.decode(row)) for row in ids.tolist()]
+        captions = [" ".join(self.vocab.decode(row)) for row in out.ids.tolist()]
+        return list(zip(captions, out.score.tolist())) if with_scores else captions
 
     @torch.no_grad()
     def caption(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 32, seed: int | None = None,
