@@ -23,6 +23,7 @@ DECODE_METHODS = ("greedy", "beam", "sample")
 PRECISIONS = ("fp32", "bf16")
 NONFINITE_POLICIES = ("stop", "skip")
 SELECTION_METRICS = ("cider", "bleu4")
+SCST_BASELINES = ("greedy", "mean")
 
 
 def check(*options) -> None:
@@ -108,6 +109,8 @@ class TrainerOptions:
     nonfinite: str = "stop"               # a NaN/inf loss or gradient: stop the run (non-zero exit) | skip the step
     resume: Optional[str] = None          # a checkpoint to continue from (runs/X/checkpoints/last.pt), or auto:
                                           # this run directory's last.pt if there is one
+    init_from: Optional[str] = None       # start from this checkpoint's weights, vocabulary and decoder (a new run:
+                                          # fresh optimizer and history), e.g. SCST after cross-entropy training
     tensorboard: bool = True
     progress: Any = "auto"                # auto: a bar on a terminal, a line every 30 s in a log file; true | false
 
@@ -129,4 +132,31 @@ class TrainerOptions:
             problems.append(f"trainer.nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {self.nonfinite!r}")
         if self.progress not in (True, False, "auto"):
             problems.append(f"trainer.progress must be auto, true or false, got {self.progress!r}")
+        return problems
+
+
+@dataclass
+class SCSTOptions:
+    """Self-critical sequence training (captioning/scst.py), the `scst` group: `enabled` turns it on."""
+
+    enabled: bool = False
+    samples: int = 5               # captions drawn per image
+    baseline: str = "greedy"       # greedy: the greedy caption's reward | mean: the other samples' mean reward
+    temperature: float = 1.0       # sampling: softmax(logits / temperature)
+    top_k: Optional[int] = None    # sampling: from the k most likely words only
+    max_len: int = 20              # tokens per sampled caption, <end> included
+
+    def problems(self) -> list[str]:
+        problems = []
+        if self.baseline not in SCST_BASELINES:
+            problems.append(f"scst.baseline must be one of {', '.join(SCST_BASELINES)}, got {self.baseline!r}")
+        if self.samples < (2 if self.baseline == "mean" else 1):
+            problems.append(f"scst.samples must be at least {2 if self.baseline == 'mean' else 1} with "
+                            f"scst.baseline={self.baseline}, got {self.samples}")
+        if not self.temperature > 0:
+            problems.append(f"scst.temperature must be > 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            problems.append(f"scst.top_k must be at least 1 or null, got {self.top_k}")
+        if self.max_len < 1:
+            problems.append(f"scst.max_len must be at least 1, got {self.max_len}")
         return problems

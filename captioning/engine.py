@@ -1,4 +1,5 @@
-"""One epoch of teacher-forced training, and evaluation (loss + BLEU) on a split.
+"""One epoch of training, and evaluation: how a split is scored (loss, BLEU, CIDEr-D), with the control and
+the retrieval baselines beside the model on the test splits.
 
 Plain functions over plain PyTorch objects (as in DETR's engine.py): the Hydra entry point
 and the training loop in `captioning.training` decide what to pass in.
@@ -8,15 +9,21 @@ from __future__ import annotations
 import math
 import signal
 import time
+from dataclasses import asdict
+from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
 
 from captioning import distributed, interrupt
-from captioning.config import TrainerOptions
+from captioning.baselines import NearestNeighbourCaptioner
+from captioning.config import DecodeOptions, TrainerOptions
 from captioning.data.collate import CaptionBatch
+from captioning.data.splits import SplitData, test_names
+from captioning.io import atomic_write_json
 from captioning.metrics import score_captions
+from captioning.models.captioner import Captioner
 from captioning.models.decoder import caption_loss
 from captioning.precision import autocast
 from captioning.progress import Mode, progress as progress_bar
@@ -42,12 +49,18 @@ class Diverged(RuntimeError):
     """The loss or the gradient stopped being a finite number (trainer.nonfinite=stop)."""
 
 
+# (decoder, encoder, batch) -> (loss, n, extras): the mean loss over n items (target tokens, sampled captions)
+# and further per-item means to log (e.g. SCST's reward); the default is teacher forcing (`batch_loss`).
+Objective = Callable[[nn.Module, nn.Module | None, CaptionBatch], tuple[torch.Tensor, int, dict[str, float]]]
+
+
 def train_one_epoch(decoder: nn.Module, encoder: nn.Module | None, loader: Iterable[CaptionBatch],
                     optimizer: torch.optim.Optimizer, scheduler, state: TrainState, opts: TrainerOptions, *,
                     device: torch.device, pad_id: int, deadline: float | None = None,
-                    on_step: Callable[[dict], None] | None = None) -> dict:
-    """Teacher-forced training over `loader`: the rest of epoch `state.epoch`, whose first `state.batch`
-    batches an interrupted run already trained (the loader's sampler skips them).
+                    on_step: Callable[[dict], None] | None = None, objective: Objective | None = None) -> dict:
+    """Training over `loader`: the rest of epoch `state.epoch`, whose first `state.batch` batches an
+    interrupted run already trained (the loader's sampler skips them). Teacher forcing, or `objective`
+    (self-critical sequence training: captioning.scst).
 
     `state` is updated after every step (optimizer step, the epoch's batches, loss sums), so a checkpoint
     written at any interruption continues exactly. Stops early at `opts.max_steps` optimizer steps or at
@@ -63,6 +76,9 @@ def train_one_epoch(decoder: nn.Module, encoder: nn.Module | None, loader: Itera
     N = sum_r n_r target tokens, L = sum_r S_r / N with S_r = n_r * loss_r the rank's summed token
     losses. DDP averages gradients over the W ranks, so rank r backpropagates W * S_r / N.
     """
+    if objective is None:
+        def objective(decoder, encoder, batch):
+            return (*batch_loss(decoder, encoder, batch, device, pad_id, opts.label_smoothing), {})
     decoder.train()
     if encoder is not None:
         encoder.train()
@@ -74,10 +90,11 @@ def train_one_epoch(decoder: nn.Module, encoder: nn.Module | None, loader: Itera
         if opts.max_steps is not None and state.step >= opts.max_steps:  # also right after a resume
             break
         with autocast(device, opts.precision):
-            loss, tokens = batch_loss(decoder, encoder, batch, device, pad_id, opts.label_smoothing)
-        summed, n = loss.item() * tokens, tokens
-        if world > 1:  # the global batch's summed loss and token count
-            summed, n = distributed.all_reduce_sum(torch.tensor([summed, n], dtype=torch.float64, device=device)).tolist()
+            loss, tokens, extras = objective(decoder, encoder, batch)
+        summed, n, extra_sums = loss.item() * tokens, tokens, [v * tokens for v in extras.values()]
+        if world > 1:  # the global batch's summed loss, item count and logged sums
+            summed, n, *extra_sums = distributed.all_reduce_sum(
+                torch.tensor([summed, n, *extra_sums], dtype=torch.float64, device=device)).tolist()
             loss = loss * (world * tokens / n)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # also when not finite: under DDP every rank must take part in the all-reduce
@@ -95,6 +112,8 @@ def train_one_epoch(decoder: nn.Module, encoder: nn.Module | None, loader: Itera
             state.step += 1
             state.loss_sum += summed
             state.tokens += int(n)
+            for key, value in zip(extras, extra_sums):
+                state.extras[key] = state.extras.get(key, 0.0) + value
         else:
             what = f"loss {summed / n}" if not math.isfinite(summed) else f"gradient norm {grad_norm}"
             if opts.nonfinite == "stop":
@@ -155,3 +174,77 @@ def caption_scores(results: Mapping[int, str], references: Mapping[int, list[str
     """BLEU-1..4 and CIDEr-D with the same code as captioning-eval (official COCO scorer parity)."""
     scores = score_captions(results, {i: references[i] for i in results})
     return {k: float(v) for k, v in scores.items() if k.startswith("bleu") or k == "cider"}
+
+
+def score_split(model: Captioner, split: SplitData, cfg: dict, device: torch.device, desc: str
+                ) -> tuple[dict, dict[int, str]]:
+    """Teacher-forced loss, BLEU-1..4 and CIDEr-D of generated captions on one split.
+
+    Each rank evaluates its round-robin shard; the captions of all ranks are gathered, so every
+    rank scores exactly the single-process set of images.
+    """
+    t, cached, pad_id = cfg["trainer"], not cfg["encoder"]["trainable"], model.vocab.pad_id
+    encoder = None if cached else model.encoder
+
+    def loader(per_image: bool):
+        n = len(split.images if per_image else split.captions)
+        return split.loader(per_image, t["batch_size"] // distributed.world_size(), t["num_workers"], pad_id,
+                            sampler=distributed.shard(n))
+
+    loss = evaluate_loss(model.decoder, encoder, loader(False), device=device, pad_id=pad_id,
+                         precision=t["precision"])
+    decode = asdict(DecodeOptions(**cfg["decode"]))
+    model.eval()
+
+    def caption_fn(images: torch.Tensor) -> list[str]:
+        images = images.to(device)
+        with torch.no_grad():
+            features = images if cached else model.encoder(images)
+        return model.caption_features(features, **decode)
+
+    results = generate_captions(caption_fn, loader(True), desc=desc,
+                                progress=t["progress"] if distributed.is_main() else False)
+    results = distributed.gather_dict(results)
+    return {"loss": loss, **caption_scores(results, split.coco.references())}, results
+
+
+def shuffled_control(results: dict[int, str], references: dict[int, list[str]], seed: int) -> dict:
+    """BLEU when each image gets the caption generated for another image.
+
+    Equivalent to shuffling image features across the split: if the decoder ignored the
+    image, this would score as well as the real captions.
+    """
+    ids = sorted(results)
+    perm = torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed)).tolist()
+    shuffled = {ids[i]: results[ids[j]] for i, j in enumerate(perm)}
+    return caption_scores(shuffled, references)
+
+
+def score_tests(model: Captioner, splits: dict[str, SplitData], features: dict, cfg: dict, device: torch.device,
+                out_dir: Path | None) -> dict:
+    """Every test split (`test` and the dataset's extra ones): the model's captions and, beside them, what
+    they would score given to the wrong images (the control) and the retrieval baselines on the same
+    features (with a frozen encoder): {name: scores, name_shuffled_images, name_knn, name_knn_consensus}.
+    The model's captions go to out_dir/{name}_captions.json."""
+    baseline = cfg.get("baseline") or {}
+    knn = None
+    if baseline.get("knn") and features["train"] is not None:
+        coco = splits["train"].coco
+        knn = NearestNeighbourCaptioner(features["train"], [coco.captions[i] for i in coco.image_ids])
+    metrics = {}
+    for name in test_names(cfg["dataset"]):
+        scores, results = score_split(model, splits[name], cfg, device, desc=name)
+        references = splits[name].coco.references()
+        metrics[name] = scores
+        if cfg.get("control", True):
+            metrics[f"{name}_shuffled_images"] = shuffled_control(results, references, cfg["seed"])
+        if knn is not None:
+            ids = splits[name].coco.image_ids
+            for key, k in (("knn", 1), ("knn_consensus", baseline.get("consensus_k"))):
+                if k:
+                    captions = dict(zip(ids, knn.caption(features[name], k=k)))
+                    metrics[f"{name}_{key}"] = {"k": k, **caption_scores(captions, references)}
+        if out_dir is not None:
+            atomic_write_json(out_dir / f"{name}_captions.json",
+                              [{"image_id": i, "caption": c} for i, c in sorted(results.items())])
+    return metrics

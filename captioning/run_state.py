@@ -23,6 +23,7 @@ import torch
 
 from captioning.checkpoint import load_checkpoint, save_checkpoint
 from captioning.io import InputError, atomic_path
+from captioning.models.decoder import DecoderConfig
 
 # Decoder fields that change the shapes or names of the weights; the rest are hyper-parameters.
 ARCHITECTURE = ("embed_dim", "hidden_dim", "num_layers", "cell", "impl", "inject", "feature_norm", "vocab_size",
@@ -40,6 +41,7 @@ class TrainState:
     loss_sum: float = 0.0        # this epoch so far: summed token losses, target tokens, skipped steps
     tokens: int = 0
     skipped: int = 0
+    extras: dict[str, float] = field(default_factory=dict)  # this epoch's summed per-item values to log
     history: list[dict] = field(default_factory=list)  # one row per finished epoch
     best_score: float = -math.inf  # from best.pt, not saved in last.pt
     best_epoch: int | None = None
@@ -51,6 +53,7 @@ class TrainState:
 
     def next_epoch(self) -> None:
         self.epoch, self.batch, self.loss_sum, self.tokens, self.skipped = self.epoch + 1, 0, 0.0, 0, 0
+        self.extras = {}
 
     def saved(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in ("best_score", "best_epoch")}
@@ -78,10 +81,9 @@ def resume_path(resume: str | None, run_dir: Path) -> Path | None:
     return Path(resume) if resume else None
 
 
-def check_resumable(path: Path, ckpt: dict, model_config: dict) -> None:
-    """InputError naming the checkpoint and every size or kind that differs from this run's model, or
-    saying that it holds no training state to continue from."""
-    saved, ours = ckpt["model_config"]["decoder"], model_config["decoder"]
+def check_same_model(path: Path, ckpt: dict, model_config: dict, action: str = "resume from") -> None:
+    """InputError naming the checkpoint and every size or kind that differs from this run's model."""
+    saved, ours = asdict(DecoderConfig.from_dict(ckpt["model_config"]["decoder"])), model_config["decoder"]
     diffs = [f"decoder.{k}: {saved.get(k)} in the checkpoint, {ours[k]} here" for k in ARCHITECTURE
              if saved.get(k) != ours[k]]
     for k in ("name", "image_size"):
@@ -89,7 +91,12 @@ def check_resumable(path: Path, ckpt: dict, model_config: dict) -> None:
             diffs.append(f"encoder.{k}: {ckpt['model_config']['encoder'].get(k)} in the checkpoint, "
                          f"{model_config['encoder'].get(k)} here")
     if diffs:
-        raise InputError(f"cannot resume from {path}: it is a different model ({'; '.join(diffs)})")
+        raise InputError(f"cannot {action} {path}: it is a different model ({'; '.join(diffs)})")
+
+
+def check_resumable(path: Path, ckpt: dict, model_config: dict) -> None:
+    """check_same_model, and that the checkpoint holds a training state of this version to continue from."""
+    check_same_model(path, ckpt, model_config)
     if "batch" not in (ckpt.get("train_state") or {}):
         raise InputError(f"cannot resume from {path}: it holds no training state of this version "
                          f"(load_captioner still reads it)")
@@ -132,7 +139,8 @@ def restore(path: Path, ckpt: dict, run_dir: Path, model: torch.nn.Module, optim
         torch.set_rng_state(ts["rng"])
         if "cuda_rng" in ts and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ts["cuda_rng"])
-    state = TrainState(**{k: ts[k] for k in ("epoch", "batch", "step", "loss_sum", "tokens", "skipped", "history")})
+    state = TrainState(**{k: ts[k] for k in ("epoch", "batch", "step", "loss_sum", "tokens", "skipped", "extras",
+                                             "history") if k in ts})
     best_here, best_there = run_dir / "checkpoints" / "best.pt", path.parent / "best.pt"
     best = best_there if best_there.is_file() else best_here
     if copy_best and best_there.is_file() and best_there.resolve() != best_here.resolve():

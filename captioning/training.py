@@ -23,80 +23,43 @@ from typing import Callable
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from captioning import distributed, interrupt
+from captioning import distributed, engine, interrupt
 from captioning.checkpoint import load_checkpoint
-from captioning.config import DecodeOptions, DecoderOptions, TrainerOptions
+from captioning.config import DecodeOptions, DecoderOptions, SCSTOptions, TrainerOptions
 from captioning.data.features import cache_path, cached_features
-from captioning.baselines import NearestNeighbourCaptioner
-from captioning.data.splits import SplitData, check_images, load_splits, split_names, test_names
-from captioning.engine import Diverged, caption_scores, evaluate_loss, generate_captions, train_one_epoch
+from captioning.data.splits import SplitData, check_images, load_splits, split_names
+from captioning.engine import Diverged
 from captioning.io import InputError, atomic_write_json, remove_stale_temp_files
 from captioning.models import Captioner, CaptionDecoder, DecoderConfig, build_encoder
 from captioning.optim import build_optimizer
 from captioning.precision import resolve_device, warn_if_slow
-from captioning.run_state import TrainState, check_resumable, restore, resume_path, save_run_checkpoint
+from captioning.run_state import (TrainState, check_resumable, check_same_model, restore, resume_path,
+                                  save_run_checkpoint)
+from captioning.scst import CiderReward, SCSTObjective
 from captioning.runlog import RunLog
 from captioning.text import Vocabulary, tokenize
 
 
-def build_model(cfg: dict, vocab: Vocabulary) -> tuple[Captioner, dict]:
-    """The captioner a run's config describes (a pretrained encoder with its weights), and its model_config."""
+def build_model(cfg: dict, vocab: Vocabulary, decoder: dict | None = None) -> tuple[Captioner, dict]:
+    """The captioner a run's config describes (a pretrained encoder with its weights), and its model_config;
+    `decoder`: another checkpoint's DecoderConfig (trainer.init_from) instead of cfg.decoder."""
     enc = cfg["encoder"]
     encoder = build_encoder(enc["name"], pretrained=enc["pretrained"], weights=enc["weights"],
                             trainable=enc["trainable"], image_size=enc["image_size"])
-    dec_cfg = DecoderConfig(vocab_size=len(vocab), feature_dim=encoder.out_dim, **cfg["decoder"])
+    dec_cfg = DecoderConfig.from_dict({**(cfg["decoder"] if decoder is None else decoder),
+                                       "vocab_size": len(vocab), "feature_dim": encoder.out_dim})
     return Captioner(encoder, CaptionDecoder(dec_cfg), vocab), {"encoder": encoder.spec, "decoder": asdict(dec_cfg)}
-
-
-def score_split(model: Captioner, split: SplitData, cfg: dict, device: torch.device, desc: str
-                ) -> tuple[dict, dict[int, str]]:
-    """Teacher-forced loss, BLEU-1..4 and CIDEr-D of generated captions on one split.
-
-    Each rank evaluates its round-robin shard; the captions of all ranks are gathered, so every
-    rank scores exactly the single-process set of images.
-    """
-    t, cached, pad_id = cfg["trainer"], not cfg["encoder"]["trainable"], model.vocab.pad_id
-    encoder = None if cached else model.encoder
-
-    def loader(per_image: bool):
-        n = len(split.images if per_image else split.captions)
-        return split.loader(per_image, t["batch_size"] // distributed.world_size(), t["num_workers"], pad_id,
-                            sampler=distributed.shard(n))
-
-    loss = evaluate_loss(model.decoder, encoder, loader(False), device=device, pad_id=pad_id,
-                         precision=t["precision"])
-    decode = asdict(DecodeOptions(**cfg["decode"]))
-    model.eval()
-
-    def caption_fn(images: torch.Tensor) -> list[str]:
-        images = images.to(device)
-        with torch.no_grad():
-            features = images if cached else model.encoder(images)
-        return model.caption_features(features, **decode)
-
-    results = generate_captions(caption_fn, loader(True), desc=desc,
-                                progress=t["progress"] if distributed.is_main() else False)
-    results = distributed.gather_dict(results)
-    return {"loss": loss, **caption_scores(results, split.coco.references())}, results
-
-
-def shuffled_control(results: dict[int, str], references: dict[int, list[str]], seed: int) -> dict:
-    """BLEU when each image gets the caption generated for another image.
-
-    Equivalent to shuffling image features across the split: if the decoder ignored the
-    image, this would score as well as the real captions.
-    """
-    ids = sorted(results)
-    perm = torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed)).tolist()
-    shuffled = {ids[i]: results[ids[j]] for i, j in enumerate(perm)}
-    return caption_scores(shuffled, references)
 
 
 def check_config(cfg: dict) -> TrainerOptions:
     """Every option that cannot work, as one InputError, before anything is read."""
     opts = TrainerOptions(**cfg["trainer"])
+    scst = SCSTOptions(**cfg["scst"])
     problems = [*opts.problems(), *DecoderOptions(**cfg["decoder"]).problems(),
-                *DecodeOptions(**cfg["decode"]).problems()]
+                *DecodeOptions(**cfg["decode"]).problems(), *(scst.problems() if scst.enabled else [])]
+    if scst.enabled and not (opts.init_from or opts.resume):
+        problems.append("scst.enabled: SCST starts from a trained captioner; set trainer.init_from=CHECKPOINT "
+                        "(e.g. runs/xe/checkpoints/best.pt)")
     lr = cfg["optim"]["optimizer"].get("lr")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         problems.append(f"optim.optimizer.lr must be a positive number, got {lr}")
@@ -132,14 +95,18 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
     names = split_names(cfg["dataset"])
     resume = resume_path(opts.resume, run_dir)
     ckpt = load_checkpoint(resume) if resume is not None else None
-    if ckpt is not None:
-        vocab = Vocabulary.from_dict(ckpt["vocab"])
+    init = load_checkpoint(opts.init_from) if opts.init_from else None  # its weights, vocabulary and decoder
+    if ckpt is not None or init is not None:
+        vocab = Vocabulary.from_dict((ckpt or init)["vocab"])
     else:
         vocab = Vocabulary.build((tokenize(c) for cs in cocos["train"].captions.values() for c in cs),
                                  min_count=cfg["vocab"]["min_count"], max_size=cfg["vocab"]["max_size"])
-    model, model_config = build_model(cfg, vocab)
+    model, model_config = build_model(cfg, vocab, decoder=init["model_config"]["decoder"] if init else None)
     if ckpt is not None:
         check_resumable(resume, ckpt, model_config)
+    elif init is not None:
+        check_same_model(Path(opts.init_from), init, model_config, action="start from")
+        model.load_state_dict(init["model"])
     encoder, frozen = model.encoder, not cfg["encoder"]["trainable"]
     for s in names:  # every image that will be read: now, not after an hour of feature extraction
         if not frozen or not cache_path(encoder.spec, cocos[s], cfg["cache_dir"], opts.precision).is_file():
@@ -164,11 +131,16 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
               for s in names}
 
     local_batch = opts.batch_size // world
+    scst, objective = SCSTOptions(**cfg["scst"]), None
+    if scst.enabled:  # one item per image (its references are the reward's), rewarded with CIDEr-D
+        reward = CiderReward({i: cocos["train"].captions[i] for i in cocos["train"].image_ids})
+        objective = SCSTObjective(scst, vocab, reward, device)
     # The same permutation for any number of ranks (torch.randperm seeded with seed + epoch); rank r
     # takes items r, r+W, ..., so the union of the ranks' k-th batches is the one-process k-th batch.
-    sampler = distributed.ResumableSampler(splits["train"].captions, num_replicas=world, rank=distributed.rank(),
+    train_set = splits["train"].images if scst.enabled else splits["train"].captions
+    sampler = distributed.ResumableSampler(train_set, num_replicas=world, rank=distributed.rank(),
                                            shuffle=True, seed=cfg["seed"] * 100_003)
-    train_loader = splits["train"].loader(False, local_batch, opts.num_workers, vocab.pad_id, sampler)
+    train_loader = splits["train"].loader(scst.enabled, local_batch, opts.num_workers, vocab.pad_id, sampler)
     total_steps = opts.max_steps or opts.max_epochs * len(train_loader)
     optimizer, scheduler = build_optimizer(cfg["optim"], model, make_optimizer, total_steps)
     state = TrainState()
@@ -201,17 +173,19 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
             sampler.skip = state.batch * local_batch
             if state.batch == 0:  # mid-epoch, the restored RNG state goes on instead
                 torch.manual_seed((cfg["seed"] * 100_003 + state.epoch) * world + distributed.rank())
-            stats = train_one_epoch(decoder, trained_encoder, train_loader, optimizer, scheduler, state, opts,
+            stats = engine.train_one_epoch(decoder, trained_encoder, train_loader, optimizer, scheduler, state, opts,
                                     device=device, pad_id=vocab.pad_id, deadline=deadline,
-                                    on_step=(lambda s: log.log_step(state.step, s)) if main else None)
+                                    on_step=(lambda s: log.log_step(state.step, s)) if main else None,
+                                    objective=objective)
             if state.tokens == 0:
                 raise Diverged(f"training diverged: every step of epoch {state.epoch} was non-finite "
                                f"({state.skipped} skipped)")
-            val, _ = score_split(model, splits["val"], cfg, device, desc="val")
+            val, _ = engine.score_split(model, splits["val"], cfg, device, desc="val")
             improved = val[opts.select_on] > state.best_score  # the same on every rank: all score the same captions
             if improved:
                 state.best_score, state.best_epoch = val[opts.select_on], state.epoch
             row = {"epoch": state.epoch, "step": state.step, "train_loss": state.loss_sum / state.tokens,
+                   **{f"train_{k}": v / state.tokens for k, v in state.extras.items()},
                    **{f"val_{k}": v for k, v in val.items()}, "tokens_per_s": stats["tokens_per_s"],
                    "train_seconds": stats["seconds"], "lr": optimizer.param_groups[0]["lr"],
                    "skipped_steps": state.skipped}
@@ -219,6 +193,8 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
             if main:
                 log.log_epoch(row)
                 skipped = f"  ({state.skipped} non-finite steps skipped)" if state.skipped else ""
+                if scst.enabled:
+                    skipped += f"  reward {row['train_reward']:.3f} (baseline {row['train_baseline']:.3f})"
                 print(f"epoch {state.epoch:3d}  step {state.step:6d}  train loss {row['train_loss']:.3f}  "
                       f"val loss {val['loss']:.3f}  val BLEU-4 {val['bleu4']:.4f}  CIDEr-D {val['cider']:.3f}"
                       f"{'  *' if improved else ''}{skipped}",
@@ -249,39 +225,10 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
     metrics = {"select_on": opts.select_on, "best_val_score": state.best_score, "best_epoch": state.best_epoch,
                "parameters": sum(p.numel() for p in trained),
                "train_seconds": sum(row.get("train_seconds", 0.0) for row in state.history),
-               **score_tests(model, splits, features, cfg, device, run_dir if main else None), "epochs": state.history}
+               **engine.score_tests(model, splits, features, cfg, device, run_dir if main else None),
+               "epochs": state.history}
     if main:
         atomic_write_json(run_dir / "metrics.json", metrics)
         log.plot_curves()
         log.close()
-    return metrics
-
-
-def score_tests(model: Captioner, splits: dict[str, SplitData], features: dict, cfg: dict, device: torch.device,
-                out_dir: Path | None) -> dict:
-    """Every test split (`test` and the dataset's extra ones): the model's captions and, beside them, what
-    they would score given to the wrong images (the control) and the retrieval baselines on the same
-    features (with a frozen encoder): {name: scores, name_shuffled_images, name_knn, name_knn_consensus}.
-    The model's captions go to out_dir/{name}_captions.json."""
-    baseline = cfg.get("baseline") or {}
-    knn = None
-    if baseline.get("knn") and features["train"] is not None:
-        coco = splits["train"].coco
-        knn = NearestNeighbourCaptioner(features["train"], [coco.captions[i] for i in coco.image_ids])
-    metrics = {}
-    for name in test_names(cfg["dataset"]):
-        scores, results = score_split(model, splits[name], cfg, device, desc=name)
-        references = splits[name].coco.references()
-        metrics[name] = scores
-        if cfg.get("control", True):
-            metrics[f"{name}_shuffled_images"] = shuffled_control(results, references, cfg["seed"])
-        if knn is not None:
-            ids = splits[name].coco.image_ids
-            for key, k in (("knn", 1), ("knn_consensus", baseline.get("consensus_k"))):
-                if k:
-                    captions = dict(zip(ids, knn.caption(features[name], k=k)))
-                    metrics[f"{name}_{key}"] = {"k": k, **caption_scores(captions, references)}
-        if out_dir is not None:
-            atomic_write_json(out_dir / f"{name}_captions.json",
-                              [{"image_id": i, "caption": c} for i, c in sorted(results.items())])
     return metrics

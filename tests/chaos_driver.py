@@ -39,7 +39,7 @@ def main() -> None:
         captioning.engine.batch_loss = counting(int(args[0]), captioning.engine.batch_loss,
                                                 when=lambda decoder, *a, **k: decoder.training)
     elif kind == "val":
-        captioning.training.score_split = counting(int(args[0]), captioning.training.score_split,
+        captioning.engine.score_split = counting(int(args[0]), captioning.engine.score_split,
                                                    when=lambda *a, desc, **k: desc == "val")
     elif kind == "write":
         os.replace = counting(int(args[1]), os.replace, when=lambda src, dst: Path(dst).name == args[0])

@@ -28,7 +28,7 @@ from captioning.engine import Diverged
 from captioning.io import InputError
 from captioning.training import train
 
-REAL_SCORE_SPLIT, REAL_BATCH_LOSS = captioning.training.score_split, captioning.engine.batch_loss
+REAL_SCORE_SPLIT, REAL_BATCH_LOSS = captioning.engine.score_split, captioning.engine.batch_loss
 TINY = ["encoder=small_cnn", "encoder.image_size=32", "encoder.num_workers=0", "decoder.hidden_dim=16",
         "decoder.embed_dim=8", "trainer.batch_size=8", "trainer.tensorboard=false", "trainer.progress=false",
         "trainer.patience=99", "optim.warmup_steps=5",
@@ -75,7 +75,7 @@ def scripted_validation(monkeypatch, scores: dict[int, float]) -> None:
         if desc == "val":
             metrics["cider"] = metrics["bleu4"] = scores[next(epochs)]
         return metrics, results
-    monkeypatch.setattr(captioning.training, "score_split", score_split)
+    monkeypatch.setattr(captioning.engine, "score_split", score_split)
 
 
 def test_resume_into_a_new_run_dir_scores_the_best_weights(shapes, tmp_path, monkeypatch):
@@ -163,7 +163,7 @@ def test_sigint_during_validation_resumes_with_validation(shapes, tmp_path, monk
         if desc == "val":
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the validation captions are generated
         return real(model, split, cfg, device, desc)
-    monkeypatch.setattr(captioning.training, "score_split", score_split)
+    monkeypatch.setattr(captioning.engine, "score_split", score_split)
     with pytest.raises(interrupt.Interrupted):
         run(shapes, tmp_path / "run", "trainer.max_epochs=1")
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["train_state"]

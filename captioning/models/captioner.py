@@ -92,11 +92,8 @@ def _evaluating(module: nn.Module):
 
 def build_captioner(model_config: dict, vocab: Vocabulary) -> Captioner:
     """The architecture described by a checkpoint's model_config (weights not loaded)."""
-    decoder = dict(model_config["decoder"])
-    if "dropout" in decoder:  # written before the three dropouts were separate options: one rate for all
-        rate = decoder.pop("dropout")
-        decoder.update(embed_dropout=rate, output_dropout=rate, feature_dropout=0.0)
-    return Captioner(encoder_from_spec(model_config["encoder"]), CaptionDecoder(DecoderConfig(**decoder)), vocab)
+    return Captioner(encoder_from_spec(model_config["encoder"]),
+                     CaptionDecoder(DecoderConfig.from_dict(model_config["decoder"])), vocab)
 
 
 def load_captioner(path: str | Path, device: str | torch.device | None = None) -> Captioner:

@@ -29,6 +29,16 @@ class DecoderConfig(DecoderOptions):
     vocab_size: int
     feature_dim: int
 
+    @classmethod
+    def from_dict(cls, config: dict) -> "DecoderConfig":
+        """A checkpoint's model_config["decoder"]. One written before the three dropouts were separate options
+        gives its single `dropout` rate to the embedding and output dropouts, as it was applied then."""
+        config = dict(config)
+        if "dropout" in config:
+            rate = config.pop("dropout")
+            config.update(embed_dropout=rate, output_dropout=rate, feature_dropout=0.0)
+        return cls(**config)
+
 
 class CaptionDecoder(nn.Module):
     """p(w_t | w_<t, v): embed(w_{t-1}) -> recurrent core -> `out` (H -> V logits).

@@ -1,0 +1,94 @@
+"""Self-critical sequence training (Rennie et al. 2017): optimise the caption metric itself.
+
+Cross-entropy training teaches the next word given the reference prefix; the model is then judged on
+whole captions it wrote itself. SCST closes that gap with REINFORCE. For each image v, draw K captions
+w^1..w^K from the model, score each with the reward r(w) = CIDEr-D(w, references of v) (document
+frequencies from the training references), and descend
+
+    L = -1/(B K) sum_{v, k} (r(w^k) - b) * sum_t log p(w^k_t | w^k_<t, v)
+
+whose expected gradient is -grad E[r] for any b that does not depend on the sample drawn. The baseline
+b is the reward of the greedy caption ("self-critical": a sample is reinforced only if it beats what
+the model would say at test time) or the mean reward of the image's other K - 1 samples.
+
+The samples are drawn without dropout, and their log-probabilities come from one teacher-forced pass over
+the sampled captions, also without dropout: the policy that drew them is the one being differentiated.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from captioning.config import SCSTOptions
+from captioning.data.collate import CaptionBatch
+from captioning.decoding import greedy, sample
+from captioning.metrics.cider import CiderD, similarity
+from captioning.text import Vocabulary, tokenize
+
+class CiderReward:
+    """CIDEr-D of tokenized captions against each image's references, with document frequencies of a fixed
+    corpus (the training references), the references' n-gram vectors computed once."""
+
+    def __init__(self, references: Mapping[int, Sequence[str]]):
+        tokenized = {i: [" ".join(tokenize(r)) for r in refs] for i, refs in references.items()}
+        self.cider = CiderD(list(tokenized.values()))
+        self.vectors = {i: [self.cider.vector(r) for r in refs] for i, refs in tokenized.items()}
+
+    def __call__(self, captions: Sequence[str], image_ids: Sequence[int]) -> Tensor:
+        """(N,) rewards of N tokenized captions, each against the references of its image."""
+        out = []
+        for caption, i in zip(captions, image_ids):
+            hyp, refs = self.cider.vector(caption), self.vectors[i]
+            out.append(10.0 * sum(similarity(hyp, r) for r in refs) / len(refs))
+        return torch.tensor(out, dtype=torch.float32)
+
+
+def sequence_logprobs(decoder: nn.Module, features: Tensor, ids: Tensor, bos_id: int, eos_id: int,
+                      temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    """sum_t log p(w_t | w_<t, v) of each sampled caption (N,), with gradient, and the mean entropy of the
+    sampling distribution over its tokens (N,): one teacher-forced pass over <start> + ids (N, L)."""
+    captions = torch.cat([ids.new_full((len(ids), 1), bos_id), ids], 1)
+    logp = (decoder(features, captions).float() / temperature).log_softmax(-1)  # (N, L, V)
+    # Every drawn token counts up to and including the first <end> (the sampler may draw any token, <pad>
+    # included: position, not token, says where a caption ends).
+    is_end = (ids == eos_id).long()
+    mask = ((is_end.cumsum(1) - is_end) == 0).float()
+    token_logp = logp.gather(2, ids[..., None])[..., 0] * mask
+    entropy = -(logp.exp() * logp).sum(-1) * mask
+    return token_logp.sum(1), entropy.sum(1) / mask.sum(1).clamp(min=1)
+
+
+class SCSTObjective:
+    """The `engine.train_one_epoch` objective for SCST, over one-item-per-image batches of (cached) features."""
+
+    def __init__(self, opts: SCSTOptions, vocab: Vocabulary, reward: CiderReward, device: torch.device):
+        self.opts, self.vocab, self.reward, self.device = opts, vocab, reward, device
+
+    def _text(self, ids: Tensor) -> list[str]:
+        return [" ".join(self.vocab.decode(row)) for row in ids.tolist()]
+
+    def __call__(self, decoder: nn.Module, encoder: nn.Module | None, batch: CaptionBatch
+                 ) -> tuple[Tensor, int, dict[str, float]]:
+        o, v, K = self.opts, self.vocab, self.opts.samples
+        policy = getattr(decoder, "module", decoder)  # sample with the bare model; DDP wraps the graded pass
+        images = batch.images.to(self.device, non_blocking=True)
+        decoder.eval()  # no dropout: see the module docstring
+        with torch.no_grad():
+            features = images if encoder is None else encoder(images)  # (B, D)
+            repeated = features.repeat_interleave(K, 0)  # (B*K, D)
+            drawn = sample(policy, repeated, v.bos_id, v.eos_id, v.pad_id, o.max_len, o.temperature, o.top_k).ids
+        image_ids = batch.image_ids.repeat_interleave(K).tolist()
+        rewards = self.reward(self._text(drawn), image_ids).to(self.device).view(-1, K)  # (B, K)
+        if o.baseline == "greedy":
+            with torch.no_grad():
+                best = greedy(policy, features, v.bos_id, v.eos_id, v.pad_id, o.max_len).ids
+            baseline = self.reward(self._text(best), batch.image_ids.tolist()).to(self.device)[:, None]  # (B, 1)
+        else:  # the mean of the other samples' rewards
+            baseline = (rewards.sum(1, keepdim=True) - rewards) / (K - 1)  # (B, K)
+        logp, entropy = sequence_logprobs(decoder, repeated, drawn, v.bos_id, v.eos_id, o.temperature)
+        advantage = (rewards - baseline).view(-1)  # (B*K,)
+        loss = -(advantage * logp).mean()
+        return loss, len(logp), {"reward": rewards.mean().item(), "baseline": baseline.mean().item(),
+                                 "entropy": entropy.mean().item()}

@@ -1,0 +1,159 @@
+"""Self-critical sequence training: the estimator is REINFORCE's (sign and size, against finite differences of
+the exact expected reward), baselines behave, it raises the reward on a task with a known answer, and runs
+through captioning-train from a checkpoint, resumably."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from captioning.checkpoint import load_checkpoint
+from captioning.cli._conf import CONF_DIR
+from captioning.config import SCSTOptions
+from captioning.data.collate import CaptionBatch
+from captioning.data.shapes import make_shapes_dataset
+from captioning.models import CaptionDecoder, DecoderConfig
+from captioning.scst import CiderReward, SCSTObjective, sequence_logprobs
+from captioning.text import Vocabulary
+from captioning.training import train
+
+VOCAB = Vocabulary(["a", "b"])  # <pad> <start> <end> <unk> a b: a 2-word vocabulary
+MAX_LEN = 3
+
+
+def toy_decoder(seed: int = 0) -> CaptionDecoder:
+    torch.manual_seed(seed)
+    return CaptionDecoder(DecoderConfig(vocab_size=len(VOCAB), feature_dim=4, embed_dim=4, hidden_dim=6,
+                                        embed_dropout=0.0, output_dropout=0.0))
+
+
+def count_a(captions: list[str], image_ids) -> torch.Tensor:
+    """A reward with a known best caption: the number of "a"s."""
+    return torch.tensor([c.split().count("a") for c in captions], dtype=torch.float32)
+
+
+def every_caption() -> torch.Tensor:
+    """Every token sequence the sampler can produce in MAX_LEN steps (any token, <pad> too; it stops after
+    <end>), padded with <pad> after <end>."""
+    done, frontier = [], [[]]
+    for _ in range(MAX_LEN):
+        frontier = [seq + [t] for seq in frontier for t in range(len(VOCAB))]
+        done += [s for s in frontier if s[-1] == VOCAB.eos_id]
+        frontier = [s for s in frontier if s[-1] != VOCAB.eos_id]
+    done += frontier
+    return torch.tensor([s + [VOCAB.pad_id] * (MAX_LEN - len(s)) for s in done])
+
+
+def expected_reward(decoder: CaptionDecoder, feature: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
+    """J = sum over all captions of p(caption) r(caption), exactly (the sampled distribution sums to 1)."""
+    logp, _ = sequence_logprobs(decoder, feature.expand(len(captions), -1), captions, VOCAB.bos_id, VOCAB.eos_id)
+    texts = [" ".join(VOCAB.decode(row)) for row in captions.tolist()]
+    return (logp.exp() * count_a(texts, None)).sum(), logp.exp().sum()
+
+
+def test_the_loss_is_the_reinforce_estimator_sign_and_size():
+    decoder, feature = toy_decoder(), torch.randn(1, 4)
+    captions = every_caption()
+    with torch.no_grad():
+        j, total = expected_reward(decoder, feature, captions)
+    assert total.item() == pytest.approx(1.0, abs=1e-5)  # the enumeration is the whole distribution
+    param = decoder.out.bias
+    eps, index = 1e-3, VOCAB.stoi["a"]
+    with torch.no_grad():  # central finite difference of J in one parameter
+        param[index] += eps
+        j_plus, _ = expected_reward(decoder, feature, captions)
+        param[index] -= 2 * eps
+        j_minus, _ = expected_reward(decoder, feature, captions)
+        param[index] += eps
+    dj = (j_plus - j_minus).item() / (2 * eps)
+
+    # The SCST loss on many samples (mean baseline: unbiased) estimates -dJ/dtheta.
+    objective = SCSTObjective(SCSTOptions(samples=20000, baseline="mean", max_len=MAX_LEN), VOCAB, count_a,
+                              torch.device("cpu"))
+    batch = CaptionBatch(feature, torch.zeros(1, 2, dtype=torch.long), torch.tensor([2]), torch.tensor([0]))
+    torch.manual_seed(1)
+    loss, n, extras = objective(decoder, None, batch)
+    decoder.zero_grad()
+    loss.backward()
+    estimate = param.grad[index].item()
+    assert n == 20000 and dj > 0.05  # more "a" is possible, so raising p("a") raises J
+    assert estimate == pytest.approx(-dj, rel=0.1)  # descending the loss ascends the expected reward
+    assert extras["reward"] == pytest.approx(j.item(), rel=0.05) and extras["entropy"] > 0
+
+
+def test_mean_baseline_gives_no_gradient_when_every_sample_is_rewarded_alike():
+    decoder = toy_decoder()
+    objective = SCSTObjective(SCSTOptions(samples=8, baseline="mean", max_len=MAX_LEN), VOCAB,
+                              lambda captions, ids: torch.full((len(captions),), 3.0), torch.device("cpu"))
+    batch = CaptionBatch(torch.randn(4, 4), torch.zeros(4, 2, dtype=torch.long), torch.tensor([2] * 4), torch.arange(4))
+    loss, _, extras = objective(decoder, None, batch)
+    loss.backward()
+    assert loss.item() == 0.0 and extras["reward"] == extras["baseline"] == 3.0
+    assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in decoder.parameters())
+
+
+def test_scst_learns_the_best_caption_of_each_image():
+    """Two images whose references are "a a" and "b b" (CIDEr-D reward): SCST from a random decoder ends
+    with each image's greedy caption its reference, and a higher mean reward."""
+    references = {0: ["a a", "a a ."], 1: ["b b", "b b ."]}
+    reward = CiderReward(references)
+    decoder, features = toy_decoder(seed=3), torch.randn(2, 4)
+    objective = SCSTObjective(SCSTOptions(samples=8, baseline="greedy", max_len=MAX_LEN), VOCAB, reward,
+                              torch.device("cpu"))
+    batch = CaptionBatch(features, torch.zeros(2, 2, dtype=torch.long), torch.tensor([2, 2]), torch.tensor([0, 1]))
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=0.05)
+    torch.manual_seed(0)
+    rewards = []
+    for _ in range(150):
+        loss, _, extras = objective(decoder, None, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        rewards.append(extras["reward"])
+    from captioning.decoding import greedy
+    with torch.no_grad():
+        best = greedy(decoder.eval(), features, VOCAB.bos_id, VOCAB.eos_id, VOCAB.pad_id, MAX_LEN).ids
+    assert [" ".join(VOCAB.decode(r)) for r in best.tolist()] == ["a a", "b b"]
+    assert sum(rewards[-20:]) / 20 > sum(rewards[:20]) / 20 + 1.0
+
+
+def test_cider_reward_is_cider_d_with_training_document_frequencies():
+    references = {1: ["a red circle", "one red circle"], 2: ["a blue square"], 3: ["two green circles"]}
+    reward = CiderReward(references)
+    rewards = reward(["a red circle", "a blue square", "zebra"], [1, 2, 1])
+    assert rewards[0] > rewards[2] == 0 and rewards[1] > 0
+    assert reward.cider.log_n == pytest.approx(math.log(3))
+
+
+@pytest.fixture(scope="module")
+def xe_checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scst")
+    make_shapes_dataset(root / "shapes", n_train=16, n_val=6, n_test=6, seed=0, image_size=32, demo_images=0)
+    run(root, "xe", "trainer.max_epochs=1")
+    return root
+
+
+def run(root, name: str, *overrides: str) -> dict:
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        cfg = compose("train", overrides=[f"dataset.root={root / 'shapes'}", f"cache_dir={root / 'cache'}",
+                                          "encoder=small_cnn", "encoder.image_size=32", "encoder.num_workers=0",
+                                          "decoder.hidden_dim=16", "decoder.embed_dim=8", "trainer.batch_size=4",
+                                          "trainer.tensorboard=false", "trainer.progress=false", *overrides])
+    return train(OmegaConf.to_container(cfg, resolve=True), root / name, instantiate(cfg.optim.optimizer))
+
+
+def test_scst_stage_from_a_checkpoint_logs_rewards_and_resumes_exactly(xe_checkpoint):
+    root, xe = xe_checkpoint, f"trainer.init_from={xe_checkpoint / 'xe' / 'checkpoints' / 'best.pt'}"
+    full = run(root, "full", "+experiment=scst", xe, "trainer.max_epochs=2", "optim.optimizer.lr=0.01")
+    assert all({"train_reward", "train_baseline", "train_entropy", "val_cider"} <= set(e) for e in full["epochs"])
+    assert [e["step"] for e in full["epochs"]] == [4, 8]  # 16 images / 4: one step per 4 images, not per caption
+    run(root, "run", "+experiment=scst", xe, "trainer.max_epochs=1", "optim.optimizer.lr=0.01")
+    resumed = run(root, "run", "+experiment=scst", xe, "trainer.max_epochs=2", "optim.optimizer.lr=0.01",
+                  "trainer.resume=auto")
+    assert [e["train_reward"] for e in resumed["epochs"]] == [e["train_reward"] for e in full["epochs"]]
+    a, b = (load_checkpoint(root / d / "checkpoints" / "last.pt")["model"] for d in ("full", "run"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
