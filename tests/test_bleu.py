@@ -13,7 +13,7 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 from captioning.data.convert import read_flickr8k_numbered
-from captioning.metrics import bleu_captions, bleu_tokenized, score_captions
+from captioning.metrics import bleu_captions, bleu_tokenized, cider_d, score_captions
 from captioning.metrics.bleu import corpus_bleu
 from captioning.text import tokenize
 
@@ -169,8 +169,11 @@ def test_score_captions_tokenizes_with_captioning_text(flickr8k_test):
     words = lambda text: " ".join(tokenize(text)).split()  # noqa: E731
     expected = corpus_bleu({i: words(c) for i, c in results.items()},
                            {i: [words(c) for c in refs] for i, refs in references.items()})
+    cider, _ = cider_d({i: " ".join(words(c)) for i, c in results.items()},
+                       {i: [" ".join(words(c)) for c in refs] for i, refs in references.items()})
     assert scores == {**{f"bleu{n}": b for n, b in enumerate(expected.bleu, 1)},
-                      "hyp_len": expected.hyp_len, "ref_len": expected.ref_len, "ratio": expected.ratio}
+                      "hyp_len": expected.hyp_len, "ref_len": expected.ref_len, "ratio": expected.ratio,
+                      "cider": cider}
 
 
 def test_score_captions_matches_official_pipeline_end_to_end(flickr8k_test):

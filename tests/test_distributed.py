@@ -66,6 +66,21 @@ def test_two_processes_match_one(tmp_path, tiny_shapes):
     assert len(cb) == 7 and cb == ca
 
 
+@pytest.mark.slow
+def test_scst_under_torchrun(tmp_path, tiny_shapes):
+    """SCST's stage runs data-parallel too: each rank samples and rewards its own images, the logged rewards
+    are all-reduced, the test captions gathered."""
+    train(tmp_path / "xe", tiny_shapes, [str(BIN / "captioning-train")])
+    scst = tmp_path / "scst"
+    proc = train(scst, tiny_shapes, [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "--no-python",
+                                     str(BIN / "captioning-train"), "+experiment=scst", "scst.samples=2",
+                                     f"trainer.init_from={tmp_path / 'xe' / 'checkpoints' / 'best.pt'}"])
+    assert proc.stdout.count("reward") == 2  # rank 0 logs both epochs, with the mean reward of both ranks
+    metrics = json.loads((scst / "metrics.json").read_text())
+    assert all(e["train_reward"] >= 0 and e["step"] > 0 for e in metrics["epochs"])
+    assert len(json.loads((scst / "test_captions.json").read_text())) == 7
+
+
 def test_helpers_without_a_process_group():
     assert (distributed.rank(), distributed.world_size(), distributed.is_main()) == (0, 1, True)
     assert distributed.shard(5) == [0, 1, 2, 3, 4]

@@ -78,6 +78,8 @@ COVERAGE = {
     "decode.beam_size=5 batch_size=64 num_workers=4": RUN,
     "captioning-caption checkpoint=runs/demo/checkpoints/best.pt images=~/photos output=~/photos_captions "
     "device=cuda": COMPOSE,  # no GPU here
+    "captioning-caption checkpoint=runs/demo/checkpoints/best.pt images=data/shapes/images/test "
+    "output=runs/demo/errors references=data/shapes/captions_test.json": RUN,
     "captioning-eval annotations=data/shapes/captions_test.json results=runs/demo/test_captions.json": RUN,
     "captioning-eval annotations=data/shapes/captions_test.json results=runs/demo/test_captions.json "
     "output=scores.json": RUN,

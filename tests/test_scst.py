@@ -121,6 +121,23 @@ def test_scst_learns_the_best_caption_of_each_image():
     assert sum(rewards[-20:]) / 20 > sum(rewards[:20]) / 20 + 1.0
 
 
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("inject", ["init", "pre", "par"])
+@pytest.mark.parametrize("baseline, top_k, temperature", [("greedy", None, 1.0), ("mean", 2, 0.7)])
+def test_every_cell_injection_and_sampling_option(cell, inject, baseline, top_k, temperature):
+    torch.manual_seed(0)
+    decoder = CaptionDecoder(DecoderConfig(vocab_size=len(VOCAB), feature_dim=4, embed_dim=4, hidden_dim=6,
+                                           cell=cell, inject=inject, impl="explicit" if cell == "gru" else "fused"))
+    objective = SCSTObjective(SCSTOptions(samples=3, baseline=baseline, top_k=top_k, temperature=temperature,
+                                          max_len=MAX_LEN), VOCAB, count_a, torch.device("cpu"))
+    batch = CaptionBatch(torch.randn(5, 4), torch.zeros(5, 2, dtype=torch.long), torch.tensor([2] * 5), torch.arange(5))
+    loss, n, extras = objective(decoder, None, batch)
+    loss.backward()
+    assert n == 15 and math.isfinite(loss.item()) and extras["baseline"] >= 0
+    assert decoder.out.weight.grad is not None  # the loss reaches the weights (zero where all samples tie)
+    assert all(torch.isfinite(p.grad).all() for p in decoder.parameters() if p.grad is not None)
+
+
 def test_cider_reward_is_cider_d_with_training_document_frequencies():
     references = {1: ["a red circle", "one red circle"], 2: ["a blue square"], 3: ["two green circles"]}
     reward = CiderReward(references)
