@@ -17,7 +17,7 @@ from captioning.io import InputError
 
 CELLS = ("rnn", "lstm", "gru")
 IMPLS = ("fused", "explicit")
-INJECT_MODES = ("init", "pre", "par")
+INJECT_MODES = ("init", "pre", "par", "attention")
 FEATURE_NORMS = ("none", "l2", "layernorm")
 DECODE_METHODS = ("greedy", "beam", "sample")
 PRECISIONS = ("fp32", "bf16")
@@ -43,10 +43,14 @@ class DecoderOptions:
     cell: str = "lstm"      # lstm | gru | rnn
     impl: str = "fused"     # fused (torch's cuDNN/oneDNN kernels) | explicit (the lecture's equations)
     inject: str = "init"    # init: h0 = tanh(W_ih v + b) | pre: image is the first input | par: added at every step
+                            # | attention: h0 from the grid's mean, soft attention over the grid at every step
     embed_dropout: float = 0.3    # dropout on the word embeddings
     feature_dropout: float = 0.0  # dropout on the image feature v, before the decoder projects it
     output_dropout: float = 0.3   # dropout on the recurrent core's output (and between stacked layers)
     feature_norm: str = "none"    # v before its projection: none | l2 (unit length, times sqrt(D)) | layernorm
+    attention_dim: int = 512      # inject=attention: the size of the attention MLP (W_a a + W_h h)
+    attention_gate: bool = True   # inject=attention: gate the context with beta = sigmoid(f_beta(h))
+    alpha_c: float = 1.0          # inject=attention: weight of the doubly stochastic penalty (Xu et al.: 1)
 
     def problems(self) -> list[str]:
         """One message per option whose value cannot work (checked before any long work starts)."""
@@ -55,7 +59,9 @@ class DecoderOptions:
                                           ("feature_norm", FEATURE_NORMS))
                     if getattr(self, name) not in allowed]
         problems += [f"decoder.{name} must be at least 1, got {getattr(self, name)}"
-                     for name in ("embed_dim", "hidden_dim", "num_layers") if getattr(self, name) < 1]
+                     for name in ("embed_dim", "hidden_dim", "num_layers", "attention_dim") if getattr(self, name) < 1]
+        if not self.alpha_c >= 0:
+            problems.append(f"decoder.alpha_c must be >= 0, got {self.alpha_c}")
         problems += [f"decoder.{name} must be in [0, 1), got {getattr(self, name)}"
                      for name in ("embed_dropout", "feature_dropout", "output_dropout")
                      if not 0 <= getattr(self, name) < 1]

@@ -24,6 +24,7 @@ D = DecodeOptions  # the defaults below are its field defaults: one source for t
 class Decoded(NamedTuple):
     ids: Tensor    # (B, L) token ids, <pad> after <end>
     score: Tensor  # (B,) mean log p per token, <end> included
+    attention: Tensor | None = None  # (B, L, grid) with_attention: the attention decoder's weights per token
 
 
 def _pad_after_eos(seqs: Tensor, eos_id: int, pad_id: int) -> Tensor:
@@ -33,16 +34,18 @@ def _pad_after_eos(seqs: Tensor, eos_id: int, pad_id: int) -> Tensor:
 
 
 def _generate(decoder, features: Tensor, choose: Callable[[Tensor], Tensor], bos_id: int, eos_id: int,
-              pad_id: int, max_len: int) -> Decoded:
+              pad_id: int, max_len: int, with_attention: bool = False) -> Decoded:
     """Feed each step's chosen token back in; stop when every row has produced <end>."""
     B = features.shape[0]
     state = decoder.init_state(features)
     tokens = features.new_full((B,), bos_id, dtype=torch.long)
     done = torch.zeros(B, dtype=torch.bool, device=features.device)
     logp_sum, length = torch.zeros(B, device=features.device), torch.zeros(B, device=features.device)
-    out = []
+    out, attention = [], []
     for _ in range(max_len):
         logits, state = decoder.step(tokens, state, features)  # (B, V)
+        if with_attention:
+            attention.append(decoder.last_alpha)  # (B, grid): where the decoder looked for this token
         logits = logits.float()
         tokens = choose(logits).masked_fill(done, pad_id)
         logp_sum += logits.log_softmax(-1).gather(1, tokens[:, None])[:, 0].masked_fill(done, 0.0)
@@ -51,17 +54,20 @@ def _generate(decoder, features: Tensor, choose: Callable[[Tensor], Tensor], bos
         done |= tokens == eos_id
         if done.all():
             break
-    return Decoded(_pad_after_eos(torch.stack(out, 1), eos_id, pad_id), logp_sum / length.clamp(min=1))
+    return Decoded(_pad_after_eos(torch.stack(out, 1), eos_id, pad_id), logp_sum / length.clamp(min=1),
+                   torch.stack(attention, 1) if with_attention else None)
 
 
-def greedy(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int = 0, max_len: int = D.max_len) -> Decoded:
+def greedy(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int = 0, max_len: int = D.max_len,
+           with_attention: bool = False) -> Decoded:
     """Argmax decoding: w_t = argmax_w p(w | w_<t, v). Deterministic, but prone to generic captions."""
-    return _generate(decoder, features, lambda logits: logits.argmax(-1), bos_id, eos_id, pad_id, max_len)
+    return _generate(decoder, features, lambda logits: logits.argmax(-1), bos_id, eos_id, pad_id, max_len,
+                     with_attention)
 
 
 def sample(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int = 0, max_len: int = D.max_len,
            temperature: float = D.temperature, top_k: int | None = D.top_k,
-           generator: torch.Generator | None = None) -> Decoded:
+           generator: torch.Generator | None = None, with_attention: bool = False) -> Decoded:
     """Sampling: w_t ~ softmax(logits / temperature), optionally restricted to the top-k words.
 
     Temperature < 1 sharpens the distribution towards argmax; > 1 flattens it (more variety).
@@ -76,11 +82,12 @@ def sample(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int = 0,
             logits = logits.masked_fill(logits < kth, float("-inf"))
         return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
 
-    return _generate(decoder, features, choose, bos_id, eos_id, pad_id, max_len)
+    return _generate(decoder, features, choose, bos_id, eos_id, pad_id, max_len, with_attention)
 
 
 def beam_search(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int = 0, max_len: int = D.max_len,
-                beam_size: int = D.beam_size, length_norm: float = D.length_norm) -> Decoded:
+                beam_size: int = D.beam_size, length_norm: float = D.length_norm,
+                with_attention: bool = False) -> Decoded:
     """Beam search over (B * K) rows; returns the best sequence per image (B, L).
 
     Keeps the K highest-scoring prefixes, score = sum_t log p(w_t | w_<t, v). A finished
@@ -99,8 +106,10 @@ def beam_search(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int
     lengths = torch.zeros(B, K, device=device)
     seqs = torch.empty(B * K, 0, dtype=torch.long, device=device)
     offsets = (torch.arange(B, device=device) * K)[:, None]  # (B, 1)
+    attention = None
     for _ in range(max_len):
         logits, state = decoder.step(tokens, state, feats)
+        step_attention = decoder.last_alpha if with_attention else None  # (B*K, grid), per parent row
         logp = logits.float().log_softmax(-1).view(B, K, -1)  # (B, K, V)
         V = logp.shape[-1]
         # A finished beam may only "emit" <end> again, at no cost, so its score stays put.
@@ -112,22 +121,28 @@ def beam_search(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int
         rows = (offsets + beam).view(-1)  # (B*K,) parent row of each new beam
         state = decoder.reorder_state(state, rows)
         seqs = torch.cat([seqs[rows], tokens.view(-1, 1)], 1)
+        if with_attention:  # each new beam inherits its parent's maps and adds the one of this step
+            new = step_attention[rows][:, None]
+            attention = new if attention is None else torch.cat([attention[rows], new], 1)
         lengths = lengths.gather(1, beam) + (~finished.gather(1, beam)).float()
         finished = finished.gather(1, beam) | (tokens == eos_id)
         tokens = tokens.view(-1)
         if finished.all():
             break
     best = (scores / lengths.clamp(min=1) ** length_norm).argmax(-1)  # (B,)
-    ids = _pad_after_eos(seqs[(offsets[:, 0] + best)], eos_id, pad_id)
-    return Decoded(ids, scores.gather(1, best[:, None])[:, 0] / lengths.gather(1, best[:, None])[:, 0].clamp(min=1))
+    winners = offsets[:, 0] + best
+    ids = _pad_after_eos(seqs[winners], eos_id, pad_id)
+    return Decoded(ids, scores.gather(1, best[:, None])[:, 0] / lengths.gather(1, best[:, None])[:, 0].clamp(min=1),
+                   attention[winners] if with_attention else None)
 
 
 def decode(decoder, features: Tensor, method: str = D.method, *, bos_id: int, eos_id: int, pad_id: int = 0,
            max_len: int = D.max_len, beam_size: int = D.beam_size, length_norm: float = D.length_norm,
            temperature: float = D.temperature, top_k: int | None = D.top_k,
-           generator: torch.Generator | None = None) -> Decoded:
-    """Dispatch on `method` (greedy | sample | beam); returns token ids (B, L) and scores (B,)."""
-    common = dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, max_len=max_len)
+           generator: torch.Generator | None = None, with_attention: bool = False) -> Decoded:
+    """Dispatch on `method` (greedy | sample | beam); returns token ids (B, L) and scores (B,), and with
+    `with_attention` (the attention decoder only) each token's attention weights over the grid."""
+    common = dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, max_len=max_len, with_attention=with_attention)
     if method == "greedy":
         return greedy(decoder, features, **common)
     if method == "sample":

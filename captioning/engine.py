@@ -20,9 +20,11 @@ from captioning import distributed, interrupt
 from captioning.baselines import NearestNeighbourCaptioner
 from captioning.config import DecodeOptions, TrainerOptions
 from captioning.data.collate import CaptionBatch
+from captioning.data.features import pooled
 from captioning.data.splits import SplitData, test_names
 from captioning.io import atomic_write_json
 from captioning.metrics import score_captions
+from captioning.models.attention import AttentionDecoder
 from captioning.models.captioner import Captioner
 from captioning.models.decoder import caption_loss
 from captioning.precision import autocast
@@ -42,6 +44,9 @@ def batch_loss(decoder: nn.Module, encoder: nn.Module | None, batch: CaptionBatc
     logits = decoder(features, captions)  # (B, T-1, V)
     targets = captions[:, 1:]
     loss = caption_loss(logits, targets, pad_id, label_smoothing)
+    model = getattr(decoder, "module", decoder)  # under DDP
+    if isinstance(model, AttentionDecoder) and model.training:  # the doubly stochastic attention penalty
+        loss = loss + model.penalty
     return loss, int((targets != pad_id).sum())
 
 
@@ -230,7 +235,7 @@ def score_tests(model: Captioner, splits: dict[str, SplitData], features: dict, 
     knn = None
     if baseline.get("knn") and features["train"] is not None:
         coco = splits["train"].coco
-        knn = NearestNeighbourCaptioner(features["train"], [coco.captions[i] for i in coco.image_ids])
+        knn = NearestNeighbourCaptioner(pooled(features["train"]), [coco.captions[i] for i in coco.image_ids])
     metrics = {}
     for name in test_names(cfg["dataset"]):
         scores, results = score_split(model, splits[name], cfg, device, desc=name)
@@ -242,7 +247,7 @@ def score_tests(model: Captioner, splits: dict[str, SplitData], features: dict, 
             ids = splits[name].coco.image_ids
             for key, k in (("knn", 1), ("knn_consensus", baseline.get("consensus_k"))):
                 if k:
-                    captions = dict(zip(ids, knn.caption(features[name], k=k)))
+                    captions = dict(zip(ids, knn.caption(pooled(features[name]), k=k)))
                     metrics[f"{name}_{key}"] = {"k": k, **caption_scores(captions, references)}
         if out_dir is not None:
             atomic_write_json(out_dir / f"{name}_captions.json",

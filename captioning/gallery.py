@@ -11,7 +11,11 @@ from __future__ import annotations
 import csv
 import html
 import io
+import math
 from pathlib import Path
+
+import torch
+from PIL import Image
 
 from captioning.data.images import open_image
 from captioning.io import atomic_path, atomic_write_json, atomic_write_text
@@ -27,6 +31,9 @@ img {{ width: 100%; height: 200px; object-fit: contain; background: #eee; }}
 figcaption {{ margin-top: 6px; font-size: 0.95em; }} .file {{ color: #888; font-size: 0.8em; word-break: break-all; }}
 .failed li {{ color: #a00; }} .score {{ color: #666; font-size: 0.85em; }}
 .refs {{ color: #555; font-size: 0.85em; margin: 4px 0 0 1em; padding: 0; }}
+.attention {{ display: flex; flex-wrap: wrap; gap: 4px; margin-top: 6px; }}
+.attention figure {{ border: 0; padding: 0; width: 64px; text-align: center; font-size: 0.75em; }}
+.attention img {{ width: 64px; height: 64px; }}
 </style></head><body>
 <h1>{title}</h1>
 <p class="summary">{summary}</p>
@@ -65,8 +72,32 @@ def write_thumbnail(source: Path, dest: Path, size: int) -> None:
         image.save(tmp, format="JPEG", quality=85)
 
 
+def attention_map(image: Image.Image, alpha: torch.Tensor) -> Image.Image:
+    """The image, dimmed, with the attention weights (L,) of one word laid over it in red: the grid (a square
+    of side sqrt(L)) scaled to the image with bilinear interpolation, the strongest weight fully opaque."""
+    side = round(math.sqrt(len(alpha)))
+    heat = (alpha.float().view(side, side) / alpha.max().clamp(min=1e-12) * 255).round().byte().numpy()
+    mask = Image.fromarray(heat, mode="L").resize(image.size, Image.BILINEAR)
+    dimmed = Image.blend(image, Image.new("RGB", image.size, (0, 0, 0)), 0.4)
+    return Image.composite(Image.new("RGB", image.size, (255, 40, 0)), dimmed, mask.point(lambda v: v * 3 // 4))
+
+
+def write_attention_maps(source: Path, out_dir: Path, n: int, words: list[str], alpha: torch.Tensor,
+                         size: int = 96) -> list[str]:
+    """OUT/attention/<n>/<k>.png for every word (and <end>); returns their paths relative to OUT."""
+    image = open_image(source).resize((size, size), Image.BILINEAR)
+    paths = []
+    for k, weights in enumerate(alpha):
+        path = Path("attention") / f"{n:06d}" / f"{k:02d}.png"
+        with atomic_path(out_dir / path) as tmp:
+            attention_map(image, weights).save(tmp, format="PNG")
+        paths.append(path.as_posix())
+    return paths
+
+
 def write_outputs(rows: list[dict], images_root: Path, out_dir: Path, thumbnail_size: int = 256,
-                  title: str = "Captions") -> dict[str, Path]:
+                  title: str = "Captions", attention: dict[int, tuple[list[str], torch.Tensor]] | None = None
+                  ) -> dict[str, Path]:
     """rows: [{"file_name": rel path, "caption": str} | {"file_name": ..., "error": str}].
 
     File names are os.fsdecode's strings: one that is not valid UTF-8 holds its bytes as surrogates.
@@ -75,6 +106,11 @@ def write_outputs(rows: list[dict], images_root: Path, out_dir: Path, thumbnail_
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "captions.json", "csv": out_dir / "captions.csv", "html": out_dir / "index.html"}
+    strips = {}
+    for n, (words, alpha) in (attention or {}).items():  # one map per word: where the decoder looked
+        rows[n]["attention_maps"] = write_attention_maps(images_root / rows[n]["file_name"], out_dir, n, words, alpha)
+        strips[n] = "".join(f'<figure><img src="{html.escape(m)}" alt=""><figcaption>{html.escape(w)}'
+                            f'</figcaption></figure>' for m, w in zip(rows[n]["attention_maps"], [*words, "<end>"]))
     atomic_write_json(paths["json"], rows)
 
     buf = io.StringIO()
@@ -94,9 +130,10 @@ def write_outputs(rows: list[dict], images_root: Path, out_dir: Path, thumbnail_
             continue
         thumb = Path("thumbs") / f"{n:06d}.jpg"
         write_thumbnail(images_root / row["file_name"], out_dir / thumb, thumbnail_size)
+        strip = f'<div class="attention">{strips[n]}</div>' if n in strips else ""
         figures.append(f'<figure><img src="{thumb.as_posix()}" alt="{name}"><figcaption>'
                        f'{html.escape(row["caption"])}{_details(row)}<div class="file">{name}</div>'
-                       f'</figcaption></figure>')
+                       f'</figcaption>{strip}</figure>')
     failed = (f'<h2>Could not be read</h2><ul class="failed">{"".join(failures)}</ul>' if failures else "")
     page = PAGE.format(title=shown(title), summary=html.escape(summary_line(rows)),
                        figures="\n".join(figures), failures=failed)

@@ -84,7 +84,8 @@ def table(runs: list[dict], scores: tuple[str, ...] = ("bleu4", "cider")) -> tup
 
 
 def label(row: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in row["setting"].items()) or "defaults"
+    """The overrides that set this row apart (a run that does not set a key has it at its default)."""
+    return ", ".join(f"{k}={v}" for k, v in row["setting"].items() if v != "default") or "defaults"
 
 
 def plot(rows: list[dict], runs: list[dict], path: Path) -> Path:

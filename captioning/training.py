@@ -30,7 +30,7 @@ from captioning.data.features import cache_path, cached_features
 from captioning.data.splits import SplitData, check_images, load_splits, split_names
 from captioning.engine import Diverged
 from captioning.io import InputError, atomic_write_json, remove_stale_temp_files
-from captioning.models import Captioner, CaptionDecoder, DecoderConfig, build_encoder
+from captioning.models import Captioner, DecoderConfig, build_decoder, build_encoder
 from captioning.optim import build_optimizer
 from captioning.precision import resolve_device, warn_if_slow
 from captioning.run_state import (TrainState, check_resumable, check_same_model, restore, resume_path,
@@ -43,12 +43,12 @@ from captioning.text import Vocabulary, tokenize
 def build_model(cfg: dict, vocab: Vocabulary, decoder: dict | None = None) -> tuple[Captioner, dict]:
     """The captioner a run's config describes (a pretrained encoder with its weights), and its model_config;
     `decoder`: another checkpoint's DecoderConfig (trainer.init_from) instead of cfg.decoder."""
-    enc = cfg["encoder"]
+    enc, options = cfg["encoder"], cfg["decoder"] if decoder is None else decoder
     encoder = build_encoder(enc["name"], pretrained=enc["pretrained"], weights=enc["weights"],
-                            trainable=enc["trainable"], image_size=enc["image_size"])
-    dec_cfg = DecoderConfig.from_dict({**(cfg["decoder"] if decoder is None else decoder),
-                                       "vocab_size": len(vocab), "feature_dim": encoder.out_dim})
-    return Captioner(encoder, CaptionDecoder(dec_cfg), vocab), {"encoder": encoder.spec, "decoder": asdict(dec_cfg)}
+                            trainable=enc["trainable"], image_size=enc["image_size"],
+                            grid=options.get("inject") == "attention")  # attention reads the grid
+    dec_cfg = DecoderConfig.from_dict({**options, "vocab_size": len(vocab), "feature_dim": encoder.out_dim})
+    return Captioner(encoder, build_decoder(dec_cfg), vocab), {"encoder": encoder.spec, "decoder": asdict(dec_cfg)}
 
 
 def check_config(cfg: dict) -> TrainerOptions:

@@ -86,7 +86,9 @@ def test_option_composes_and_builds(entry, group, option):
     assert model_config["decoder"]["vocab_size"] == 7 and model.decoder.config.cell == plain["decoder"]["cell"]
     optimizer, scheduler = build_optimizer(plain["optim"], model, instantiate(cfg.optim.optimizer), total_steps=10)
     assert optimizer.param_groups[0]["lr"] > 0
-    features = torch.randn(2, model.encoder.out_dim)
+    grid = plain["decoder"]["inject"] == "attention"  # the attention decoder reads the encoder's grid
+    assert model.encoder.grid == grid
+    features = torch.randn(2, 4, model.encoder.out_dim) if grid else torch.randn(2, model.encoder.out_dim)
     captions = torch.randint(0, 7, (2, 5))
     model.decoder(features, captions).sum().backward()  # the built model runs, and its gradients reach the optimizer
     optimizer.step()

@@ -22,13 +22,14 @@ def test_notebook_is_saved_without_outputs(path: Path):
     assert not dirty, f"{path.name}: code cells {dirty} have outputs; clear them before saving"
 
 
-# Every notebook runs top to bottom on each test run (01 trains a small captioner: a minute or two on 2 cores).
-EXECUTED = ["01_quickstart.ipynb", "02_rnn_vs_lstm.ipynb"]
+# Every notebook runs top to bottom on each test run, at the smaller sizes CAPTIONING_NOTEBOOK_QUICK asks for.
+EXECUTED = ["01_quickstart.ipynb", "02_rnn_vs_lstm.ipynb", "03_attention.ipynb"]
 
 
 @pytest.mark.parametrize("name", EXECUTED)
-def test_notebook_runs_top_to_bottom(name: str):
+def test_notebook_runs_top_to_bottom(name: str, monkeypatch):
     path = NOTEBOOKS / name
+    monkeypatch.setenv("CAPTIONING_NOTEBOOK_QUICK", "1")  # the kernel inherits it: the notebooks' smaller sizes
     nb = nbformat.read(path, as_version=4)
     # "python3" resolves to this interpreter: jupyter_client swaps a bare `python` in the kernel
     # command for sys.executable, so the kernel sees the same venv (and package) as the tests.

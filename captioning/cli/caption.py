@@ -53,6 +53,9 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
     if not paths:
         raise InputError(f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)")
     captioner = load_captioner(cfg.checkpoint, device=device)
+    if cfg.attention and captioner.decoder.config.inject != "attention":
+        raise InputError(f"attention=true draws an attention decoder's maps; {cfg.checkpoint} was trained with "
+                         f"decoder.inject={captioner.decoder.config.inject} (train one with decoder=attention)")
     loader = DataLoader(ImageFolderDataset(paths, captioner.transform), batch_size=cfg.batch_size,
                         num_workers=cfg.num_workers, collate_fn=collate_folder)
 
@@ -60,6 +63,7 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
         return path.relative_to(root).as_posix()
 
     rows: list[dict] = [{} for _ in paths]
+    attention: dict[int, tuple] = {}
     with torch.inference_mode():
         for n, (indices, images, bad) in enumerate(progress(loader, desc="caption", unit="batch",
                                                              mode=cfg.progress)):
@@ -68,13 +72,17 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
             if images is None:
                 continue
             features = captioner.encoder(images.to(captioner.device))
-            captions = captioner.caption_features(features, seed=cfg.seed + n, with_scores=True, **decode)
-            for i, (caption, score) in zip(indices, captions):
-                rows[i] = {"file_name": name(paths[i]), "caption": caption, "score": round(score, 4)}
+            described = captioner.describe_features(features, seed=cfg.seed + n, with_attention=cfg.attention,
+                                                    **decode)
+            for i, d in zip(indices, described):
+                rows[i] = {"file_name": name(paths[i]), "caption": d["caption"], "score": round(d["score"], 4)}
+                if cfg.attention:
+                    attention[i] = (d["words"], d["attention"])
     rows += [{"file_name": name(path), "error": reason} for path, reason in problems]
     if references is not None:
         print(score_against(rows, references))
-    written = write_outputs(rows, root, out_dir, cfg.thumbnail_size, title=f"Captions for {root}")
+    written = write_outputs(rows, root, out_dir, cfg.thumbnail_size, title=f"Captions for {root}",
+                            attention=attention)
     print(f"{summary_line(rows)}; gallery: {written['html']}  (also {written['json'].name}, {written['csv'].name})")
     return rows
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -28,13 +29,14 @@ def load_image(path: str | os.PathLike, transform: Transform | None = None) -> t
 
 
 class CaptionDataset(Dataset):
-    """Items `(image (3, H, W) or feature (D,), caption ids (T,), image id)`.
+    """Items `(image (3, H, W), feature (D,) or grid (L, D), caption ids (T,), image id)`. A grid cache is a
+    float16 memory map: each item reads its row from disk and becomes float32.
 
     caption ids = [BOS] + tokenize(caption)[:max_len] + [EOS]. Captions are tokenized and
     encoded once here, not in every epoch's workers.
     """
 
-    def __init__(self, coco: CocoCaptions, vocab: Vocabulary, features: torch.Tensor | None = None,
+    def __init__(self, coco: CocoCaptions, vocab: Vocabulary, features: torch.Tensor | np.ndarray | None = None,
                  transform: Transform | None = None, per_image: bool = False, max_len: int | None = None):
         if features is not None and len(features) != len(coco.image_ids):
             raise InputError(f"features for {coco.path} have {len(features)} rows but the split has "
@@ -59,7 +61,9 @@ class CaptionDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         row, caption = self.items[i]
         image_id = self.coco.image_ids[row]
-        if self.features is not None:
+        if isinstance(self.features, np.ndarray):
+            image = torch.from_numpy(np.asarray(self.features[row], dtype=np.float32))  # (L, D) from disk
+        elif self.features is not None:
             image = self.features[row]                                    # (D,)
         else:
             image = load_image(self.coco.image_path(image_id), self.transform)  # (3, H, W)

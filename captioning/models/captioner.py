@@ -20,14 +20,14 @@ from captioning.config import DecodeOptions as D
 from captioning.data.images import ImageLike, open_image
 from captioning.decoding import decode
 from captioning.io import InputError
-from captioning.models.decoder import CaptionDecoder, DecoderConfig
+from captioning.models.decoder import DecoderConfig, build_decoder
 from captioning.models.encoder import Encoder, encoder_from_spec
 from captioning.text import Vocabulary
 
 
 
 class Captioner(nn.Module):
-    def __init__(self, encoder: Encoder, decoder: CaptionDecoder, vocab: Vocabulary):
+    def __init__(self, encoder: Encoder, decoder: nn.Module, vocab: Vocabulary):
         super().__init__()
         self.encoder, self.decoder, self.vocab = encoder, decoder, vocab
 
@@ -40,25 +40,37 @@ class Captioner(nn.Module):
         return next(self.decoder.parameters()).device
 
     @torch.no_grad()
-    def caption_features(self, features: Tensor, method: str = D.method, beam_size: int = D.beam_size,
-                         max_len: int = D.max_len, length_norm: float = D.length_norm,
-                         temperature: float = D.temperature, top_k: int | None = D.top_k,
-                         seed: int | None = None, with_scores: bool = False) -> list[str] | list[tuple[str, float]]:
-        """Captions for pooled image features (B, D): the validation path on cached features.
-
-        method: beam (beam_size, length_norm) | greedy | sample (temperature, top_k, seed); the
-        defaults are `captioning.config.DecodeOptions`', which `conf/decode/` extends. With `with_scores`,
-        (caption, score) pairs: the mean log-probability per token of the caption (see captioning.decoding).
-        """
+    def describe_features(self, features: Tensor, method: str = D.method, beam_size: int = D.beam_size,
+                          max_len: int = D.max_len, length_norm: float = D.length_norm,
+                          temperature: float = D.temperature, top_k: int | None = D.top_k,
+                          seed: int | None = None, with_attention: bool = False) -> list[dict]:
+        """For image features (B, D), or a grid (B, L, D) for the attention decoder: one dict per image,
+        {"caption", "score": mean log-probability per token, "words", ["attention": (len(words) + 1, L),
+        one map per word and one for <end>]}. Options as in `caption_features`."""
         generator = None
         if seed is not None:
             generator = torch.Generator(self.device).manual_seed(seed)
         with _evaluating(self.decoder):
             out = decode(self.decoder, features.to(self.device, torch.float32), method, bos_id=self.vocab.bos_id,
                          eos_id=self.vocab.eos_id, pad_id=self.vocab.pad_id, max_len=max_len, beam_size=beam_size,
-                         length_norm=length_norm, temperature=temperature, top_k=top_k, generator=generator)
-        captions = [" ".join(self.vocab.decode(row)) for row in out.ids.tolist()]
-        return list(zip(captions, out.score.tolist())) if with_scores else captions
+                         length_norm=length_norm, temperature=temperature, top_k=top_k, generator=generator,
+                         with_attention=with_attention)
+        rows = []
+        for n, (ids, score) in enumerate(zip(out.ids.tolist(), out.score.tolist())):
+            words = self.vocab.decode(ids)
+            row = {"caption": " ".join(words), "score": score, "words": words}
+            if with_attention:
+                row["attention"] = out.attention[n, :len(words) + 1].cpu()
+            rows.append(row)
+        return rows
+
+    def caption_features(self, features: Tensor, **options) -> list[str]:
+        """Captions for pooled image features (B, D) (the validation path on cached features), or a grid.
+
+        method: beam (beam_size, length_norm) | greedy | sample (temperature, top_k, seed); the
+        defaults are `captioning.config.DecodeOptions`', which `conf/decode/` extends.
+        """
+        return [row["caption"] for row in self.describe_features(features, **options)]
 
     @torch.no_grad()
     def caption(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 32, seed: int | None = None,
@@ -93,7 +105,7 @@ def _evaluating(module: nn.Module):
 def build_captioner(model_config: dict, vocab: Vocabulary) -> Captioner:
     """The architecture described by a checkpoint's model_config (weights not loaded)."""
     return Captioner(encoder_from_spec(model_config["encoder"]),
-                     CaptionDecoder(DecoderConfig.from_dict(model_config["decoder"])), vocab)
+                     build_decoder(DecoderConfig.from_dict(model_config["decoder"])), vocab)
 
 
 def load_captioner(path: str | Path, device: str | torch.device | None = None) -> Captioner:

@@ -6,7 +6,9 @@ Where the image feature v (B, D) enters is configurable (`inject`):
   h0 = tanh(W_ih v + b)  (and c0 = tanh(W_ic v + b_c) for LSTMs);
 * ``pre``: the projected image W_ie v is the first input token, before <start> (Show and Tell);
 * ``par``: the projected image is added to the word input at every step, as in the lecture's
-  h_t = tanh(W_xh x_t + W_hh h_{t-1} + W_ih v).
+  h_t = tanh(W_xh x_t + W_hh h_{t-1} + W_ih v);
+* ``attention``: the image is the CNN's grid, which sets the initial state through its mean and is
+  attended to at every step (`captioning.models.attention.AttentionDecoder`; `build_decoder` picks it).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captioning.config import DecoderOptions, check
+from captioning.models.attention import AttentionDecoder
 from captioning.models.cells import State, build_recurrent
 
 
@@ -51,6 +54,8 @@ class CaptionDecoder(nn.Module):
     def __init__(self, config: DecoderConfig):
         super().__init__()
         check(config)
+        if config.inject == "attention":
+            raise ValueError("inject='attention' is AttentionDecoder's: use build_decoder(config)")
         self.config = c = config
         self.embed = nn.Embedding(c.vocab_size, c.embed_dim)
         self.rnn = build_recurrent(c.cell, c.impl, c.embed_dim, c.hidden_dim, c.num_layers, c.output_dropout)
@@ -129,6 +134,12 @@ class CaptionDecoder(nn.Module):
         if isinstance(state, tuple):
             return tuple(s.index_select(1, index) for s in state)
         return state.index_select(1, index)
+
+
+def build_decoder(config: DecoderConfig) -> nn.Module:
+    """The decoder a config describes: CaptionDecoder, or AttentionDecoder for inject="attention"."""
+    check(config)
+    return AttentionDecoder(config) if config.inject == "attention" else CaptionDecoder(config)
 
 
 def caption_loss(logits: Tensor, targets: Tensor, pad_id: int, label_smoothing: float = 0.0) -> Tensor:

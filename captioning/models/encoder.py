@@ -44,16 +44,18 @@ class ImageTransform:
 
 
 class Encoder(nn.Module):
-    """A CNN trunk + global average pooling: images (B, 3, H, W) -> v (B, out_dim).
+    """A CNN trunk + global average pooling: images (B, 3, H, W) -> v (B, out_dim); with `grid`, the trunk's
+    last feature map as L = h * w annotation vectors instead (B, L, out_dim), for the attention decoder.
 
     Frozen encoders (trainable=False) have requires_grad off and stay in eval mode even
     when a parent module calls .train(), so batch-norm statistics never drift.
     """
 
-    def __init__(self, trunk: nn.Module, out_dim: int, transform: Callable, spec: dict, trainable: bool):
+    def __init__(self, trunk: nn.Module, out_dim: int, transform: Callable, spec: dict, trainable: bool,
+                 grid: bool = False):
         super().__init__()
         self.trunk, self.out_dim, self.transform, self.spec = trunk, out_dim, transform, spec
-        self.trainable = trainable
+        self.trainable, self.grid = trainable, grid
         self.pool = nn.AdaptiveAvgPool2d(1)
         if not trainable:
             self.requires_grad_(False)
@@ -64,6 +66,8 @@ class Encoder(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         fmap = self.trunk(images)  # (B, D, h, w)
+        if self.grid:
+            return fmap.flatten(2).transpose(1, 2)  # (B, h*w, D)
         return self.pool(fmap).flatten(1)  # (B, D)
 
 
@@ -180,11 +184,12 @@ def _file_id(path: str) -> dict:
 
 
 def build_encoder(name: str = "efficientnet_lite0", pretrained: bool = True, weights: str | None = None,
-                  trainable: bool = False, image_size: int = 224) -> Encoder:
+                  trainable: bool = False, image_size: int = 224, grid: bool = False) -> Encoder:
     """Build an image encoder by name (see module docstring); frozen unless `trainable`.
 
     `weights=PATH` loads a local state dict (it wins over `pretrained`); `pretrained=False`
     leaves the weights random (for training from scratch, or before loading a checkpoint).
+    `grid`: annotation vectors (B, L, D) instead of the pooled feature (B, D).
     """
     if weights is not None:
         weights = str(weights)
@@ -205,7 +210,9 @@ def build_encoder(name: str = "efficientnet_lite0", pretrained: bool = True, wei
     spec = {"name": name, "pretrained": bool(pretrained or weights is not None), "weights": weights_id,
             "image_size": image_size, "resize": "square, no crop",
             "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}, "trainable": bool(trainable)}
-    return Encoder(trunk, out_dim, ImageTransform(image_size), spec, trainable)
+    if grid:  # only when asked: the pooled encoders' specs (and so their cached features) stay as they were
+        spec["output"] = "grid"
+    return Encoder(trunk, out_dim, ImageTransform(image_size), spec, trainable, grid)
 
 
 def encoder_from_spec(spec: dict) -> Encoder:
@@ -214,6 +221,6 @@ def encoder_from_spec(spec: dict) -> Encoder:
     It keeps the original spec: once the checkpoint's weights are loaded it describes them
     (and so finds the same cached features)."""
     encoder = build_encoder(spec["name"], pretrained=False, trainable=spec.get("trainable", False),
-                            image_size=spec.get("image_size", 224))
+                            image_size=spec.get("image_size", 224), grid=spec.get("output") == "grid")
     encoder.spec = dict(spec)
     return encoder
