@@ -42,8 +42,10 @@ def test_one_nn_copies_and_consensus_picks_what_the_neighbours_agree_on():
 
 def test_shifted_shapes_set(tmp_path):
     paths = make_shapes_dataset(tmp_path, n_train=6, n_val=2, n_test=4, seed=0, distractors=2,
-                                shifted_style="outline", demo_images=0)
+                                shifted_style="outline")  # fewer test images than demo images (8)
     assert set(paths) == {"train", "val", "test", SHIFTED}
+    demo = sorted(p.name for p in (tmp_path / "demo_images").iterdir())
+    assert demo == sorted(p.name for p in (tmp_path / "images" / "test").iterdir())  # test images only
     shifted = json.loads(paths[SHIFTED].read_text())
     test = json.loads(paths["test"].read_text())
     assert len(shifted["images"]) == 4 and len(shifted["annotations"]) == 20

@@ -19,7 +19,7 @@ from captioning.cli._conf import CONF_DIR
 from captioning.cli.caption import caption_folder
 from captioning.io import InputError
 from captioning.data.shapes import make_shapes_dataset
-from captioning.models import Captioner, CaptionDecoder, DecoderConfig, build_encoder
+from captioning.models import Captioner, CaptionDecoder, DecoderConfig, build_decoder, build_encoder
 from captioning.text import Vocabulary
 
 BIN = Path(sys.executable).parent
@@ -132,23 +132,53 @@ def test_output_inside_input_folder_is_not_captioned_again(tmp_path, photos, che
     assert not any(n.startswith("captions_out/") for n in names)
 
 
+def render(page: Path, tmp_path: Path) -> tuple[Image.Image, str]:
+    """A headless Chromium screenshot of `page` and the DOM it built."""
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run",
+             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,900"]
+    url = page.resolve().as_uri()
+    shot = tmp_path / "shot.png"
+    subprocess.run([*flags, f"--screenshot={shot}", url], capture_output=True, timeout=120, check=True)
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True).stdout
+    return Image.open(shot).convert("RGB"), dom
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium: apt-get install chromium (.ci/run does)")
 def test_gallery_renders_in_headless_chromium(tmp_path, photos, checkpoint, capsys):
     out = tmp_path / "out"
     caption_inprocess(capsys, f"checkpoint={checkpoint}", f"images={photos}", f"output={out}")
-    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run",
-             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,900"]
-    url = (out / "index.html").resolve().as_uri()
-    shot = tmp_path / "shot.png"
-    subprocess.run([*flags, f"--screenshot={shot}", url], capture_output=True, timeout=120, check=True)
-    image = Image.open(shot).convert("RGB")
+    image, dom = render(out / "index.html", tmp_path)
     colours = image.getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 50, "screenshot looks blank"
-    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True).stdout
     rows = json.loads((out / "captions.json").read_text())
     for r in rows:
         assert (r.get("caption") or r["file_name"]) in dom
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium: apt-get install chromium (.ci/run does)")
+def test_attention_maps_in_the_gallery(tmp_path, photos, checkpoint, capsys):
+    """attention=true: one map per word (and <end>) under every caption, as PNGs beside the gallery."""
+    torch.manual_seed(0)
+    vocab = Vocabulary(["a", "red", "circle", "on", "the", "left"])
+    encoder = build_encoder("small_cnn", image_size=64, grid=True)
+    config = DecoderConfig(vocab_size=len(vocab), feature_dim=encoder.out_dim, embed_dim=8, hidden_dim=16,
+                           inject="attention", attention_dim=8)
+    model = Captioner(encoder, build_decoder(config), vocab)
+    path = tmp_path / "attention.pt"
+    save_checkpoint(path, model_state=model.state_dict(), vocab=vocab,
+                    model_config={"encoder": encoder.spec, "decoder": vars(config)})
+    out = tmp_path / "out"
+    rows, _ = caption_inprocess(capsys, f"checkpoint={path}", f"images={photos}", f"output={out}", "attention=true",
+                                "decode.max_len=4")
+    captioned = [r for r in rows if "caption" in r]
+    assert captioned and all(len(r["attention_maps"]) == len(r["caption"].split()) + 1 for r in captioned)
+    assert all((out / m).is_file() for r in captioned for m in r["attention_maps"])
+    _, dom = render(out / "index.html", tmp_path)
+    assert dom.count('class="attention"') == len(captioned) and dom.count("attention/") >= len(captioned)
+    with pytest.raises(InputError, match="attention=true draws an attention decoder's maps"):
+        caption_inprocess(capsys, f"checkpoint={checkpoint}", f"images={photos}", f"output={tmp_path / 'o2'}",
+                          "attention=true")  # a decoder without attention has no maps to draw
 
 
 @pytest.mark.parametrize("options, api_kwargs", [

@@ -55,6 +55,15 @@ COVERAGE = {
                             ("decoder.feature_dropout=0.3", "feature_dropout"), ("optim=adamw", "adamw"),
                             ("trainer.label_smoothing=0.1", "label_smoothing"),
                             ("trainer.select_on=bleu4", "select_bleu4")]},
+    "captioning-train decoder=attention hydra.run.dir=runs/attention": RUN,
+    "captioning-caption checkpoint=runs/attention/checkpoints/best.pt images=data/shapes/demo_images "
+    "output=runs/attention/gallery attention=true": RUN,
+    "captioning-train -m dataset=shapes_shifted seed=0,1,2 decoder.inject=init,pre,par decoder.cell=rnn,gru,lstm "
+    "trainer.max_epochs=8 trainer.tensorboard=false hydra.sweep.dir=multirun/conditioning": COMPOSE,  # 27 full runs
+    "captioning-train -m dataset=shapes_shifted seed=0,1,2 decoder=attention trainer.max_epochs=8 "
+    "trainer.tensorboard=false hydra.sweep.dir=multirun/conditioning_attention": COMPOSE,  # 3 full runs
+    "captioning-report multirun/conditioning multirun/conditioning_attention --scores bleu1,bleu2,bleu3,bleu4,cider "
+    "--output conditioning.md": COMPOSE,  # reads the study's runs
     "captioning-train +experiment=scst trainer.init_from=runs/demo/checkpoints/best.pt "
     "hydra.run.dir=runs/demo_scst": RUN,
     "captioning-report multirun/feature_norm multirun/no_dropout multirun/feature_dropout multirun/adamw "

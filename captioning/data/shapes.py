@@ -208,7 +208,7 @@ def make_shapes_dataset(root: str | os.PathLike, n_train: int = 3000, n_val: int
 
     demo = root / "demo_images"
     demo.mkdir(exist_ok=True)
-    for entry in entries[n_train + n_val:n_train + n_val + demo_images]:
+    for entry in entries[n_train + n_val:n_train + n_val + min(demo_images, n_test)]:  # test images only
         with atomic_path(demo / entry["file_name"]) as tmp:
             shutil.copyfile(root / "images" / "test" / entry["file_name"], tmp)
     return paths
