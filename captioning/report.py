@@ -2,9 +2,10 @@
 
 Every run directory below the given folders that holds a metrics.json is read with its
 .hydra/overrides.yaml. Runs that differ only in `seed=` form one row: the mean and spread (sample
-standard deviation, "±") over the seeds of the best validation score, BLEU-4 and CIDEr-D of every test
-split, with the number of trainable parameters and the training time. The retrieval baselines, which
-do not depend on the seed, come last as rows of their own. Rows are sorted by the validation score.
+standard deviation, "±") over the seeds of validation CIDEr-D at the epoch each run kept (whatever it
+selected on), BLEU-4 and CIDEr-D of every test split, with the number of trainable parameters and the
+training time. The retrieval baselines, which do not depend on the seed, come last as rows of their own.
+Rows are sorted by validation CIDEr-D.
 """
 from __future__ import annotations
 
@@ -47,6 +48,16 @@ def _mean_spread(values: list[float], digits: int) -> str:
 NAMES = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4", "cider": "CIDEr-D"}
 
 
+def val_at_kept_epoch(metrics: dict, score: str = "cider") -> float:
+    """Validation `score` of the epoch whose checkpoint the run kept (best.pt), even when it selected on another."""
+    for epoch in metrics.get("epochs", []):
+        if epoch["epoch"] == metrics["best_epoch"] and f"val_{score}" in epoch:
+            return epoch[f"val_{score}"]
+    if metrics["select_on"] == score:
+        return metrics["best_val_score"]
+    raise InputError(f"run metrics have no val_{score} for the kept epoch {metrics['best_epoch']}")
+
+
 def table(runs: list[dict], scores: tuple[str, ...] = ("bleu4", "cider")) -> tuple[str, list[dict]]:
     """The markdown table and its rows as data: one row per setting (seeds pooled), then the baselines."""
     ignore = {"seed", "hydra.sweep.dir", "hydra.run.dir", "trainer.tensorboard"}
@@ -60,13 +71,13 @@ def table(runs: list[dict], scores: tuple[str, ...] = ("bleu4", "cider")) -> tup
     for setting, members in groups.items():
         m = [r["metrics"] for r in members]
         row = {"setting": dict(zip(differing, setting)), "seeds": len(m),
-               "select_on": m[0]["select_on"], "val": [x["best_val_score"] for x in m],
+               "val": [val_at_kept_epoch(x) for x in m],
                "parameters": m[0].get("parameters"), "minutes": [x.get("train_seconds", 0) / 60 for x in m]}
         for t in tests:
             row[t] = {k: [x[t][k] for x in m] for k in NAMES}
         rows.append(row)
     rows.sort(key=lambda r: -statistics.mean(r["val"]))
-    header = ["setting", "seeds", f"val {rows[0]['select_on']}",
+    header = ["setting", "seeds", "val CIDEr-D",
               *[f"{t} {NAMES[k]}" for t in tests for k in scores], "parameters", "train min"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:

@@ -14,13 +14,14 @@ def scores(b: float, c: float, loss: bool = True) -> dict:  # a model's scores h
             "cider": c}
 
 
-def fake_run(folder: Path, overrides: list[str], val: float, test_cider: float) -> None:
+def fake_run(folder: Path, overrides: list[str], val: float, test_cider: float, select_on: str = "cider") -> None:
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-    metrics = {"select_on": "cider", "best_val_score": val, "best_epoch": 3, "parameters": 1234, "train_seconds": 90,
+    epochs = [{"epoch": e, "val_bleu4": 0.9, "val_cider": val if e == 3 else val + 1} for e in (1, 2, 3, 4)]
+    metrics = {"select_on": select_on, "best_val_score": 0.9 if select_on == "bleu4" else val, "best_epoch": 3, "parameters": 1234, "train_seconds": 90,
                "test": scores(0.5, test_cider), "test_shifted": scores(0.3, test_cider / 2),
                "test_knn": {"k": 1, **scores(0.4, 1.0, False)}, "test_shifted_knn": {"k": 1, **scores(0.2, 0.5, False)},
-               "epochs": []}
+               "epochs": epochs}
     (folder / "metrics.json").write_text(json.dumps(metrics))
 
 
@@ -29,13 +30,17 @@ def test_seeds_are_pooled_and_rows_sorted_by_validation(tmp_path, capsys):
                                                    ("l2", 1, 2.0, 3.4)]):
         fake_run(tmp_path / "sweep" / str(n), ["dataset=shapes_shifted", f"decoder.feature_norm={norm}", f"seed={seed}"],
                  val, cider)
+    for seed in (0, 1):  # selected on BLEU-4: the column still shows val CIDEr-D of the epoch it kept
+        fake_run(tmp_path / "sweep" / f"b{seed}", ["dataset=shapes_shifted", "trainer.select_on=bleu4", f"seed={seed}"],
+                 1.5, 2.5, select_on="bleu4")
     main([str(tmp_path / "sweep"), "--output", str(tmp_path / "study.md")])
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("| ")]
-    assert lines[0].startswith("| setting | seeds | val cider | test BLEU-4 | test CIDEr-D | test_shifted BLEU-4")
+    assert lines[0].startswith("| setting | seeds | val CIDEr-D | test BLEU-4 | test CIDEr-D | test_shifted BLEU-4")
     assert lines[1].startswith("| decoder.feature_norm=l2 | 2 | 2.000 ± 0.000 | 0.500 ± 0.000 | 3.200 ± 0.283 |")
-    assert lines[2].startswith("| decoder.feature_norm=none | 2 | 1.100 ± 0.141 |")  # dataset= is the same: no column
-    assert lines[3].startswith("| k-NN: nearest training image's caption (k=1) |  |  | 0.400 | 1.000 | 0.200 | 0.500 |")
+    assert lines[2].startswith("| trainer.select_on=bleu4 | 2 | 1.500 ± 0.000 |")
+    assert lines[3].startswith("| decoder.feature_norm=none | 2 | 1.100 ± 0.141 |")  # dataset= is the same: no column
+    assert lines[4].startswith("| k-NN: nearest training image's caption (k=1) |  |  | 0.400 | 1.000 | 0.200 | 0.500 |")
     assert (tmp_path / "study.md").read_text().strip() == out.strip()
     assert (tmp_path / "study.png").stat().st_size > 1000
 
