@@ -40,7 +40,7 @@ class RunLog:
         atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
 
     def plot_curves(self) -> Path:
-        """curves.png: train/val loss, val BLEU-4 and val CIDEr-D per epoch."""
+        """curves.png: train/val loss, val BLEU-4 and val CIDEr-D per epoch (with SCST's reward and baseline)."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -50,12 +50,19 @@ class RunLog:
         fig, (ax_loss, ax_bleu, ax_cider) = plt.subplots(1, 3, figsize=(14, 3.8))
         for key, label in [("train_loss", "train"), ("val_loss", "val")]:
             ax_loss.plot(epochs, [r.get(key) for r in self.history], marker="o", label=label)
-        ax_loss.set(xlabel="epoch", ylabel="cross-entropy per token", title="loss")
+        scst = any("train_reward" in r for r in self.history)  # SCST's train loss is -(r - b) log p, not cross-entropy
+        ax_loss.set(xlabel="epoch", ylabel="SCST loss (train), cross-entropy (val)" if scst else "cross-entropy per token",
+                    title="loss")
         ax_loss.legend()
         ax_bleu.plot(epochs, [r.get("val_bleu4") for r in self.history], marker="o", color="C2")
         ax_bleu.set(xlabel="epoch", ylabel="BLEU-4", title="validation BLEU-4")
-        ax_cider.plot(epochs, [r.get("val_cider") for r in self.history], marker="o", color="C3")
-        ax_cider.set(xlabel="epoch", ylabel="CIDEr-D", title="validation CIDEr-D")
+        ax_cider.plot(epochs, [r.get("val_cider") for r in self.history], marker="o", color="C3", label="val")
+        if scst:
+            for key, label, colour in [("train_reward", "train: sampled captions' reward", "C4"),
+                                       ("train_baseline", "train: baseline", "C5")]:
+                ax_cider.plot(epochs, [r.get(key) for r in self.history], marker=".", color=colour, label=label)
+            ax_cider.legend(fontsize="small")
+        ax_cider.set(xlabel="epoch", ylabel="CIDEr-D", title="validation CIDEr-D" + (" and SCST rewards" if scst else ""))
         fig.tight_layout()
         path = self.run_dir / "curves.png"
         with atomic_path(path) as tmp:

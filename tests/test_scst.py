@@ -168,6 +168,9 @@ def test_scst_stage_from_a_checkpoint_logs_rewards_and_resumes_exactly(xe_checkp
     full = run(root, "full", "+experiment=scst", xe, "trainer.max_epochs=2", "optim.optimizer.lr=0.01")
     assert all({"train_reward", "train_baseline", "train_entropy", "val_cider"} <= set(e) for e in full["epochs"])
     assert [e["step"] for e in full["epochs"]] == [4, 8]  # 16 images / 4: one step per 4 images, not per caption
+    header = (root / "full" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train_reward", "train_baseline", "train_entropy", "val_cider"} <= set(header)
+    assert (root / "full" / "curves.png").stat().st_size > 10_000  # with the reward and baseline curves
     run(root, "run", "+experiment=scst", xe, "trainer.max_epochs=1", "optim.optimizer.lr=0.01")
     resumed = run(root, "run", "+experiment=scst", xe, "trainer.max_epochs=2", "optim.optimizer.lr=0.01",
                   "trainer.resume=auto")
