@@ -2,10 +2,11 @@
 
 Every run directory below the given folders that holds a metrics.json is read with its
 .hydra/overrides.yaml. Runs that differ only in `seed=` form one row: the mean and spread (sample
-standard deviation, "±") over the seeds of validation CIDEr-D at the epoch each run kept (whatever it
-selected on), BLEU-4 and CIDEr-D of every test split, with the number of trainable parameters and the
-training time. The retrieval baselines, which do not depend on the seed, come last as rows of their own.
-Rows are sorted by validation CIDEr-D.
+standard deviation, "±") over the seeds of the scores (BLEU-4 and CIDEr-D unless told) on validation, at the
+epoch each run kept whatever it selected on, and on every test split, with the number of trainable parameters
+and the training time. Runs of a second stage (SCST) start from their seed's checkpoint: `trainer.init_from`
+is pooled like the seed. The retrieval baselines, which do not depend on the seed, come last as rows of their
+own. Rows are sorted by validation CIDEr-D.
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def val_at_kept_epoch(metrics: dict, score: str = "cider") -> float:
 
 def table(runs: list[dict], scores: tuple[str, ...] = ("bleu4", "cider")) -> tuple[str, list[dict]]:
     """The markdown table and its rows as data: one row per setting (seeds pooled), then the baselines."""
-    ignore = {"seed", "hydra.sweep.dir", "hydra.run.dir", "trainer.tensorboard"}
+    ignore = {"seed", "trainer.init_from", "hydra.sweep.dir", "hydra.run.dir", "trainer.tensorboard"}
     keys = sorted({k for r in runs for k in r["overrides"] if k not in ignore})
     differing = [k for k in keys if len({r["overrides"].get(k, "default") for r in runs}) > 1]
     groups: dict[tuple, list[dict]] = {}
@@ -71,24 +72,23 @@ def table(runs: list[dict], scores: tuple[str, ...] = ("bleu4", "cider")) -> tup
     for setting, members in groups.items():
         m = [r["metrics"] for r in members]
         row = {"setting": dict(zip(differing, setting)), "seeds": len(m),
-               "val": [val_at_kept_epoch(x) for x in m],
+               "val": {k: [val_at_kept_epoch(x, k) for x in m] for k in dict.fromkeys([*scores, "cider"])},
                "parameters": m[0].get("parameters"), "minutes": [x.get("train_seconds", 0) / 60 for x in m]}
         for t in tests:
             row[t] = {k: [x[t][k] for x in m] for k in NAMES}
         rows.append(row)
-    rows.sort(key=lambda r: -statistics.mean(r["val"]))
-    header = ["setting", "seeds", "val CIDEr-D",
-              *[f"{t} {NAMES[k]}" for t in tests for k in scores], "parameters", "train min"]
+    rows.sort(key=lambda r: -statistics.mean(r["val"]["cider"]))
+    splits = ["val", *tests]
+    header = ["setting", "seeds", *[f"{t} {NAMES[k]}" for t in splits for k in scores], "parameters", "train min"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        cells = [label(r), str(r["seeds"]), _mean_spread(r["val"], 3)]
-        cells += [_mean_spread(r[t][k], 3) for t in tests for k in scores]
+        cells = [label(r), str(r["seeds"])] + [_mean_spread(r[t][k], 3) for t in splits for k in scores]
         cells += [f"{r['parameters']:,}" if r["parameters"] else "", _mean_spread(r["minutes"], 1)]
         lines.append("| " + " | ".join(cells) + " |")
     first = runs[0]["metrics"]
     for key, name in BASELINES.items():
         if f"{tests[0]}_{key}" in first:
-            cells = [f"{name} (k={first[f'{tests[0]}_{key}']['k']})", "", ""]
+            cells = [f"{name} (k={first[f'{tests[0]}_{key}']['k']})", ""] + [""] * len(scores)
             cells += [f"{first[f'{t}_{key}'][k]:.3f}" for t in tests for k in scores] + ["", ""]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines), rows
@@ -100,7 +100,7 @@ def label(row: dict) -> str:
 
 
 def plot(rows: list[dict], runs: list[dict], path: Path) -> Path:
-    """Test CIDEr-D of every setting (mean, with the seeds' spread) per test split, the baselines as lines."""
+    """CIDEr-D of every setting (mean, with the seeds' spread) on validation and each test split, the baselines as lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,7 +121,8 @@ def plot(rows: list[dict], runs: list[dict], path: Path) -> Path:
                            label=BASELINES[key])
         ax.set(yticks=range(len(rows)), yticklabels=labels, xlabel="CIDEr-D", title=t)
         ax.invert_yaxis()
-        ax.legend(loc="lower right", fontsize="small")
+        if ax.get_legend_handles_labels()[0]:  # validation has no baseline lines
+            ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

@@ -33,14 +33,18 @@ def test_seeds_are_pooled_and_rows_sorted_by_validation(tmp_path, capsys):
     for seed in (0, 1):  # selected on BLEU-4: the column still shows val CIDEr-D of the epoch it kept
         fake_run(tmp_path / "sweep" / f"b{seed}", ["dataset=shapes_shifted", "trainer.select_on=bleu4", f"seed={seed}"],
                  1.5, 2.5, select_on="bleu4")
-    main([str(tmp_path / "sweep"), "--output", str(tmp_path / "study.md")])
+    for seed in (0, 1):  # a second stage from each seed's checkpoint: one setting, pooled over its two seeds
+        fake_run(tmp_path / "scst" / str(seed), ["dataset=shapes_shifted", "+experiment=scst", f"seed={seed}",
+                                                  f"trainer.init_from=sweep/{seed}/checkpoints/best.pt"], 3.0, 4.0)
+    main([str(tmp_path / "sweep"), str(tmp_path / "scst"), "--output", str(tmp_path / "study.md")])
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("| ")]
-    assert lines[0].startswith("| setting | seeds | val CIDEr-D | test BLEU-4 | test CIDEr-D | test_shifted BLEU-4")
-    assert lines[1].startswith("| decoder.feature_norm=l2 | 2 | 2.000 ± 0.000 | 0.500 ± 0.000 | 3.200 ± 0.283 |")
-    assert lines[2].startswith("| trainer.select_on=bleu4 | 2 | 1.500 ± 0.000 |")
-    assert lines[3].startswith("| decoder.feature_norm=none | 2 | 1.100 ± 0.141 |")  # dataset= is the same: no column
-    assert lines[4].startswith("| k-NN: nearest training image's caption (k=1) |  |  | 0.400 | 1.000 | 0.200 | 0.500 |")
+    assert lines[0].startswith("| setting | seeds | val BLEU-4 | val CIDEr-D | test BLEU-4 | test CIDEr-D | test_shifted BLEU-4")
+    assert lines[1].startswith("| +experiment=scst | 2 | 0.900 ± 0.000 | 3.000 ± 0.000 | 0.500 ± 0.000 | 4.000 ± 0.000 |")
+    assert lines[2].startswith("| decoder.feature_norm=l2 | 2 | 0.900 ± 0.000 | 2.000 ± 0.000 | 0.500 ± 0.000 | 3.200 ± 0.283 |")
+    assert lines[3].startswith("| trainer.select_on=bleu4 | 2 | 0.900 ± 0.000 | 1.500 ± 0.000 |")
+    assert lines[4].startswith("| decoder.feature_norm=none | 2 | 0.900 ± 0.000 | 1.100 ± 0.141 |")  # no dataset= column
+    assert lines[5].startswith("| k-NN: nearest training image's caption (k=1) |  |  |  | 0.400 | 1.000 | 0.200 | 0.500 |")
     assert (tmp_path / "study.md").read_text().strip() == out.strip()
     assert (tmp_path / "study.png").stat().st_size > 1000
 

@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="captioning-report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweeps", nargs="+", type=Path, help="sweep folders (multirun/<date>), searched recursively")
-    parser.add_argument("--scores", default="bleu4,cider", help="test scores to show: any of bleu1,bleu2,bleu3,bleu4,cider")
+    parser.add_argument("--scores", default="bleu4,cider", help="scores to show for validation and each test split: any of bleu1,bleu2,bleu3,bleu4,cider")
     parser.add_argument("--output", type=Path, help="also write the table to this markdown file")
     parser.add_argument("--plot", type=Path, help="the plot's PNG (default: next to --output, else report.png in the "
                                                   "first sweep folder)")
