@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from captioning.checkpoint import load_checkpoint
 from captioning.data.shapes import make_shapes_dataset

@@ -22,14 +22,11 @@ projection W_a a (computed once per image), so reorder_state (beam search) selec
 """
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from captioning.config import check
 from captioning.models.cells import build_recurrent
+from captioning.models.decoder_base import DecoderBase
 
 PAD_ID = 0  # captioning.text.Vocabulary puts <pad> first: padded target steps carry no attention penalty
 
@@ -49,13 +46,12 @@ class SoftAttention(nn.Module):
         return torch.bmm(alpha[:, None], values)[:, 0], alpha
 
 
-class AttentionDecoder(nn.Module):
+class AttentionDecoder(DecoderBase):
     """p(w_t | w_<t, a): the module docstring. `features` are the encoder's grid (B, L, D)."""
 
     def __init__(self, config):
-        super().__init__()
-        check(config)
-        self.config = c = config
+        super().__init__(config)
+        c = config
         self.embed = nn.Embedding(c.vocab_size, c.embed_dim)
         self.attention = SoftAttention(c.feature_dim, c.hidden_dim, c.attention_dim)
         if c.attention_gate:
@@ -65,25 +61,9 @@ class AttentionDecoder(nn.Module):
         self.init_state_proj = nn.Linear(c.feature_dim, c.num_layers * c.hidden_dim)  # W_ih, b
         if c.cell == "lstm":
             self.init_cell_proj = nn.Linear(c.feature_dim, c.num_layers * c.hidden_dim)  # W_ic, b_c
-        self.embed_dropout = nn.Dropout(c.embed_dropout)
-        self.feature_dropout = nn.Dropout(c.feature_dropout)
-        self.output_dropout = nn.Dropout(c.output_dropout)
-        if c.feature_norm == "layernorm":
-            self.feature_layernorm = nn.LayerNorm(c.feature_dim)
         self.out = nn.Linear(c.hidden_dim, c.vocab_size)
         self.penalty = torch.zeros(())  # the last forward()'s doubly stochastic penalty, added to the loss
         self.last_alpha: Tensor | None = None  # the last step()'s attention weights (B, L)
-
-    def image(self, features: Tensor) -> Tensor:
-        """Each annotation vector as the decoder reads it: normalised (`feature_norm`), then dropout."""
-        if self.config.feature_norm == "l2":
-            features = F.normalize(features, dim=-1) * math.sqrt(self.config.feature_dim)
-        elif self.config.feature_norm == "layernorm":
-            features = self.feature_layernorm(features)
-        return self.feature_dropout(features)
-
-    def _layers(self, x: Tensor) -> Tensor:
-        return x.view(x.shape[0], self.config.num_layers, self.config.hidden_dim).transpose(0, 1).contiguous()
 
     def init_state(self, features: Tensor) -> tuple[Tensor, ...]:
         """(B, L, D) -> (h0 (layers, B, H)[, c0 (layers, B, H)], values a (B, L, D), keys W_a a (B, L, A))."""

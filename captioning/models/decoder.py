@@ -12,7 +12,6 @@ Where the image feature v (B, D) enters is configurable (`inject`):
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +21,7 @@ from torch import Tensor, nn
 from captioning.config import DecoderOptions, check
 from captioning.models.attention import AttentionDecoder
 from captioning.models.cells import State, build_recurrent
+from captioning.models.decoder_base import DecoderBase
 
 
 @dataclass(kw_only=True)
@@ -43,7 +43,7 @@ class DecoderConfig(DecoderOptions):
         return cls(**config)
 
 
-class CaptionDecoder(nn.Module):
+class CaptionDecoder(DecoderBase):
     """p(w_t | w_<t, v): embed(w_{t-1}) -> recurrent core -> `out` (H -> V logits).
 
     With inject="init", `init_state_proj` is W_ih of h0 = tanh(W_ih v + b), one H-slice per
@@ -52,18 +52,12 @@ class CaptionDecoder(nn.Module):
     """
 
     def __init__(self, config: DecoderConfig):
-        super().__init__()
-        check(config)
         if config.inject == "attention":
             raise ValueError("inject='attention' is AttentionDecoder's: use build_decoder(config)")
-        self.config = c = config
+        super().__init__(config)
+        c = config
         self.embed = nn.Embedding(c.vocab_size, c.embed_dim)
         self.rnn = build_recurrent(c.cell, c.impl, c.embed_dim, c.hidden_dim, c.num_layers, c.output_dropout)
-        self.embed_dropout = nn.Dropout(c.embed_dropout)
-        self.feature_dropout = nn.Dropout(c.feature_dropout)
-        self.output_dropout = nn.Dropout(c.output_dropout)
-        if c.feature_norm == "layernorm":
-            self.feature_layernorm = nn.LayerNorm(c.feature_dim)
         self.out = nn.Linear(c.hidden_dim, c.vocab_size)
         if c.inject == "init":
             self.init_state_proj = nn.Linear(c.feature_dim, c.num_layers * c.hidden_dim)  # W_ih, b
@@ -71,20 +65,6 @@ class CaptionDecoder(nn.Module):
                 self.init_cell_proj = nn.Linear(c.feature_dim, c.num_layers * c.hidden_dim)  # W_ic, b_c
         else:
             self.image_proj = nn.Linear(c.feature_dim, c.embed_dim)  # W_ie: image -> word-embedding space
-
-    def _layers(self, x: Tensor) -> Tensor:
-        """(B, L*H) -> (L, B, H), one initial state per layer."""
-        return x.view(x.shape[0], self.config.num_layers, self.config.hidden_dim).transpose(0, 1).contiguous()
-
-    def image(self, features: Tensor) -> Tensor:
-        """v as the decoder reads it, (B, D): normalised (`feature_norm`: l2 gives every image the same length,
-        sqrt(D), so the scale of the CNN's activations no longer matters; layernorm also learns a per-feature
-        scale and shift), then `feature_dropout`."""
-        if self.config.feature_norm == "l2":
-            features = F.normalize(features, dim=-1) * math.sqrt(self.config.feature_dim)
-        elif self.config.feature_norm == "layernorm":
-            features = self.feature_layernorm(features)
-        return self.feature_dropout(features)
 
     def init_state(self, features: Tensor) -> State:
         """The recurrent state before <start>: (B, D) -> h (L, B, H) or (h, c)."""

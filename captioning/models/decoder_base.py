@@ -1,0 +1,37 @@
+"""What every decoder shares: how it reads the image and how it splits a projection into per-layer states."""
+from __future__ import annotations
+
+import math
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from captioning.config import DecoderOptions, check
+
+
+class DecoderBase(nn.Module):
+    """The three dropouts, the optional LayerNorm of the image feature, `image()` and `_layers()`."""
+
+    def __init__(self, config: DecoderOptions):
+        super().__init__()
+        check(config)
+        self.config = c = config
+        self.embed_dropout = nn.Dropout(c.embed_dropout)
+        self.feature_dropout = nn.Dropout(c.feature_dropout)
+        self.output_dropout = nn.Dropout(c.output_dropout)
+        if c.feature_norm == "layernorm":
+            self.feature_layernorm = nn.LayerNorm(c.feature_dim)
+
+    def image(self, features: Tensor) -> Tensor:
+        """The image as the decoder reads it, (..., D): normalised (`feature_norm`: l2 gives every feature vector
+        the same length, sqrt(D), so the scale of the CNN's activations no longer matters; layernorm also learns
+        a per-feature scale and shift), then `feature_dropout`."""
+        if self.config.feature_norm == "l2":
+            features = F.normalize(features, dim=-1) * math.sqrt(self.config.feature_dim)
+        elif self.config.feature_norm == "layernorm":
+            features = self.feature_layernorm(features)
+        return self.feature_dropout(features)
+
+    def _layers(self, x: Tensor) -> Tensor:
+        """(B, L*H) -> (L, B, H), one initial state per layer."""
+        return x.view(x.shape[0], self.config.num_layers, self.config.hidden_dim).transpose(0, 1).contiguous()
