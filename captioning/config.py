@@ -20,6 +20,7 @@ IMPLS = ("fused", "explicit")
 INJECT_MODES = ("init", "pre", "par", "attention")
 FEATURE_NORMS = ("none", "l2", "layernorm")
 DECODE_METHODS = ("greedy", "beam", "sample")
+LENGTH_PENALTIES = ("none", "avg", "wu")
 PRECISIONS = ("fp32", "bf16")
 NONFINITE_POLICIES = ("stop", "skip")
 SELECTION_METRICS = ("cider", "bleu4")
@@ -72,28 +73,46 @@ class DecoderOptions:
 class DecodeOptions:
     """How captions are generated (`captioning.decoding.decode`); the defaults are beam search, 3 beams."""
 
-    method: str = "beam"         # greedy | beam | sample
-    beam_size: int = 3           # beam
-    max_len: int = 20            # tokens at most, <end> included
-    length_norm: float = 0.7     # beam: the winner maximises log p / length ** length_norm (0: raw log p)
-    temperature: float = 1.0     # sample: softmax(logits / temperature)
-    top_k: Optional[int] = None  # sample: only from the k most likely words (None: all)
+    method: str = "beam"             # greedy | beam | sample
+    beam_size: int = 3               # beam
+    max_len: int = 20                # tokens at most, <end> included
+    min_len: int = 0                 # words at least: <end> is not allowed before this many
+    length_penalty: str = "avg"      # beam: how the final beams are ranked: none (raw log p) | avg (log p / length ** alpha)
+                                     # | wu (log p / ((5 + length) / 6) ** alpha, Wu et al. 2016)
+    length_alpha: float = 0.7        # beam: the alpha of avg and wu (avg with 1.0: the mean log p per token)
+    temperature: float = 1.0         # sample: softmax(logits / temperature)
+    top_k: Optional[int] = None      # sample: only from the k most likely words (None: all)
+    top_p: Optional[float] = None    # sample: only from the fewest most likely words whose probability reaches p (nucleus)
+    block_ngram_repeat: int = 0      # never repeat an n-gram within a caption (3: trigram blocking; 0: off)
+    suppress_unk: bool = False       # never emit <unk>
+    length_norm: Optional[float] = None  # replaced by length_penalty and length_alpha; any value is refused with the new names
 
     def problems(self) -> list[str]:
         """One message per option whose value cannot work (checked before any long work starts)."""
         problems = []
+        if self.length_norm is not None:
+            new = ("decode.length_penalty=none" if self.length_norm == 0 else
+                   f"decode.length_penalty=avg decode.length_alpha={self.length_norm}")
+            problems.append(f"decode.length_norm was replaced: for decode.length_norm={self.length_norm} use {new} "
+                            "(length_norm=0 is length_penalty=none; wu is new)")
         if self.method not in DECODE_METHODS:
             problems.append(f"decode.method must be one of {', '.join(DECODE_METHODS)}, got {self.method!r}")
-        if self.beam_size < 1:
-            problems.append(f"decode.beam_size must be at least 1, got {self.beam_size}")
-        if self.max_len < 1:
-            problems.append(f"decode.max_len must be at least 1, got {self.max_len}")
+        if self.length_penalty not in LENGTH_PENALTIES:
+            problems.append(f"decode.length_penalty must be one of {', '.join(LENGTH_PENALTIES)}, got {self.length_penalty!r}")
+        problems += [f"decode.{name} must be at least 1, got {getattr(self, name)}"
+                     for name in ("beam_size", "max_len") if getattr(self, name) < 1]
+        problems += [f"decode.{name} must be at least 0, got {getattr(self, name)}"
+                     for name in ("min_len", "block_ngram_repeat") if getattr(self, name) < 0]
+        if self.min_len >= self.max_len:
+            problems.append(f"decode.min_len ({self.min_len}) must be below decode.max_len ({self.max_len})")
         if not self.temperature > 0:  # also catches nan
             problems.append(f"decode.temperature must be > 0 (decode.method=greedy for argmax), got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             problems.append(f"decode.top_k must be at least 1 or null, got {self.top_k}")
-        if self.length_norm != self.length_norm:
-            problems.append("decode.length_norm must be a number, got nan")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            problems.append(f"decode.top_p must be in (0, 1] or null, got {self.top_p}")
+        if self.length_alpha != self.length_alpha:
+            problems.append("decode.length_alpha must be a number, got nan")
         return problems
 
 

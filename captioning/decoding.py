@@ -6,6 +6,10 @@ Python loop over images, only over time steps. Each returns `Decoded`: token ids
 log-probability per token of its tokens (<end> included) under the model: a low score marks a caption
 the model is unsure of, often an image unlike the training data.
 
+Every method also obeys the same rules on what a step may emit (`TokenRules`): no <end> before `min_len`
+words, no <unk> with `suppress_unk`, no repeated n-gram with `block_ngram_repeat`. A banned token's
+log-probability is set to -inf after the softmax, so the scores stay the model's own.
+
 The decoder must offer `init_state(features)`, `step(tokens, state, features)` and
 `reorder_state(state, index)` (see captioning.models.decoder.CaptionDecoder).
 """
@@ -16,7 +20,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from captioning.config import DecodeOptions
+from captioning.config import DecodeOptions, check
 
 D = DecodeOptions  # the defaults below are its field defaults: one source for the API and the configs
 
@@ -27,6 +31,40 @@ class Decoded(NamedTuple):
     attention: Tensor | None = None  # (B, L, grid) with_attention: the attention decoder's weights per token
 
 
+class TokenRules:
+    """What the next token may not be, given each row's prefix (N, t) of generated tokens (<start> excluded).
+
+    `block_ngram_repeat` n: a token that would complete an n-gram the prefix already holds (the prefix's last
+    n - 1 tokens followed by it) is banned, so no n-gram appears twice. `min_len`: <end> is banned while fewer
+    than min_len tokens are out. `unk_id`: <unk> is always banned. <end> completes no n-gram of an unfinished
+    prefix, so a row always keeps it; should the rules ban every token, <end> is allowed.
+    """
+
+    def __init__(self, eos_id: int, min_len: int = D.min_len, block_ngram_repeat: int = D.block_ngram_repeat,
+                 unk_id: int | None = None):
+        self.eos_id, self.min_len, self.n, self.unk_id = eos_id, min_len, block_ngram_repeat, unk_id
+
+    def __bool__(self) -> bool:
+        return bool(self.min_len or self.n or self.unk_id is not None)
+
+    def __call__(self, logp: Tensor, prefix: Tensor) -> Tensor:
+        """logp (N, V) with every banned token at -inf."""
+        N, V = logp.shape
+        banned = torch.zeros(N, V, dtype=torch.bool, device=logp.device)
+        if self.unk_id is not None:
+            banned[:, self.unk_id] = True
+        if prefix.shape[1] < self.min_len:
+            banned[:, self.eos_id] = True
+        n = self.n
+        if n and prefix.shape[1] >= n:  # every n-gram of the prefix (N, W, n) whose first n-1 tokens end it
+            grams = prefix.unfold(1, n, 1)
+            repeats = (grams[:, :, :-1] == prefix[:, prefix.shape[1] - n + 1:][:, None]).all(-1)  # (N, W)
+            counts = torch.zeros(N, V, dtype=torch.long, device=logp.device)
+            banned |= counts.scatter_add_(1, grams[:, :, -1], repeats.long()) > 0
+        banned[:, self.eos_id] &= ~banned.all(-1)  # never leave a row without a token
+        return logp.masked_fill(banned, float("-inf"))
+
+
 def _pad_after_eos(seqs: Tensor, eos_id: int, pad_id: int) -> Tensor:
     """Replace every token after the first <end> of each row by <pad>."""
     after = (seqs == eos_id).long().cumsum(1) - (seqs == eos_id).long() > 0  # strictly after first eos
@@ -34,8 +72,9 @@ def _pad_after_eos(seqs: Tensor, eos_id: int, pad_id: int) -> Tensor:
 
 
 def _generate(decoder, features: Tensor, choose: Callable[[Tensor], Tensor], bos_id: int, eos_id: int,
-              pad_id: int, max_len: int, with_attention: bool = False) -> Decoded:
-    """Feed each step's chosen token back in; stop when every row has produced <end>."""
+              pad_id: int, max_len: int, with_attention: bool = False, rules: TokenRules | None = None) -> Decoded:
+    """Feed each step's chosen token (from the rule-abiding log-probabilities) back in; stop when every row has
+    produced <end>."""
     B = features.shape[0]
     state = decoder.init_state(features)
     tokens = features.new_full((B,), bos_id, dtype=torch.long)
@@ -46,9 +85,11 @@ def _generate(decoder, features: Tensor, choose: Callable[[Tensor], Tensor], bos
         logits, state = decoder.step(tokens, state, features)  # (B, V)
         if with_attention:
             attention.append(decoder.last_alpha)  # (B, grid): where the decoder looked for this token
-        logits = logits.float()
-        tokens = choose(logits).masked_fill(done, pad_id)
-        logp_sum += logits.log_softmax(-1).gather(1, tokens[:, None])[:, 0].masked_fill(done, 0.0)
+        logp = logits.float().log_softmax(-1)
+        if rules:
+            logp = rules(logp, torch.stack(out, 1) if out else tokens[:, None][:, :0])
+        tokens = choose(logp).masked_fill(done, pad_id)
+        logp_sum += logp.gather(1, tokens[:, None])[:, 0].masked_fill(done, 0.0)
         length += (~done).float()  # tokens up to and including <end>
         out.append(tokens)
         done |= tokens == eos_id
@@ -59,42 +100,60 @@ def _generate(decoder, features: Tensor, choose: Callable[[Tensor], Tensor], bos
 
 
 def greedy(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int = 0, max_len: int = D.max_len,
-           with_attention: bool = False) -> Decoded:
+           with_attention: bool = False, rules: TokenRules | None = None) -> Decoded:
     """Argmax decoding: w_t = argmax_w p(w | w_<t, v). Deterministic, but prone to generic captions."""
-    return _generate(decoder, features, lambda logits: logits.argmax(-1), bos_id, eos_id, pad_id, max_len,
-                     with_attention)
+    return _generate(decoder, features, lambda logp: logp.argmax(-1), bos_id, eos_id, pad_id, max_len,
+                     with_attention, rules)
 
 
 def sample(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int = 0, max_len: int = D.max_len,
-           temperature: float = D.temperature, top_k: int | None = D.top_k,
-           generator: torch.Generator | None = None, with_attention: bool = False) -> Decoded:
-    """Sampling: w_t ~ softmax(logits / temperature), optionally restricted to the top-k words.
+           temperature: float = D.temperature, top_k: int | None = D.top_k, top_p: float | None = D.top_p,
+           generator: torch.Generator | None = None, with_attention: bool = False,
+           rules: TokenRules | None = None) -> Decoded:
+    """Sampling: w_t ~ softmax(log p / temperature), optionally restricted to the top-k words and to the nucleus,
+    the fewest most likely words whose probabilities sum to at least top_p (Holtzman et al. 2020).
 
     Temperature < 1 sharpens the distribution towards argmax; > 1 flattens it (more variety).
     """
     if temperature <= 0:
         raise ValueError("temperature must be > 0 (use greedy for argmax)")
 
-    def choose(logits: Tensor) -> Tensor:
-        logits = logits / temperature
+    def choose(logp: Tensor) -> Tensor:
+        logits = logp / temperature
         if top_k is not None:
             kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
+        if top_p is not None:  # drop a word when the more likely words before it already reach top_p
+            probs, order = logits.softmax(-1).sort(-1, descending=True)
+            outside = probs.cumsum(-1) - probs >= top_p
+            logits = logits.masked_fill(outside.scatter(1, order, outside), float("-inf"))
         return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
 
-    return _generate(decoder, features, choose, bos_id, eos_id, pad_id, max_len, with_attention)
+    return _generate(decoder, features, choose, bos_id, eos_id, pad_id, max_len, with_attention, rules)
+
+
+def length_divisor(length: Tensor, kind: str = D.length_penalty, alpha: float = D.length_alpha) -> Tensor:
+    """What a beam's summed log p is divided by: 1 (none), length ** alpha (avg) or ((5 + length) / 6) ** alpha
+    (wu, Wu et al. 2016). Without one, beam search favours short captions, each word costing log p < 0."""
+    if kind == "none":
+        return torch.ones_like(length)
+    if kind == "avg":
+        return length.clamp(min=1) ** alpha
+    if kind == "wu":
+        return ((5 + length) / 6) ** alpha
+    raise ValueError(f"length_penalty must be none, avg or wu, got {kind!r}")
 
 
 def beam_search(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int = 0, max_len: int = D.max_len,
-                beam_size: int = D.beam_size, length_norm: float = D.length_norm,
-                with_attention: bool = False) -> Decoded:
+                beam_size: int = D.beam_size, length_penalty: str = D.length_penalty,
+                length_alpha: float = D.length_alpha, with_attention: bool = False,
+                rules: TokenRules | None = None) -> Decoded:
     """Beam search over (B * K) rows; returns the best sequence per image (B, L).
 
     Keeps the K highest-scoring prefixes, score = sum_t log p(w_t | w_<t, v). A finished
     beam (ended with <end>) stays in the beam with its score frozen, competing with the
     unfinished ones. Pruning uses the raw log-prob; among the K final beams the winner
-    maximises score / length ** length_norm (length counts <end>; 0: raw log-prob, which
-    favours short captions; ~0.7 as in Wu et al. 2016 evens that out).
+    maximises score / `length_divisor(length, length_penalty, length_alpha)` (length counts <end>).
     """
     B, K, device = features.shape[0], beam_size, features.device
     feats = features.repeat_interleave(K, 0)  # (B*K, D)
@@ -110,7 +169,10 @@ def beam_search(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int
     for _ in range(max_len):
         logits, state = decoder.step(tokens, state, feats)
         step_attention = decoder.last_alpha if with_attention else None  # (B*K, grid), per parent row
-        logp = logits.float().log_softmax(-1).view(B, K, -1)  # (B, K, V)
+        logp = logits.float().log_softmax(-1)
+        if rules:
+            logp = rules(logp, seqs)
+        logp = logp.view(B, K, -1)  # (B, K, V)
         V = logp.shape[-1]
         # A finished beam may only "emit" <end> again, at no cost, so its score stays put.
         logp = logp.masked_fill(finished[..., None], float("-inf"))
@@ -129,7 +191,7 @@ def beam_search(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int
         tokens = tokens.view(-1)
         if finished.all():
             break
-    best = (scores / lengths.clamp(min=1) ** length_norm).argmax(-1)  # (B,)
+    best = (scores / length_divisor(lengths, length_penalty, length_alpha)).argmax(-1)  # (B,)
     winners = offsets[:, 0] + best
     ids = _pad_after_eos(seqs[winners], eos_id, pad_id)
     return Decoded(ids, scores.gather(1, best[:, None])[:, 0] / lengths.gather(1, best[:, None])[:, 0].clamp(min=1),
@@ -137,16 +199,22 @@ def beam_search(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int
 
 
 def decode(decoder, features: Tensor, method: str = D.method, *, bos_id: int, eos_id: int, pad_id: int = 0,
-           max_len: int = D.max_len, beam_size: int = D.beam_size, length_norm: float = D.length_norm,
-           temperature: float = D.temperature, top_k: int | None = D.top_k,
-           generator: torch.Generator | None = None, with_attention: bool = False) -> Decoded:
-    """Dispatch on `method` (greedy | sample | beam); returns token ids (B, L) and scores (B,), and with
-    `with_attention` (the attention decoder only) each token's attention weights over the grid."""
-    common = dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, max_len=max_len, with_attention=with_attention)
+           unk_id: int | None = None, generator: torch.Generator | None = None, with_attention: bool = False,
+           **options) -> Decoded:
+    """Dispatch on `method` (greedy | sample | beam) with `options`, any fields of DecodeOptions (checked, defaults
+    there); returns token ids (B, L) and scores (B,), and with `with_attention` (the attention decoder only) each
+    token's attention weights over the grid. `unk_id` is needed for suppress_unk."""
+    o = DecodeOptions(method=method, **options)
+    check(o)
+    if o.suppress_unk and unk_id is None:
+        raise ValueError("suppress_unk needs the vocabulary's unk_id")
+    rules = TokenRules(eos_id, o.min_len, o.block_ngram_repeat, unk_id if o.suppress_unk else None)
+    common = dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, max_len=o.max_len, with_attention=with_attention,
+                  rules=rules)
     if method == "greedy":
         return greedy(decoder, features, **common)
     if method == "sample":
-        return sample(decoder, features, temperature=temperature, top_k=top_k, generator=generator, **common)
-    if method == "beam":
-        return beam_search(decoder, features, beam_size=beam_size, length_norm=length_norm, **common)
-    raise ValueError(f"decode method must be greedy, sample or beam, got {method!r}")
+        return sample(decoder, features, temperature=o.temperature, top_k=o.top_k, top_p=o.top_p, generator=generator,
+                      **common)
+    return beam_search(decoder, features, beam_size=o.beam_size, length_penalty=o.length_penalty,
+                       length_alpha=o.length_alpha, **common)

@@ -67,9 +67,9 @@ def test_doubly_stochastic_penalty_counts_only_the_caption():
 def test_batched_beam_search_with_attention_equals_one_image_at_a_time():
     decoder, features = make(seed=4), grid(6, seed=5)
     with torch.no_grad():
-        batched = beam_search(decoder, features, beam_size=3, max_len=8, length_norm=0.7, with_attention=True, **IDS)
+        batched = beam_search(decoder, features, beam_size=3, max_len=8, with_attention=True, **IDS)
         for i in range(6):
-            alone = beam_search(decoder, features[i:i + 1], beam_size=3, max_len=8, length_norm=0.7,
+            alone = beam_search(decoder, features[i:i + 1], beam_size=3, max_len=8,
                                 with_attention=True, **IDS)
             n = alone.ids.shape[1]
             assert torch.equal(batched.ids[i, :n], alone.ids[0]) and (batched.ids[i, n:] == 0).all()

@@ -185,8 +185,11 @@ def test_attention_maps_in_the_gallery(tmp_path, photos, checkpoint, capsys):
     ([], {}),                                                           # beam search with the defaults of both
     (["decode=greedy"], {"method": "greedy"}),
     (["decode=sample", "decode.temperature=1.5"], {"method": "sample", "temperature": 1.5, "seed": 0}),
-    (["decode.beam_size=4", "decode.length_norm=0.0", "decode.max_len=5"],
-     {"beam_size": 4, "length_norm": 0.0, "max_len": 5}),
+    (["decode.beam_size=4", "decode.length_penalty=none", "decode.max_len=5"],
+     {"beam_size": 4, "length_penalty": "none", "max_len": 5}),
+    (["decode.block_ngram_repeat=2", "decode.min_len=3", "decode.suppress_unk=true", "decode.length_penalty=wu"],
+     {"block_ngram_repeat": 2, "min_len": 3, "suppress_unk": True, "length_penalty": "wu"}),
+    (["decode=sample", "decode.top_p=0.8"], {"method": "sample", "top_p": 0.8, "seed": 0}),
 ])
 def test_cli_and_python_api_give_the_same_captions(tmp_path, capsys, options, api_kwargs):
     """One source of decoding defaults: captioning-caption and Captioner.caption agree for the same options."""

@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 
-from captioning.decoding import beam_search, decode, greedy, sample
+from captioning.decoding import beam_search, decode, greedy, length_divisor, sample
 from captioning.models import CaptionDecoder, DecoderConfig
 
 PAD, BOS, EOS = 0, 1, 2
@@ -67,20 +67,21 @@ def test_beam_size_one_is_greedy(cell, inject):
     assert torch.equal(one.ids, g.ids) and torch.allclose(one.score, g.score)
 
 
-@pytest.mark.parametrize("beam_size,length_norm", [(3, 0.0), (5, 0.7)])
-def test_batched_beam_search_equals_one_image_at_a_time(beam_size, length_norm):
+@pytest.mark.parametrize("beam_size,options", [(3, dict(length_penalty="none")), (5, {}),
+                                                (4, dict(length_penalty="wu", length_alpha=1.0)),
+                                                (3, dict(block_ngram_repeat=2, min_len=3))])
+def test_batched_beam_search_equals_one_image_at_a_time(beam_size, options):
     decoder, feats = make(), features(10)
     with torch.no_grad():
-        batched = strip(beam_search(decoder, feats, beam_size=beam_size, length_norm=length_norm, max_len=12,
-                                    **IDS).ids)
-        alone = [strip(beam_search(decoder, f[None], beam_size=beam_size, length_norm=length_norm, max_len=12,
-                                   **IDS).ids)[0] for f in feats]
+        batched = strip(decode(decoder, feats, "beam", beam_size=beam_size, max_len=12, **options, **IDS).ids)
+        alone = [strip(decode(decoder, f[None], "beam", beam_size=beam_size, max_len=12, **options, **IDS).ids)[0]
+                 for f in feats]
     assert batched == alone
     assert len({len(s) for s in batched}) > 1  # captions of different lengths were in one batch
 
 
-@pytest.mark.parametrize("length_norm", [0.0, 1.0])
-def test_wide_beam_finds_the_exhaustive_optimum(length_norm):
+@pytest.mark.parametrize("penalty,alpha", [("none", 0.0), ("avg", 1.0), ("wu", 0.8)])
+def test_wide_beam_finds_the_exhaustive_optimum(penalty, alpha):
     """Vocabulary of 5, at most 4 tokens: score all 5**4 continuations with forward() and compare."""
     V, L = 5, 4
     decoder, feats = make(vocab_size=V, seed=3, eos_bias=0.5), features(12)
@@ -90,10 +91,11 @@ def test_wide_beam_finds_the_exhaustive_optimum(length_norm):
         greedy_out = strip(greedy(decoder, feats, max_len=L, **IDS).ids)
         for i, f in enumerate(feats):
             score, length = sequence_scores(decoder, f.expand(len(every), -1), every)
-            best = strip(every[(score / length ** length_norm).argmax()][None])[0]
+            best = strip(every[(score / length_divisor(length, penalty, alpha)).argmax()][None])[0]
             optimum.append(best)
             greedy_is_optimal.append(greedy_out[i] == best)
-        beam = strip(beam_search(decoder, feats, beam_size=V ** L, length_norm=length_norm, max_len=L, **IDS).ids)
+        beam = strip(beam_search(decoder, feats, beam_size=V ** L, length_penalty=penalty, length_alpha=alpha,
+                                 max_len=L, **IDS).ids)
     assert beam == optimum
     assert not all(greedy_is_optimal)  # the toy problem is hard enough that greedy misses the optimum
 
@@ -102,7 +104,7 @@ def test_beam_search_scores_at_least_as_well_as_greedy_on_average():
     decoder, feats = make(), features(32)
     with torch.no_grad():
         g = greedy(decoder, feats, max_len=12, **IDS)
-        b = beam_search(decoder, feats, beam_size=5, max_len=12, length_norm=0.0, **IDS)  # raw log p, as scored
+        b = beam_search(decoder, feats, beam_size=5, max_len=12, length_penalty="none", **IDS)  # raw log p, as scored
         g_score, g_length = sequence_scores(decoder, feats, g.ids)
         b_score, b_length = sequence_scores(decoder, feats, b.ids)
     assert b_score.mean() > g_score.mean()
@@ -150,7 +152,7 @@ def test_decode_dispatches_and_validates():
                            greedy(decoder, feats, max_len=6, **IDS).ids)
         out = decode(decoder, feats, "sample", max_len=6, generator=torch.Generator().manual_seed(0), **IDS).ids
     assert out.shape[0] == 4 and out.shape[1] <= 6
-    with pytest.raises(ValueError, match="greedy, sample or beam"):
+    with pytest.raises(ValueError, match="decode.method must be one of"):
         decode(decoder, feats, "nucleus", **IDS)
     with pytest.raises(ValueError, match="temperature"):
         sample(decoder, feats, temperature=0, **IDS)

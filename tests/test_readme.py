@@ -89,6 +89,8 @@ COVERAGE = {
     "captioning-caption checkpoint=runs/demo/checkpoints/best.pt images=~/photos output=~/photos_captions "
     "decode.beam_size=5 batch_size=64 num_workers=4": RUN,
     "captioning-caption checkpoint=runs/demo/checkpoints/best.pt images=~/photos output=~/photos_captions "
+    "decode.block_ngram_repeat=3 decode.suppress_unk=true decode.length_penalty=wu": RUN,
+    "captioning-caption checkpoint=runs/demo/checkpoints/best.pt images=~/photos output=~/photos_captions "
     "device=cuda": COMPOSE,  # no GPU here
     "captioning-caption checkpoint=runs/demo/checkpoints/best.pt images=data/shapes/images/test "
     "output=runs/demo/errors references=data/shapes/captions_test.json": RUN,

@@ -16,7 +16,6 @@ from PIL import Image
 from torch import Tensor, nn
 
 from captioning.checkpoint import load_checkpoint
-from captioning.config import DecodeOptions as D
 from captioning.data.images import ImageLike, open_image
 from captioning.decoding import decode
 from captioning.io import InputError
@@ -40,21 +39,19 @@ class Captioner(nn.Module):
         return next(self.decoder.parameters()).device
 
     @torch.no_grad()
-    def describe_features(self, features: Tensor, method: str = D.method, beam_size: int = D.beam_size,
-                          max_len: int = D.max_len, length_norm: float = D.length_norm,
-                          temperature: float = D.temperature, top_k: int | None = D.top_k,
-                          seed: int | None = None, with_attention: bool = False) -> list[dict]:
+    def describe_features(self, features: Tensor, seed: int | None = None, with_attention: bool = False,
+                          **options) -> list[dict]:
         """For image features (B, D), or a grid (B, L, D) for the attention decoder: one dict per image,
         {"caption", "score": mean log-probability per token, "words", ["attention": (len(words) + 1, L),
         one map per word and one for <end>]}. Options as in `caption_features`."""
         generator = None
         if seed is not None:
             generator = torch.Generator(self.device).manual_seed(seed)
+        v = self.vocab
         with _evaluating(self.decoder):
-            out = decode(self.decoder, features.to(self.device, torch.float32), method, bos_id=self.vocab.bos_id,
-                         eos_id=self.vocab.eos_id, pad_id=self.vocab.pad_id, max_len=max_len, beam_size=beam_size,
-                         length_norm=length_norm, temperature=temperature, top_k=top_k, generator=generator,
-                         with_attention=with_attention)
+            out = decode(self.decoder, features.to(self.device, torch.float32), bos_id=v.bos_id, eos_id=v.eos_id,
+                         pad_id=v.pad_id, unk_id=v.unk_id, generator=generator, with_attention=with_attention,
+                         **options)
         rows = []
         for n, (ids, score) in enumerate(zip(out.ids.tolist(), out.score.tolist())):
             words = self.vocab.decode(ids)
@@ -67,8 +64,9 @@ class Captioner(nn.Module):
     def caption_features(self, features: Tensor, **options) -> list[str]:
         """Captions for pooled image features (B, D) (the validation path on cached features), or a grid.
 
-        method: beam (beam_size, length_norm) | greedy | sample (temperature, top_k, seed); the
-        defaults are `captioning.config.DecodeOptions`', which `conf/decode/` extends.
+        Options: any field of `captioning.config.DecodeOptions` (method beam | greedy | sample, beam_size,
+        length_penalty, top_p, block_ngram_repeat, ...; its defaults, which `conf/decode/` extends) and `seed`
+        for sampling.
         """
         return [row["caption"] for row in self.describe_features(features, **options)]
 

@@ -1,0 +1,98 @@
+"""Decoding controls: n-gram blocking, <unk> suppression, a minimum length, nucleus sampling, length penalties."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from captioning.config import DecodeOptions, check
+from captioning.decoding import TokenRules, decode, length_divisor, sample
+from captioning.io import InputError
+from test_decoding import BOS, EOS, IDS, PAD, features, make, strip
+
+UNK = 3
+METHODS = [("greedy", {}), ("beam", {"beam_size": 4}), ("sample", {"generator": torch.Generator().manual_seed(0)})]
+
+
+def ngrams(caption: list[int], n: int) -> list[tuple[int, ...]]:
+    return [tuple(caption[i:i + n]) for i in range(len(caption) - n + 1)]
+
+
+def repeats(captions: list[list[int]], n: int) -> int:
+    return sum(len(ngrams(c, n)) - len(set(ngrams(c, n))) for c in captions)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("method,options", METHODS, ids=[m for m, _ in METHODS])
+def test_no_repeated_ngram_with_blocking(seed, n, method, options):
+    """Property over random models: with block_ngram_repeat=n no caption holds an n-gram twice; without, some do."""
+    decoder, feats = make(vocab_size=7, seed=seed, eos_bias=-3.0), features(24, seed=seed)  # long captions, 4 words
+    with torch.no_grad():
+        run = lambda **kw: strip(decode(decoder, feats, method, max_len=16, **options, **kw, **IDS).ids)  # noqa: E731
+        free, blocked = run(), run(block_ngram_repeat=n)
+    assert repeats(free, n) > 0  # the toy model does repeat itself
+    assert repeats(blocked, n) == 0
+
+
+def words(ids: torch.Tensor) -> list[int]:
+    return [len(c) - (c[-1] == EOS) for c in strip(ids)]
+
+
+@pytest.mark.parametrize("method,options", METHODS, ids=[m for m, _ in METHODS])
+def test_suppress_unk_and_min_len(method, options):
+    decoder, feats = make(vocab_size=9, eos_bias=2.0), features(32)
+    with torch.no_grad():
+        run = lambda **kw: decode(decoder, feats, method, max_len=10, unk_id=UNK, **options, **kw, **IDS).ids  # noqa
+        free, long = run(), run(min_len=4)
+        decoder.out.bias[UNK] += 3.0  # make <unk> the model's favourite word
+        unk, clean = run(), run(suppress_unk=True)
+    assert min(words(free)) < 4 <= min(words(long))
+    assert (long[:, :4] != EOS).all()
+    assert (unk == UNK).any() and not (clean == UNK).any()
+
+
+def test_rules_leave_a_row_one_token():
+    """If n-gram blocking and min_len would ban every word, <end> stays allowed (no row of -inf)."""
+    rules = TokenRules(EOS, min_len=5, block_ngram_repeat=1)
+    logp = torch.zeros(1, 4).log_softmax(-1)
+    out = rules(logp, torch.tensor([[0, 1, 3]]))  # 0, 1, 3 were used, 2 is <end>: all banned before min_len
+    assert out.isfinite().tolist() == [[False, False, True, False]]
+
+
+def test_nucleus_sampling_keeps_the_fewest_words_that_reach_p():
+    decoder = make(vocab_size=6)
+    feats = features(1).expand(4000, -1)
+    with torch.no_grad():
+        probs = decoder.step(torch.full((1,), BOS), decoder.init_state(feats[:1]), feats[:1])[0].softmax(-1)[0]
+        ranked = probs.sort(descending=True)
+        p = float(ranked.values[:2].sum()) - 1e-3  # the first two words reach p, the first alone does not
+        first = lambda **kw: sample(decoder, feats, max_len=1, generator=torch.Generator().manual_seed(0),  # noqa
+                                    **kw, **IDS).ids[:, 0]
+        nucleus, everything, plain = first(top_p=p), first(top_p=1.0), first()
+    assert set(nucleus.tolist()) == set(ranked.indices[:2].tolist())
+    renorm = ranked.values[:2] / ranked.values[:2].sum()
+    assert torch.allclose(torch.bincount(nucleus, minlength=6).float()[ranked.indices[:2]] / 4000, renorm, atol=0.03)
+    assert torch.equal(everything, plain)  # top_p=1 removes nothing
+
+
+def test_length_penalties():
+    length = torch.tensor([1.0, 4.0, 9.0])
+    assert torch.equal(length_divisor(length, "none"), torch.ones(3))
+    assert torch.allclose(length_divisor(length, "avg", 0.5), torch.tensor([1.0, 2.0, 3.0]))
+    assert torch.allclose(length_divisor(length, "wu", 1.0), (5 + length) / 6)
+
+
+def test_options_are_checked_and_length_norm_says_what_replaced_it():
+    with pytest.raises(InputError, match="use decode.length_penalty=avg decode.length_alpha=0.9"):
+        check(DecodeOptions(length_norm=0.9))
+    with pytest.raises(InputError, match="length_norm=0 is length_penalty=none"):
+        check(DecodeOptions(length_norm=0.0))
+    with pytest.raises(InputError) as e:
+        check(DecodeOptions(length_penalty="log", top_p=0.0, min_len=30, block_ngram_repeat=-1))
+    for part in ("decode.length_penalty must be one of none, avg, wu", "decode.top_p must be in (0, 1]",
+                 "decode.min_len (30) must be below decode.max_len (20)", "decode.block_ngram_repeat must be at least 0"):
+        assert part in str(e.value)
+    decoder = make()
+    with pytest.raises(ValueError, match="suppress_unk needs the vocabulary's unk_id"):
+        decode(decoder, features(2), "greedy", suppress_unk=True, **IDS)
+    assert PAD == 0  # strip() of test_decoding drops <pad> and <end>
