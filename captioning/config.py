@@ -124,6 +124,7 @@ class TrainerOptions:
     max_steps: Optional[int] = None       # stop after this many optimizer steps
     max_minutes: Optional[float] = None   # stop after this much wall-clock training time
     batch_size: int = 128                 # the global batch: under torchrun each of W processes takes batch_size / W
+    accumulate: int = 1                   # batches per optimizer step: the step of one batch this many times larger
     num_workers: int = 0                  # DataLoader workers for training batches (0: cached features are in memory)
     device: str = "auto"                  # auto (cuda if available) | cpu | cuda | cuda:1
     precision: str = "fp32"               # fp32 | bf16 (torch.autocast)
@@ -142,7 +143,8 @@ class TrainerOptions:
     def problems(self) -> list[str]:
         """One message per option whose value cannot work (checked before any long work starts)."""
         problems = [f"trainer.{name} must be at least {low}, got {getattr(self, name)}"
-                    for name, low in (("max_epochs", 1), ("batch_size", 1), ("num_workers", 0), ("patience", 1))
+                    for name, low in (("max_epochs", 1), ("batch_size", 1), ("accumulate", 1), ("num_workers", 0),
+                                      ("patience", 1))
                     if getattr(self, name) < low]
         problems += [f"trainer.{name} must be a positive number or null, got {getattr(self, name)}"
                      for name in ("max_steps", "max_minutes", "grad_clip")

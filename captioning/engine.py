@@ -76,10 +76,15 @@ def train_one_epoch(decoder: nn.Module, encoder: nn.Module | None, loader: Itera
     gradient norm that is not finite never reaches the weights: with opts.nonfinite="stop" it raises
     Diverged naming the step, with "skip" the step is dropped and counted in `state.skipped`.
 
+    With `opts.accumulate` = A, one optimizer step takes the gradients of A consecutive batches: each batch
+    backpropagates its summed loss S_i and the step divides the sum by the window's item count N, so the step
+    is the one of a single batch A times larger (the last window of an epoch may be shorter). Interruptions,
+    deadlines and max_steps act between windows, so a resumed run continues exactly.
+
     Under DistributedDataParallel (`decoder`/`encoder` wrapped, one shard of the global batch per
     rank) the step is the single-process step on the global batch: its loss is the mean over all
     N = sum_r n_r target tokens, L = sum_r S_r / N with S_r = n_r * loss_r the rank's summed token
-    losses. DDP averages gradients over the W ranks, so rank r backpropagates W * S_r / N.
+    losses. DDP averages gradients over the W ranks, so rank r backpropagates W * S_r, divided by N.
     """
     if objective is None:
         def objective(decoder, encoder, batch):
@@ -91,20 +96,17 @@ def train_one_epoch(decoder: nn.Module, encoder: nn.Module | None, loader: Itera
     world = distributed.world_size()
     loss_before, tokens_before, t0 = state.loss_sum, state.tokens, time.perf_counter()
     bar = progress_bar(loader, desc=f"epoch {state.epoch}", unit="batch", mode=opts.progress, leave=False)
-    for batch in bar:
-        if opts.max_steps is not None and state.step >= opts.max_steps:  # also right after a resume
-            break
-        with autocast(device, opts.precision):
-            loss, tokens, extras = objective(decoder, encoder, batch)
-        summed, n, extra_sums = loss.item() * tokens, tokens, [v * tokens for v in extras.values()]
-        if world > 1:  # the global batch's summed loss, item count and logged sums
-            summed, n, *extra_sums = distributed.all_reduce_sum(
-                torch.tensor([summed, n, *extra_sums], dtype=torch.float64, device=device)).tolist()
-            loss = loss * (world * tokens / n)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # also when not finite: under DDP every rank must take part in the all-reduce
+    window = {"batches": 0, "summed": 0.0, "n": 0.0, "extras": {}}  # the batches since the last optimizer step
+
+    def optimizer_step() -> bool:
+        """Scale the window's summed gradients by 1/N and step (or stop or skip); True when a signal or the
+        deadline says to stop."""
+        summed, n = window["summed"], window["n"]
+        for p in params:
+            if p.grad is not None:
+                p.grad.div_(n)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, opts.grad_clip or math.inf))
-        where = f"step {state.step + 1} (epoch {state.epoch}, batch {state.batch + 1})"
+        where = f"step {state.step + 1} (epoch {state.epoch}, batch {state.batch})"
         if math.isfinite(summed) and math.isfinite(grad_norm):
             try:
                 optimizer.step()
@@ -117,15 +119,15 @@ def train_one_epoch(decoder: nn.Module, encoder: nn.Module | None, loader: Itera
             state.step += 1
             state.loss_sum += summed
             state.tokens += int(n)
-            for key, value in zip(extras, extra_sums):
+            for key, value in window["extras"].items():
                 state.extras[key] = state.extras.get(key, 0.0) + value
         else:
             what = f"loss {summed / n}" if not math.isfinite(summed) else f"gradient norm {grad_norm}"
             if opts.nonfinite == "stop":
                 raise Diverged(f"training diverged: non-finite {what} at {where}")
-            optimizer.zero_grad(set_to_none=True)
             state.skipped += 1
-        state.batch += 1
+        optimizer.zero_grad(set_to_none=True)
+        window.update(batches=0, summed=0.0, n=0.0, extras={})
         bar.set_postfix(loss=f"{summed / n:.3f}", tok_s=f"{(state.tokens - tokens_before) / (time.perf_counter() - t0):.0f}")
         if on_step is not None:
             on_step({"loss": summed / n, "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"]})
@@ -136,8 +138,30 @@ def train_one_epoch(decoder: nn.Module, encoder: nn.Module | None, loader: Itera
         if signalled:
             bar.close()
             raise interrupt.Interrupted(interrupt.received() or signal.SIGTERM)
-        if out_of_time:
+        return out_of_time
+
+    optimizer.zero_grad(set_to_none=True)
+    for batch in bar:
+        if window["batches"] == 0 and opts.max_steps is not None and state.step >= opts.max_steps:
+            break  # also right after a resume
+        with autocast(device, opts.precision):
+            loss, tokens, extras = objective(decoder, encoder, batch)
+        summed, n, extra_sums = loss.item() * tokens, tokens, [v * tokens for v in extras.values()]
+        if world > 1:  # the global batch's summed loss, item count and logged sums
+            summed, n, *extra_sums = distributed.all_reduce_sum(
+                torch.tensor([summed, n, *extra_sums], dtype=torch.float64, device=device)).tolist()
+        (loss * (world * tokens)).backward()  # also when not finite: under DDP every rank joins the all-reduce
+        window["batches"] += 1
+        window["summed"] += summed
+        window["n"] += n
+        for key, value in zip(extras, extra_sums):
+            window["extras"][key] = window["extras"].get(key, 0.0) + value
+        state.batch += 1
+        if window["batches"] == opts.accumulate and optimizer_step():
             break
+    else:
+        if window["batches"]:  # the epoch's last, shorter window
+            optimizer_step()
     bar.close()
     seconds, tokens = time.perf_counter() - t0, state.tokens - tokens_before
     return {"loss": (state.loss_sum - loss_before) / max(tokens, 1), "seconds": seconds,

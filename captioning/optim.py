@@ -6,24 +6,74 @@ from typing import Callable, Iterable
 
 import torch
 
+from captioning.io import InputError
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
-                  min_lr_ratio: float, kind: str = "cosine") -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up, then cosine decay from lr to lr * min_lr_ratio (or constant)."""
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if kind == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+SCHEDULES = ("cosine", "constant", "step", "plateau")
+
+
+class Schedule:
+    """lr(step) = lr * factor(step), after a linear warm-up over `warmup_steps`:
+
+    * cosine:   min_lr_ratio + (1 - min_lr_ratio) * (1 + cos(pi * progress)) / 2, progress over the run
+    * constant: 1
+    * step:     decay_rate ** (epoch // decay_every)  (self-critical.pytorch's learning_rate_decay_every/_rate)
+    * plateau:  decay_rate ** (the times validation went `plateau_patience` epochs without a better score)
+
+    A callable object, so LambdaLR's state_dict carries its fields (the plateau's count) and a resumed run
+    goes on with the same learning rate.
+    """
+
+    def __init__(self, kind: str, total_steps: int, steps_per_epoch: int, warmup_steps: int, min_lr_ratio: float,
+                 decay_every: int, decay_rate: float, plateau_patience: int):
+        self.kind, self.total_steps, self.steps_per_epoch = kind, total_steps, max(1, steps_per_epoch)
+        self.warmup_steps, self.min_lr_ratio = warmup_steps, min_lr_ratio
+        self.decay_every, self.decay_rate, self.plateau_patience = decay_every, decay_rate, plateau_patience
+        self.best, self.stale, self.decays = -math.inf, 0, 0
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.kind == "cosine":
+            progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+            return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        if self.kind == "step":
+            return self.decay_rate ** (step // self.steps_per_epoch // self.decay_every)
+        if self.kind == "plateau":
+            return self.decay_rate ** self.decays
+        return 1.0
+
+    def validated(self, score: float) -> None:
+        """After each epoch's validation (higher is better): the plateau schedule counts epochs without progress."""
+        if score > self.best:
+            self.best, self.stale = score, 0
+        else:
+            self.stale += 1
+            if self.kind == "plateau" and self.stale >= self.plateau_patience:
+                self.decays, self.stale = self.decays + 1, 0
+
+
+def schedule_problems(optim_cfg: dict) -> list[str]:
+    """One message per schedule option of conf/optim/ that cannot work (checked before any long work starts)."""
+    problems = []
+    if optim_cfg["scheduler"] not in SCHEDULES:
+        problems.append(f"optim.scheduler must be one of {', '.join(SCHEDULES)}, got {optim_cfg['scheduler']!r}")
+    if not 0 < optim_cfg["decay_rate"] <= 1:
+        problems.append(f"optim.decay_rate must be in (0, 1], got {optim_cfg['decay_rate']}")
+    problems += [f"optim.{name} must be at least 1, got {optim_cfg[name]}"
+                 for name in ("decay_every", "plateau_patience") if optim_cfg[name] < 1]
+    return problems
 
 
 def build_optimizer(optim_cfg: dict, model: torch.nn.Module,
                     make_optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer],
-                    total_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """`make_optimizer` (Hydra's partial of cfg.optim.optimizer) over the trainable parameters, and the schedule."""
+                    total_steps: int, steps_per_epoch: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """`make_optimizer` (Hydra's partial of cfg.optim.optimizer) over the trainable parameters, and the schedule
+    (`scheduler.lr_lambdas[0]` is the `Schedule`; options as in conf/optim/adam.yaml)."""
+    problems = schedule_problems(optim_cfg)
+    if problems:
+        raise InputError("; ".join(problems))
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad])
-    return optimizer, warmup_cosine(optimizer, total_steps, optim_cfg["warmup_steps"], optim_cfg["min_lr_ratio"],
-                                    optim_cfg["scheduler"])
+    schedule = Schedule(optim_cfg["scheduler"], total_steps, steps_per_epoch, optim_cfg["warmup_steps"],
+                        optim_cfg["min_lr_ratio"], optim_cfg["decay_every"], optim_cfg["decay_rate"],
+                        optim_cfg["plateau_patience"])
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

@@ -31,7 +31,7 @@ from captioning.data.splits import SplitData, check_images, load_splits, split_n
 from captioning.engine import Diverged
 from captioning.io import InputError, atomic_write_json, remove_stale_temp_files
 from captioning.models import Captioner, DecoderConfig, build_decoder, build_encoder
-from captioning.optim import build_optimizer
+from captioning.optim import build_optimizer, schedule_problems
 from captioning.precision import resolve_device, warn_if_slow
 from captioning.run_state import (TrainState, check_resumable, check_same_model, restore, resume_path,
                                   save_run_checkpoint)
@@ -60,6 +60,7 @@ def check_config(cfg: dict) -> TrainerOptions:
     if scst.enabled and not (opts.init_from or opts.resume):
         problems.append("scst.enabled: SCST starts from a trained captioner; set trainer.init_from=CHECKPOINT "
                         "(e.g. runs/xe/checkpoints/best.pt)")
+    problems += schedule_problems(cfg["optim"])
     lr = cfg["optim"]["optimizer"].get("lr")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         problems.append(f"optim.optimizer.lr must be a positive number, got {lr}")
@@ -141,8 +142,9 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
     sampler = distributed.ResumableSampler(train_set, num_replicas=world, rank=distributed.rank(),
                                            shuffle=True, seed=cfg["seed"] * 100_003)
     train_loader = splits["train"].loader(scst.enabled, local_batch, opts.num_workers, vocab.pad_id, sampler)
-    total_steps = opts.max_steps or opts.max_epochs * len(train_loader)
-    optimizer, scheduler = build_optimizer(cfg["optim"], model, make_optimizer, total_steps)
+    steps_per_epoch = math.ceil(len(train_loader) / opts.accumulate)
+    total_steps = opts.max_steps or opts.max_epochs * steps_per_epoch
+    optimizer, scheduler = build_optimizer(cfg["optim"], model, make_optimizer, total_steps, steps_per_epoch)
     state = TrainState()
     if ckpt is not None:
         state = restore(resume, ckpt, run_dir, model, optimizer, scheduler, cfg, copy_best=main)
@@ -182,6 +184,7 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
                                f"({state.skipped} skipped)")
             val, _ = engine.score_split(model, splits["val"], cfg, device, desc="val")
             improved = val[opts.select_on] > state.best_score  # the same on every rank: all score the same captions
+            scheduler.lr_lambdas[0].validated(val[opts.select_on])  # the plateau schedule's count
             if improved:
                 state.best_score, state.best_epoch = val[opts.select_on], state.epoch
             row = {"epoch": state.epoch, "step": state.step, "train_loss": state.loss_sum / state.tokens,

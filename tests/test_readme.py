@@ -41,6 +41,9 @@ COVERAGE = {
     "python datasets/download_coco.py --root data/coco": COMPOSE,  # 20 GB of downloads
     "captioning-train": RUN,
     "captioning-train +experiment=demo": RUN,
+    "captioning-train +experiment=fc_recipe hydra.run.dir=runs/fc_recipe": RUN,
+    "captioning-caption checkpoint=runs/fc_recipe/checkpoints/best.pt images=data/shapes/demo_images "
+    "output=runs/fc_recipe/gallery decode.beam_size=3 decode.block_ngram_repeat=3": RUN,
     "captioning-train +experiment=demo trainer.precision=bf16 hydra.run.dir=runs/demo_bf16": RUN,
     "captioning-train decoder.cell=gru decoder.inject=par optim=adamw trainer.max_epochs=20": RUN,
     "captioning-train -m decoder.cell=rnn,lstm hydra.sweep.dir=multirun/cells": RUN,

@@ -1,0 +1,105 @@
+"""Gradient accumulation and the learning-rate schedules (cosine, constant, step, plateau)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from captioning.config import TrainerOptions, check
+from captioning.data.collate import collate_captions
+from captioning.engine import train_one_epoch
+from captioning.io import InputError
+from captioning.models import CaptionDecoder, DecoderConfig
+from captioning.optim import build_optimizer
+from captioning.run_state import TrainState
+
+CPU = torch.device("cpu")
+
+
+def items(n: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+    """(feature, caption ids, image id) with captions of different lengths, so batches pad differently."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        length = int(torch.randint(3, 9, (1,), generator=g))
+        caption = torch.cat([torch.tensor([1]), torch.randint(3, 20, (length,), generator=g), torch.tensor([2])])
+        out.append((torch.randn(6, generator=g), caption, i))
+    return out
+
+
+def trained(batches, accumulate: int, steps_expected: int) -> tuple[dict, TrainState]:
+    torch.manual_seed(0)
+    decoder = CaptionDecoder(DecoderConfig(vocab_size=20, feature_dim=6, embed_dim=8, hidden_dim=16,
+                                           embed_dropout=0.0, output_dropout=0.0))
+    optimizer = torch.optim.SGD(decoder.parameters(), lr=0.5)
+    state = TrainState()
+    opts = TrainerOptions(accumulate=accumulate, grad_clip=None, progress=False)
+    stats = train_one_epoch(decoder, None, batches, optimizer, None, state, opts, device=CPU, pad_id=0)
+    assert state.step == steps_expected and state.batch == len(batches)
+    return {k: v.detach().clone() for k, v in decoder.state_dict().items()}, stats
+
+
+def test_accumulating_four_batches_is_one_batch_four_times_larger():
+    data = items(48)
+    small = [collate_captions(data[i:i + 4]) for i in range(0, 48, 4)]     # 12 batches of 4
+    large = [collate_captions(data[i:i + 16]) for i in range(0, 48, 16)]   # 3 batches of 16
+    accumulated, acc_stats = trained(small, accumulate=4, steps_expected=3)
+    big, big_stats = trained(large, accumulate=1, steps_expected=3)
+    assert all(torch.allclose(accumulated[k], big[k], atol=1e-6) for k in big)
+    assert acc_stats["loss"] == pytest.approx(big_stats["loss"], rel=1e-6)
+    plain, _ = trained(small, accumulate=1, steps_expected=12)  # the check can fail: 12 small steps differ
+    assert not all(torch.allclose(plain[k], big[k], atol=1e-3) for k in big)
+
+
+def test_a_shorter_last_window_still_steps():
+    data = items(20)
+    batches = [collate_captions(data[i:i + 4]) for i in range(0, 20, 4)]  # 5 batches: windows of 4 and 1
+    trained(batches, accumulate=4, steps_expected=2)
+
+
+def test_accumulate_is_checked():
+    with pytest.raises(InputError, match="trainer.accumulate must be at least 1, got 0"):
+        check(TrainerOptions(accumulate=0))
+
+
+def schedule(kind: str, **options):
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    cfg = {"scheduler": kind, "warmup_steps": 0, "min_lr_ratio": 0.1, "decay_every": 2, "decay_rate": 0.5,
+           "plateau_patience": 2, **options}
+    return build_optimizer(cfg, torch.nn.Linear(1, 1), lambda params: optimizer, total_steps=16, steps_per_epoch=4)[1]
+
+
+def lrs(scheduler, steps: int) -> list[float]:
+    out = []
+    for _ in range(steps):
+        out.append(scheduler.get_last_lr()[0])
+        scheduler.optimizer.step()
+        scheduler.step()
+    return out
+
+
+def test_step_decay_and_warmup():
+    assert lrs(schedule("step"), 16) == pytest.approx([1.0] * 8 + [0.5] * 8)  # 4 steps an epoch, every 2 epochs
+    assert lrs(schedule("step", warmup_steps=4), 4) == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    cosine = lrs(schedule("cosine"), 17)
+    assert cosine[0] == 1.0 and cosine[8] == pytest.approx(0.55) and cosine[16] == pytest.approx(0.1)
+
+
+def test_plateau_decays_after_patience_epochs_without_progress_and_resumes():
+    scheduler = schedule("plateau")
+    plan = schedule("plateau")
+    factors = []
+    for score in [1.0, 2.0, 2.0, 1.5, 3.0, 2.9, 2.9, 2.8]:  # stale 0, 0, 1, 2 -> decay, 0, 1, 2 -> decay, 1
+        scheduler.lr_lambdas[0].validated(score)
+        scheduler.optimizer.step()
+        scheduler.step()
+        factors.append(scheduler.get_last_lr()[0])
+    assert factors == pytest.approx([1, 1, 1, 0.5, 0.5, 0.5, 0.25, 0.25])
+    plan.load_state_dict(scheduler.state_dict())  # what a checkpoint holds: the count goes on after a resume
+    plan.optimizer.step()
+    plan.step()
+    assert plan.get_last_lr()[0] == pytest.approx(0.25) and plan.lr_lambdas[0].stale == 1
+
+
+def test_schedule_options_are_checked():
+    with pytest.raises(InputError, match="optim.plateau_patience must be at least 1, got 0"):
+        schedule("plateau", plateau_patience=0)
