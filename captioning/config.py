@@ -10,7 +10,7 @@ read it before their heavy imports.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from captioning.io import InputError
@@ -117,6 +117,34 @@ class DecodeOptions:
 
 
 @dataclass
+class ScheduledSamplingOptions:
+    """Scheduled sampling (Bengio et al. 2015): from epoch `start_epoch` on, each input word of teacher forcing is
+    replaced, with probability p, by the model's own sample of the step before; p grows by `increase_prob` every
+    `increase_every` epochs up to `max_prob` (self-critical.pytorch's scheduled_sampling_* options)."""
+
+    start_epoch: Optional[int] = None   # the first epoch (1-based) with p = increase_prob; null: off
+    increase_every: int = 5             # epochs between increases of p
+    increase_prob: float = 0.05         # p's step
+    max_prob: float = 0.25              # p's ceiling
+
+    def prob(self, epoch: int) -> float:
+        """p in `epoch`: 0 before start_epoch, then increase_prob * (1 + (epoch - start_epoch) // increase_every)."""
+        if self.start_epoch is None or epoch < self.start_epoch:
+            return 0.0
+        return min(self.max_prob, self.increase_prob * (1 + (epoch - self.start_epoch) // self.increase_every))
+
+    def problems(self) -> list[str]:
+        problems = []
+        if self.start_epoch is not None and self.start_epoch < 1:
+            problems.append(f"trainer.scheduled_sampling.start_epoch must be at least 1 or null, got {self.start_epoch}")
+        if self.increase_every < 1:
+            problems.append(f"trainer.scheduled_sampling.increase_every must be at least 1, got {self.increase_every}")
+        problems += [f"trainer.scheduled_sampling.{name} must be in [0, 1], got {getattr(self, name)}"
+                     for name in ("increase_prob", "max_prob") if not 0 <= getattr(self, name) <= 1]
+        return problems
+
+
+@dataclass
 class TrainerOptions:
     """How `captioning-train` trains (`captioning.training.train`): limits, batching, device, numerics, resuming."""
 
@@ -137,8 +165,13 @@ class TrainerOptions:
                                           # this run directory's last.pt if there is one
     init_from: Optional[str] = None       # start from this checkpoint's weights, vocabulary and decoder (a new run:
                                           # fresh optimizer and history), e.g. SCST after cross-entropy training
+    scheduled_sampling: ScheduledSamplingOptions = field(default_factory=ScheduledSamplingOptions)  # off by default
     tensorboard: bool = True
     progress: Any = "auto"                # auto: a bar on a terminal, a line every 30 s in a log file; true | false
+
+    def __post_init__(self):
+        if isinstance(self.scheduled_sampling, dict):  # from a plain config dict
+            self.scheduled_sampling = ScheduledSamplingOptions(**self.scheduled_sampling)
 
     def problems(self) -> list[str]:
         """One message per option whose value cannot work (checked before any long work starts)."""
@@ -159,7 +192,7 @@ class TrainerOptions:
             problems.append(f"trainer.nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {self.nonfinite!r}")
         if self.progress not in (True, False, "auto"):
             problems.append(f"trainer.progress must be auto, true or false, got {self.progress!r}")
-        return problems
+        return problems + self.scheduled_sampling.problems()
 
 
 @dataclass

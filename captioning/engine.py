@@ -33,15 +33,16 @@ from captioning.run_state import TrainState
 
 
 def batch_loss(decoder: nn.Module, encoder: nn.Module | None, batch: CaptionBatch, device: torch.device,
-               pad_id: int, label_smoothing: float = 0.0) -> tuple[torch.Tensor, int]:
+               pad_id: int, label_smoothing: float = 0.0, sampling_prob: float = 0.0) -> tuple[torch.Tensor, int]:
     """Mean token cross-entropy of a batch and its number of (non-pad) target tokens.
 
-    `encoder=None` means `batch.images` already holds cached features (B, D).
+    `encoder=None` means `batch.images` already holds cached features (B, D). `sampling_prob`: scheduled
+    sampling's probability of feeding the model's own word instead of the reference.
     """
     images = batch.images.to(device, non_blocking=True)
     captions = batch.captions.to(device, non_blocking=True)  # (B, T)
     features = images if encoder is None else encoder(images)  # (B, D)
-    logits = decoder(features, captions)  # (B, T-1, V)
+    logits = decoder(features, captions, sampling_prob) if sampling_prob else decoder(features, captions)  # (B, T-1, V)
     targets = captions[:, 1:]
     loss = caption_loss(logits, targets, pad_id, label_smoothing)
     model = getattr(decoder, "module", decoder)  # under DDP
@@ -87,8 +88,10 @@ def train_one_epoch(decoder: nn.Module, encoder: nn.Module | None, loader: Itera
     losses. DDP averages gradients over the W ranks, so rank r backpropagates W * S_r, divided by N.
     """
     if objective is None:
+        sampling_prob = opts.scheduled_sampling.prob(state.epoch)
+
         def objective(decoder, encoder, batch):
-            return (*batch_loss(decoder, encoder, batch, device, pad_id, opts.label_smoothing), {})
+            return (*batch_loss(decoder, encoder, batch, device, pad_id, opts.label_smoothing, sampling_prob), {})
     decoder.train()
     if encoder is not None:
         encoder.train()

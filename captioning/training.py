@@ -191,7 +191,9 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
                    **{f"train_{k}": v / state.tokens for k, v in state.extras.items()},
                    **{f"val_{k}": v for k, v in val.items()}, "tokens_per_s": stats["tokens_per_s"],
                    "train_seconds": stats["seconds"], "lr": optimizer.param_groups[0]["lr"],
-                   "skipped_steps": state.skipped}
+                   "skipped_steps": state.skipped,
+                   **({"sampling_prob": opts.scheduled_sampling.prob(state.epoch)}
+                      if opts.scheduled_sampling.start_epoch is not None else {})}
             state.history.append(row)
             if main:
                 log.log_epoch(row)

@@ -75,12 +75,14 @@ def test_missing_annotations_is_a_clear_error(tmp_path):
 
 def test_accumulation_and_step_decay_through_the_cli(tmp_path, tiny_shapes):
     """48 images x 5 captions in batches of 16: 15 batches, 8 optimizer steps an epoch with accumulate=2; the
-    step schedule halves the learning rate after every epoch."""
+    step schedule halves the learning rate after every epoch; scheduled sampling starts in epoch 2."""
     run = tmp_path / "run"
     train(run, tiny_shapes, "trainer.max_epochs=3", "trainer.accumulate=2", "optim.scheduler=step",
-          "optim.decay_every=1", "optim.decay_rate=0.5", "trainer.patience=9")
+          "optim.decay_every=1", "optim.decay_rate=0.5", "trainer.patience=9",
+          "trainer.scheduled_sampling.start_epoch=2", "trainer.scheduled_sampling.increase_every=1")
     epochs = json.loads((run / "metrics.json").read_text())["epochs"]
     assert [e["step"] for e in epochs] == [8, 16, 24]
+    assert [e["sampling_prob"] for e in epochs] == pytest.approx([0.0, 0.05, 0.1])
     assert [e["lr"] for e in epochs] == pytest.approx([1e-3, 5e-4, 2.5e-4])  # lr 2e-3 (conf/optim/adam.yaml)
     bad = subprocess.run([str(BIN / "captioning-train"), f"dataset.root={tiny_shapes}", "optim.scheduler=linear",
                           "optim.decay_rate=2", f"hydra.run.dir={tmp_path / 'bad'}"], capture_output=True, text=True,

@@ -103,3 +103,59 @@ def test_plateau_decays_after_patience_epochs_without_progress_and_resumes():
 def test_schedule_options_are_checked():
     with pytest.raises(InputError, match="optim.plateau_patience must be at least 1, got 0"):
         schedule("plateau", plateau_patience=0)
+
+
+def test_scheduled_sampling_probability_zero_is_teacher_forcing_and_one_feeds_own_samples():
+    from captioning.decoding import sample
+
+    torch.manual_seed(0)
+    for inject in ("init", "par"):
+        decoder = CaptionDecoder(DecoderConfig(vocab_size=20, feature_dim=6, embed_dim=8, hidden_dim=16,
+                                               inject=inject)).eval()
+        batch = collate_captions(items(6))
+        features, captions = batch.images, batch.captions
+        with torch.no_grad():
+            forced = decoder(features, captions)
+            stepped = decoder(features, captions, sampling_prob=1e-30)  # the step-by-step path, nothing replaced
+            fed = []
+            hook = decoder.embed.register_forward_hook(lambda m, inputs, out: fed.append(inputs[0][:, 0]))
+            torch.manual_seed(5)
+            own = decoder(features, captions, sampling_prob=1.0)
+            hook.remove()
+            torch.manual_seed(5)
+            free = sample(decoder, features, bos_id=1, eos_id=2, max_len=captions.shape[1] - 1).ids
+        assert torch.allclose(stepped, forced, atol=1e-6)
+        inputs = torch.stack(fed[1:], 1)  # the words fed after <start>
+        for row in range(len(free)):  # up to each free-running caption's <end>, its words are the ones fed
+            n = min(inputs.shape[1], int((free[row] != 0).sum()))
+            assert torch.equal(inputs[row, :n], free[row, :n])
+        assert not torch.equal(inputs, captions[:, 1:-1])  # not the references
+        with torch.no_grad():  # the logits given those inputs are the model's, as when it decodes step by step
+            again = decoder(features, torch.cat([captions[:, :1], inputs, captions[:, -1:]], 1))
+        assert torch.allclose(own, again, atol=1e-6)
+
+
+def test_scheduled_sampling_schedule_and_checks():
+    from captioning.config import ScheduledSamplingOptions
+
+    ss = ScheduledSamplingOptions(start_epoch=3, increase_every=2, increase_prob=0.1, max_prob=0.25)
+    assert [ss.prob(e) for e in range(1, 10)] == pytest.approx([0, 0, 0.1, 0.1, 0.2, 0.2, 0.25, 0.25, 0.25])
+    assert ScheduledSamplingOptions().prob(100) == 0.0  # off by default
+    assert TrainerOptions(scheduled_sampling={"start_epoch": 2}).scheduled_sampling.prob(2) == 0.05
+    with pytest.raises(InputError, match="trainer.scheduled_sampling.max_prob must be in"):
+        check(TrainerOptions(scheduled_sampling={"max_prob": 2.0}))
+
+
+def test_scheduled_sampling_with_attention():
+    from captioning.models import build_decoder
+
+    torch.manual_seed(0)
+    decoder = build_decoder(DecoderConfig(vocab_size=20, feature_dim=6, embed_dim=8, hidden_dim=16, inject="attention",
+                                          attention_dim=8)).eval()
+    batch = collate_captions(items(4))
+    grid = torch.randn(4, 5, 6)
+    with torch.no_grad():
+        forced, penalty = decoder(grid, batch.captions), decoder.penalty
+        stepped = decoder(grid, batch.captions, sampling_prob=1e-30)
+        assert torch.allclose(stepped, forced, atol=1e-6) and torch.allclose(decoder.penalty, penalty)
+        assert not torch.allclose(decoder(grid, batch.captions, sampling_prob=1.0), forced, atol=1e-3)

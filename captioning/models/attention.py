@@ -90,11 +90,15 @@ class AttentionDecoder(DecoderBase):
         new = new if isinstance(new, tuple) else (new,)
         return out[:, 0], (*new, values, keys), alpha
 
-    def forward(self, features: Tensor, captions: Tensor) -> Tensor:
-        """Teacher forcing, step by step: logits (B, T-1, V) predicting captions[:, 1:]; sets self.penalty."""
+    def forward(self, features: Tensor, captions: Tensor, sampling_prob: float = 0.0) -> Tensor:
+        """Teacher forcing, step by step: logits (B, T-1, V) predicting captions[:, 1:]; sets self.penalty. With
+        `sampling_prob` > 0 (scheduled sampling) each input after <start> may be the model's own sample."""
         state, outs, alphas = self.init_state(features), [], []
         for t in range(captions.shape[1] - 1):
-            out, state, alpha = self._step(captions[:, t], state)
+            tokens = captions[:, t]
+            if t and sampling_prob:
+                tokens = self._fed_back(tokens, self.out(outs[-1]), sampling_prob)
+            out, state, alpha = self._step(tokens, state)
             outs.append(out)
             alphas.append(alpha)
         alpha = torch.stack(alphas, 1)  # (B, T-1, L)

@@ -98,10 +98,20 @@ class CaptionDecoder(DecoderBase):
             x = x + self.image_proj(self.image(features))[:, None]  # + W_ie v at every step
         return x
 
-    def forward(self, features: Tensor, captions: Tensor) -> Tensor:
-        """Teacher forcing: logits (B, T-1, V) predicting captions[:, 1:] from captions[:, :-1]."""
-        out, _ = self._recurrent(self._inputs(captions[:, :-1], features), self.init_state(features))  # (B, T-1, H)
-        return self.out(self.output_dropout(out))
+    def forward(self, features: Tensor, captions: Tensor, sampling_prob: float = 0.0) -> Tensor:
+        """Teacher forcing: logits (B, T-1, V) predicting captions[:, 1:] from captions[:, :-1], in one call of the
+        core. With `sampling_prob` > 0 (scheduled sampling) step by step, each input after <start> replaced with
+        that probability by the model's own sample (`_fed_back`)."""
+        if not sampling_prob:
+            out, _ = self._recurrent(self._inputs(captions[:, :-1], features), self.init_state(features))  # (B, T-1, H)
+            return self.out(self.output_dropout(out))
+        state, tokens, logits = self.init_state(features), captions[:, 0], []
+        for t in range(captions.shape[1] - 1):
+            if t:
+                tokens = self._fed_back(captions[:, t], self.out(out[:, 0]), sampling_prob)
+            out, state = self._recurrent(self._inputs(tokens[:, None], features), state)  # (B, 1, H)
+            logits.append(self.out(self.output_dropout(out[:, 0])))
+        return torch.stack(logits, 1)
 
     def step(self, tokens: Tensor, state: State, features: Tensor) -> tuple[Tensor, State]:
         """One decoding step for N sequences: tokens (N,) -> logits (N, V) and the next state."""

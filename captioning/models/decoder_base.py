@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -10,7 +11,7 @@ from captioning.config import DecoderOptions, check
 
 
 class DecoderBase(nn.Module):
-    """The three dropouts, the optional LayerNorm of the image feature, `image()` and `_layers()`."""
+    """The three dropouts, the optional LayerNorm of the image feature, `image()`, `_layers()` and `_fed_back()`."""
 
     def __init__(self, config: DecoderOptions):
         super().__init__()
@@ -35,3 +36,13 @@ class DecoderBase(nn.Module):
     def _layers(self, x: Tensor) -> Tensor:
         """(B, L*H) -> (L, B, H), one initial state per layer."""
         return x.view(x.shape[0], self.config.num_layers, self.config.hidden_dim).transpose(0, 1).contiguous()
+
+    @staticmethod
+    def _fed_back(tokens: Tensor, logits: Tensor, prob: float) -> Tensor:
+        """Scheduled sampling (Bengio et al. 2015): each of the reference `tokens` (B,) is replaced, with probability
+        `prob`, by a word sampled from the model's own distribution of the step before, softmax(`logits` (B, V)).
+        The choice carries no gradient. With prob 1 every input is the model's own, drawn as sampling draws it."""
+        own = torch.multinomial(logits.detach().float().softmax(-1), 1)[:, 0]
+        if prob >= 1:
+            return own
+        return torch.where(torch.rand(tokens.shape, device=tokens.device) < prob, own, tokens)
