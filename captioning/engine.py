@@ -90,8 +90,11 @@ def train_one_epoch(decoder: nn.Module, encoder: nn.Module | None, loader: Itera
     if objective is None:
         sampling_prob = opts.scheduled_sampling.prob(state.epoch)
 
-        def objective(decoder, encoder, batch):
-            return (*batch_loss(decoder, encoder, batch, device, pad_id, opts.label_smoothing, sampling_prob), {})
+        attention = isinstance(getattr(decoder, "module", decoder), AttentionDecoder)
+
+        def objective(decoder, encoder, batch):  # the attention penalty is in the loss; logged apart as well
+            loss, n = batch_loss(decoder, encoder, batch, device, pad_id, opts.label_smoothing, sampling_prob)
+            return loss, n, {"attention_penalty": getattr(decoder, "module", decoder).penalty.item()} if attention else {}
     decoder.train()
     if encoder is not None:
         encoder.train()

@@ -159,3 +159,19 @@ def test_scheduled_sampling_with_attention():
         stepped = decoder(grid, batch.captions, sampling_prob=1e-30)
         assert torch.allclose(stepped, forced, atol=1e-6) and torch.allclose(decoder.penalty, penalty)
         assert not torch.allclose(decoder(grid, batch.captions, sampling_prob=1.0), forced, atol=1e-3)
+
+
+def test_attention_penalty_is_logged_beside_the_loss():
+    from captioning.data.collate import CaptionBatch
+    from captioning.models import build_decoder
+
+    torch.manual_seed(0)
+    decoder = build_decoder(DecoderConfig(vocab_size=20, feature_dim=6, embed_dim=8, hidden_dim=16, inject="attention",
+                                          attention_dim=8))
+    batch = collate_captions(items(4))
+    batch = CaptionBatch(torch.randn(4, 5, 6), batch.captions, batch.lengths, batch.image_ids)  # a 5-cell grid
+    state = TrainState()
+    train_one_epoch(decoder, None, [batch], torch.optim.SGD(decoder.parameters(), lr=0.1), None, state,
+                    TrainerOptions(progress=False), device=CPU, pad_id=0)
+    penalty = state.extras["attention_penalty"] / state.tokens
+    assert 0 < penalty < state.loss_sum / state.tokens  # part of the loss, logged as train_attention_penalty
