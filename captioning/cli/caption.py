@@ -52,7 +52,10 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
         print(f"note: output {out_dir} is inside the images folder; its files are not captioned", file=sys.stderr)
     if not paths:
         raise InputError(f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)")
-    captioner = load_captioner(cfg.checkpoint, device=device)
+    checkpoint = cfg.checkpoint if isinstance(cfg.checkpoint, str) else list(cfg.checkpoint)  # a list: an ensemble
+    captioner = load_captioner(checkpoint, device=device)
+    if cfg.attention and not isinstance(checkpoint, str):
+        raise InputError("attention=true draws one model's attention maps; an ensemble's members each have their own")
     if cfg.attention and captioner.decoder.config.inject != "attention":
         raise InputError(f"attention=true draws an attention decoder's maps; {cfg.checkpoint} was trained with "
                          f"decoder.inject={captioner.decoder.config.inject} (train one with decoder=attention)")

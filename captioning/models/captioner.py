@@ -21,6 +21,7 @@ from captioning.decoding import decode
 from captioning.io import InputError
 from captioning.models.decoder import DecoderConfig, build_decoder
 from captioning.models.encoder import Encoder, encoder_from_spec
+from captioning.models.ensemble import EnsembleDecoder, check_ensemble
 from captioning.text import Vocabulary
 
 
@@ -106,13 +107,23 @@ def build_captioner(model_config: dict, vocab: Vocabulary) -> Captioner:
                      build_decoder(DecoderConfig.from_dict(model_config["decoder"])), vocab)
 
 
-def load_captioner(path: str | Path, device: str | torch.device | None = None) -> Captioner:
-    """Rebuild a trained captioner from its checkpoint alone (no network), in eval mode."""
-    ckpt = load_checkpoint(path)
-    try:
-        captioner = build_captioner(ckpt["model_config"], Vocabulary.from_dict(ckpt["vocab"]))
-        captioner.load_state_dict(ckpt["model"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # RuntimeError: state dict does not fit
-        raise InputError(f"checkpoint {path} does not describe a loadable captioner: {str(e)[:500]}") from e
+def load_captioner(path: str | Path | Sequence[str | Path], device: str | torch.device | None = None) -> Captioner:
+    """Rebuild a trained captioner from its checkpoint alone (no network), in eval mode. A list of checkpoints
+    gives their ensemble (`captioning.models.ensemble`; one checkpoint in a list is that model)."""
+    if not isinstance(path, (str, os.PathLike)):
+        paths = list(path)
+        if not paths:
+            raise InputError("no checkpoint given: pass one path or a list of them (an ensemble)")
+        captioners = [load_captioner(p, device="cpu") for p in paths]
+        check_ensemble(captioners, paths)
+        first = captioners[0]
+        captioner = Captioner(first.encoder, EnsembleDecoder([c.decoder for c in captioners]), first.vocab)
+    else:
+        ckpt = load_checkpoint(path)
+        try:
+            captioner = build_captioner(ckpt["model_config"], Vocabulary.from_dict(ckpt["vocab"]))
+            captioner.load_state_dict(ckpt["model"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:  # RuntimeError: state dict does not fit
+            raise InputError(f"checkpoint {path} does not describe a loadable captioner: {str(e)[:500]}") from e
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return captioner.to(device).eval()
