@@ -80,6 +80,9 @@ class DecodeOptions:
     length_penalty: str = "avg"      # beam: how the final beams are ranked: none (raw log p) | avg (log p / length ** alpha)
                                      # | wu (log p / ((5 + length) / 6) ** alpha, Wu et al. 2016)
     length_alpha: float = 0.7        # beam: the alpha of avg and wu (avg with 1.0: the mean log p per token)
+    beam_groups: int = 1             # beam: diverse beam search with this many groups of beam_size / beam_groups
+    diversity_lambda: float = 0.5    # beam_groups > 1: the cost of a word the earlier groups chose at this step
+    num_return: int = 1              # beam: the best this many captions per image (captions.json: a list)
     temperature: float = 1.0         # sample: softmax(logits / temperature)
     top_k: Optional[int] = None      # sample: only from the k most likely words (None: all)
     top_p: Optional[float] = None    # sample: only from the fewest most likely words whose probability reaches p (nucleus)
@@ -111,6 +114,17 @@ class DecodeOptions:
             problems.append(f"decode.top_k must be at least 1 or null, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             problems.append(f"decode.top_p must be in (0, 1] or null, got {self.top_p}")
+        if self.beam_groups < 1 or self.beam_size % self.beam_groups:
+            problems.append(f"decode.beam_groups must be at least 1 and divide decode.beam_size ({self.beam_size}), "
+                            f"got {self.beam_groups}")
+        if self.num_return > 1 and self.method != "beam":
+            problems.append(f"decode.num_return={self.num_return} ranks the beams of decode.method=beam, "
+                            f"got decode.method={self.method}")
+        if not 1 <= self.num_return <= self.beam_size:
+            problems.append(f"decode.num_return must be between 1 and decode.beam_size ({self.beam_size}), "
+                            f"got {self.num_return}")
+        if not self.diversity_lambda >= 0:
+            problems.append(f"decode.diversity_lambda must be >= 0, got {self.diversity_lambda}")
         if self.length_alpha != self.length_alpha:
             problems.append("decode.length_alpha must be a number, got nan")
         return problems

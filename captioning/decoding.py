@@ -146,21 +146,31 @@ def length_divisor(length: Tensor, kind: str = D.length_penalty, alpha: float = 
 
 def beam_search(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int = 0, max_len: int = D.max_len,
                 beam_size: int = D.beam_size, length_penalty: str = D.length_penalty,
-                length_alpha: float = D.length_alpha, with_attention: bool = False,
-                rules: TokenRules | None = None) -> Decoded:
-    """Beam search over (B * K) rows; returns the best sequence per image (B, L).
+                length_alpha: float = D.length_alpha, beam_groups: int = D.beam_groups,
+                diversity_lambda: float = D.diversity_lambda, num_return: int = D.num_return,
+                with_attention: bool = False, rules: TokenRules | None = None) -> Decoded:
+    """Beam search over (B * K) rows; returns the best `num_return` sequences per image ((B * n, L), image by
+    image, best first).
 
     Keeps the K highest-scoring prefixes, score = sum_t log p(w_t | w_<t, v). A finished
     beam (ended with <end>) stays in the beam with its score frozen, competing with the
-    unfinished ones. Pruning uses the raw log-prob; among the K final beams the winner
-    maximises score / `length_divisor(length, length_penalty, length_alpha)` (length counts <end>).
+    unfinished ones. Pruning uses the raw log-prob; among the K final beams the winners
+    maximise score / `length_divisor(length, length_penalty, length_alpha)` (length counts <end>).
+
+    Diverse beam search (Vijayakumar et al. 2018) with `beam_groups` G: the K beams form G groups of K / G that
+    are pruned one after the other at every step, group g choosing among its continuations by
+
+        log p(prefix, w) - diversity_lambda * (times the groups before g chose w at this step)
+
+    (Hamming diversity), so the groups spread over different captions; the scores kept are the true log p.
     """
     B, K, device = features.shape[0], beam_size, features.device
+    G = beam_groups
     feats = features.repeat_interleave(K, 0)  # (B*K, D)
     state = decoder.reorder_state(decoder.init_state(features), torch.arange(B, device=device).repeat_interleave(K))
     tokens = torch.full((B * K,), bos_id, dtype=torch.long, device=device)
     scores = torch.full((B, K), float("-inf"), device=device)
-    scores[:, 0] = 0.0  # all beams start identical: expand only the first
+    scores[:, ::K // G] = 0.0  # all beams start identical: expand only the first of each group
     finished = torch.zeros(B, K, dtype=torch.bool, device=device)
     lengths = torch.zeros(B, K, device=device)
     seqs = torch.empty(B * K, 0, dtype=torch.long, device=device)
@@ -177,8 +187,11 @@ def beam_search(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int
         # A finished beam may only "emit" <end> again, at no cost, so its score stays put.
         logp = logp.masked_fill(finished[..., None], float("-inf"))
         logp[..., eos_id] = logp[..., eos_id].masked_fill(finished, 0.0)
-        cand = (scores[..., None] + logp).view(B, K * V)
-        scores, idx = cand.topk(K, dim=-1)  # (B, K)
+        cand = scores[..., None] + logp  # (B, K, V)
+        if G == 1:
+            scores, idx = cand.view(B, K * V).topk(K, dim=-1)  # (B, K)
+        else:
+            scores, idx = _diverse_topk(cand, finished, G, diversity_lambda)
         beam, tokens = idx // V, idx % V
         rows = (offsets + beam).view(-1)  # (B*K,) parent row of each new beam
         state = decoder.reorder_state(state, rows)
@@ -191,11 +204,30 @@ def beam_search(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int
         tokens = tokens.view(-1)
         if finished.all():
             break
-    best = (scores / length_divisor(lengths, length_penalty, length_alpha)).argmax(-1)  # (B,)
-    winners = offsets[:, 0] + best
+    ranking = (scores / length_divisor(lengths, length_penalty, length_alpha)).sort(dim=-1, descending=True, stable=True)
+    best = ranking.indices[:, :num_return]  # (B, n)
+    winners = (offsets + best).view(-1)
     ids = _pad_after_eos(seqs[winners], eos_id, pad_id)
-    return Decoded(ids, scores.gather(1, best[:, None])[:, 0] / lengths.gather(1, best[:, None])[:, 0].clamp(min=1),
+    return Decoded(ids, (scores.gather(1, best) / lengths.gather(1, best).clamp(min=1)).view(-1),
                    attention[winners] if with_attention else None)
+
+
+def _diverse_topk(cand: Tensor, finished: Tensor, groups: int, diversity_lambda: float) -> tuple[Tensor, Tensor]:
+    """Each group's K / G best continuations, groups in turn, by log p minus diversity_lambda times the number of
+    earlier groups' choices of the same word at this step; returns their true log p (B, K) and flat indices into
+    (K * V)."""
+    B, K, V = cand.shape
+    size = K // groups
+    chosen = cand.new_zeros(B, V)  # how often each word was chosen at this step by the groups so far
+    kept, picked = [], []
+    for g in range(groups):
+        part = cand[:, g * size:(g + 1) * size]  # (B, K/G, V)
+        penalty = diversity_lambda * chosen[:, None] * (~finished[:, g * size:(g + 1) * size, None]).float()
+        _, idx = (part - penalty).reshape(B, size * V).topk(size, dim=-1)
+        kept.append(part.reshape(B, size * V).gather(1, idx))
+        picked.append(idx + g * size * V)
+        chosen.scatter_add_(1, idx % V, torch.ones_like(idx, dtype=chosen.dtype))
+    return torch.cat(kept, 1), torch.cat(picked, 1)
 
 
 def decode(decoder, features: Tensor, method: str = D.method, *, bos_id: int, eos_id: int, pad_id: int = 0,
@@ -217,4 +249,5 @@ def decode(decoder, features: Tensor, method: str = D.method, *, bos_id: int, eo
         return sample(decoder, features, temperature=o.temperature, top_k=o.top_k, top_p=o.top_p, generator=generator,
                       **common)
     return beam_search(decoder, features, beam_size=o.beam_size, length_penalty=o.length_penalty,
-                       length_alpha=o.length_alpha, **common)
+                       length_alpha=o.length_alpha, beam_groups=o.beam_groups, diversity_lambda=o.diversity_lambda,
+                       num_return=o.num_return, **common)

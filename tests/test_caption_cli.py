@@ -246,3 +246,14 @@ def test_scores_references_and_worst_first(tmp_path, checkpoint, capsys):
     order = [page.index(f'alt="{r["file_name"]}"') for r in sorted(written, key=lambda r: r["cider"])]
     assert order == sorted(order)  # worst CIDEr-D first
     assert "score -" in page and written[0]["references"][0] in page
+
+
+def test_num_return_writes_every_caption_best_first(tmp_path, photos, checkpoint, capsys):
+    out = tmp_path / "out"
+    rows, _ = caption_inprocess(capsys, f"checkpoint={checkpoint}", f"images={photos}", f"output={out}",
+                                "decode.beam_size=4", "decode.num_return=3", "decode.beam_groups=2")
+    captioned = [r for r in rows if "caption" in r]
+    assert captioned and all(len(r["captions"]) == len(r["scores"]) == 3 and r["captions"][0] == r["caption"]
+                             for r in captioned)
+    assert json.loads((out / "captions.json").read_text()) == rows
+    assert (out / "captions.csv").read_text().splitlines()[0] == "file_name,caption,score,bleu4,cider,error"

@@ -96,3 +96,30 @@ def test_options_are_checked_and_length_norm_says_what_replaced_it():
     with pytest.raises(ValueError, match="suppress_unk needs the vocabulary's unk_id"):
         decode(decoder, features(2), "greedy", suppress_unk=True, **IDS)
     assert PAD == 0  # strip() of test_decoding drops <pad> and <end>
+
+
+def test_diverse_beam_groups_start_differently_and_num_return_ranks_beams():
+    decoder, feats = make(vocab_size=9, eos_bias=-1.0), features(12)
+    first_words = lambda ids: [set(ids[i:i + 4, 0].tolist()) for i in range(0, len(ids), 4)]  # noqa: E731
+    with torch.no_grad():
+        plain = decode(decoder, feats, "beam", beam_size=4, num_return=4, max_len=8, **IDS).ids
+        diverse = decode(decoder, feats, "beam", beam_size=4, beam_groups=4, diversity_lambda=100.0, num_return=4,
+                         max_len=8, **IDS).ids
+        best = decode(decoder, feats, "beam", beam_size=4, max_len=8, **IDS)
+        ranked = decode(decoder, feats, "beam", beam_size=4, num_return=3, max_len=8, length_alpha=1.0, **IDS)
+        alone = [decode(decoder, f[None], "beam", beam_size=4, beam_groups=2, diversity_lambda=1.0, num_return=2,
+                        max_len=8, **IDS).ids for f in feats]
+        batched = decode(decoder, feats, "beam", beam_size=4, beam_groups=2, diversity_lambda=1.0, num_return=2,
+                         max_len=8, **IDS).ids
+    assert len(plain) == len(diverse) == 48
+    assert any(len(s) < 4 for s in first_words(plain))  # plain beams share first words
+    assert all(len(s) == 4 for s in first_words(diverse))  # each group starts with its own word
+    assert strip(best.ids) == strip(decode(decoder, feats, "beam", beam_size=4, num_return=4, max_len=8,
+                                           **IDS).ids[::4])  # the first of n is the single best
+    scores = ranked.score.view(12, 3)  # length_alpha 1: ranked by the mean log p per token, which is the score
+    assert (scores[:, :-1] >= scores[:, 1:] - 1e-6).all()
+    assert strip(batched) == [c for a in alone for c in strip(a)]
+    with pytest.raises(InputError, match="decode.beam_groups must be at least 1 and divide decode.beam_size"):
+        check(DecodeOptions(beam_size=4, beam_groups=3))
+    with pytest.raises(InputError, match="ranks the beams of decode.method=beam"):
+        check(DecodeOptions(method="greedy", num_return=2))

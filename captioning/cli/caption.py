@@ -79,6 +79,8 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
                                                     **decode)
             for i, d in zip(indices, described):
                 rows[i] = {"file_name": name(paths[i]), "caption": d["caption"], "score": round(d["score"], 4)}
+                if "captions" in d:  # decode.num_return > 1: the best first, as in "caption"
+                    rows[i].update(captions=d["captions"], scores=[round(x, 4) for x in d["scores"]])
                 if cfg.attention:
                     attention[i] = (d["words"], d["attention"])
     rows += [{"file_name": name(path), "error": reason} for path, reason in problems]

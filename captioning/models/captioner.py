@@ -44,7 +44,8 @@ class Captioner(nn.Module):
                           **options) -> list[dict]:
         """For image features (B, D), or a grid (B, L, D) for the attention decoder: one dict per image,
         {"caption", "score": mean log-probability per token, "words", ["attention": (len(words) + 1, L),
-        one map per word and one for <end>]}. Options as in `caption_features`."""
+        one map per word and one for <end>], [with num_return > 1: "captions", "scores", best first]}. Options as
+        in `caption_features`."""
         generator = None
         if seed is not None:
             generator = torch.Generator(self.device).manual_seed(seed)
@@ -53,13 +54,20 @@ class Captioner(nn.Module):
             out = decode(self.decoder, features.to(self.device, torch.float32), bos_id=v.bos_id, eos_id=v.eos_id,
                          pad_id=v.pad_id, unk_id=v.unk_id, generator=generator, with_attention=with_attention,
                          **options)
+        per_image = len(out.ids) // len(features)  # decode.num_return: that many rows per image, best first
         rows = []
         for n, (ids, score) in enumerate(zip(out.ids.tolist(), out.score.tolist())):
             words = self.vocab.decode(ids)
             row = {"caption": " ".join(words), "score": score, "words": words}
             if with_attention:
                 row["attention"] = out.attention[n, :len(words) + 1].cpu()
-            rows.append(row)
+            if per_image == 1:
+                rows.append(row)
+            elif n % per_image == 0:  # the best: the image's row, with every caption and score in order
+                rows.append({**row, "captions": [row["caption"]], "scores": [score]})
+            else:
+                rows[-1]["captions"].append(row["caption"])
+                rows[-1]["scores"].append(score)
         return rows
 
     def caption_features(self, features: Tensor, **options) -> list[str]:
