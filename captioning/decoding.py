@@ -157,6 +157,9 @@ def beam_search(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int
     unfinished ones. Pruning uses the raw log-prob; among the K final beams the winners
     maximise score / `length_divisor(length, length_penalty, length_alpha)` (length counts <end>).
 
+    With num_return n > 1 the n are distinct captions where the beams hold that many, ranked by that score (the
+    scores returned are the mean log p per token, which need not fall in that order).
+
     Diverse beam search (Vijayakumar et al. 2018) with `beam_groups` G: the K beams form G groups of K / G that
     are pruned one after the other at every step, group g choosing among its continuations by
 
@@ -204,8 +207,13 @@ def beam_search(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int
         tokens = tokens.view(-1)
         if finished.all():
             break
-    ranking = (scores / length_divisor(lengths, length_penalty, length_alpha)).sort(dim=-1, descending=True, stable=True)
-    best = ranking.indices[:, :num_return]  # (B, n)
+    best = (scores / length_divisor(lengths, length_penalty, length_alpha)).sort(dim=-1, descending=True,
+                                                                                  stable=True).indices  # (B, K)
+    if num_return > 1:  # distinct captions first: beam groups may end on the same one
+        ranked = _pad_after_eos(seqs[(offsets + best).view(-1)], eos_id, pad_id).view(B, K, -1)
+        same = (ranked[:, :, None] == ranked[:, None]).all(-1).tril(-1).any(-1)  # (B, K): equals a better beam
+        best = best.gather(1, same.long().sort(dim=-1, stable=True).indices)
+    best = best[:, :num_return]  # (B, n)
     winners = (offsets + best).view(-1)
     ids = _pad_after_eos(seqs[winners], eos_id, pad_id)
     return Decoded(ids, (scores.gather(1, best) / lengths.gather(1, best).clamp(min=1)).view(-1),

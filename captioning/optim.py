@@ -19,16 +19,24 @@ class Schedule:
     * step:     decay_rate ** (epoch // decay_every)  (self-critical.pytorch's learning_rate_decay_every/_rate)
     * plateau:  decay_rate ** (the times validation went `plateau_patience` epochs without a better score)
 
-    A callable object, so LambdaLR's state_dict carries its fields (the plateau's count) and a resumed run
-    goes on with the same learning rate.
+    A callable object, so LambdaLR's state_dict carries its fields: a resumed run takes the plateau's count
+    (`PROGRESS`) from the checkpoint and its settings from its own configuration (`configure`). The step
+    decay counts epochs in optimizer steps taken (a skipped non-finite step does not count).
     """
+
+    PROGRESS = ("best", "stale", "decays")
 
     def __init__(self, kind: str, total_steps: int, steps_per_epoch: int, warmup_steps: int, min_lr_ratio: float,
                  decay_every: int, decay_rate: float, plateau_patience: int):
+        self.configure(kind, total_steps, steps_per_epoch, warmup_steps, min_lr_ratio, decay_every, decay_rate,
+                       plateau_patience)
+        self.best, self.stale, self.decays = -math.inf, 0, 0
+
+    def configure(self, kind: str, total_steps: int, steps_per_epoch: int, warmup_steps: int, min_lr_ratio: float,
+                  decay_every: int, decay_rate: float, plateau_patience: int) -> None:
         self.kind, self.total_steps, self.steps_per_epoch = kind, total_steps, max(1, steps_per_epoch)
         self.warmup_steps, self.min_lr_ratio = warmup_steps, min_lr_ratio
         self.decay_every, self.decay_rate, self.plateau_patience = decay_every, decay_rate, plateau_patience
-        self.best, self.stale, self.decays = -math.inf, 0, 0
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
@@ -64,6 +72,11 @@ def schedule_problems(optim_cfg: dict) -> list[str]:
     return problems
 
 
+def _settings(optim_cfg: dict, total_steps: int, steps_per_epoch: int) -> tuple:
+    return (optim_cfg["scheduler"], total_steps, steps_per_epoch, optim_cfg["warmup_steps"], optim_cfg["min_lr_ratio"],
+            optim_cfg["decay_every"], optim_cfg["decay_rate"], optim_cfg["plateau_patience"])
+
+
 def build_optimizer(optim_cfg: dict, model: torch.nn.Module,
                     make_optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer],
                     total_steps: int, steps_per_epoch: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
@@ -73,7 +86,21 @@ def build_optimizer(optim_cfg: dict, model: torch.nn.Module,
     if problems:
         raise InputError("; ".join(problems))
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad])
-    schedule = Schedule(optim_cfg["scheduler"], total_steps, steps_per_epoch, optim_cfg["warmup_steps"],
-                        optim_cfg["min_lr_ratio"], optim_cfg["decay_every"], optim_cfg["decay_rate"],
-                        optim_cfg["plateau_patience"])
+    schedule = Schedule(*_settings(optim_cfg, total_steps, steps_per_epoch))
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def reconfigure(scheduler: torch.optim.lr_scheduler.LambdaLR, optim_cfg: dict, total_steps: int,
+                steps_per_epoch: int) -> None:
+    """After loading a checkpoint's scheduler: this run's settings (epochs, batch, schedule options), the
+    checkpoint's step count and plateau progress."""
+    scheduler.lr_lambdas[0].configure(*_settings(optim_cfg, total_steps, steps_per_epoch))
+
+
+def validated(scheduler: torch.optim.lr_scheduler.LambdaLR, score: float) -> None:
+    """After each epoch's validation: the plateau schedule counts it, and a decay applies from the next step on."""
+    schedule = scheduler.lr_lambdas[0]
+    schedule.validated(score)
+    factor = schedule(scheduler.last_epoch)
+    for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base * factor

@@ -31,7 +31,7 @@ from captioning.data.splits import SplitData, check_images, load_splits, split_n
 from captioning.engine import Diverged
 from captioning.io import InputError, atomic_write_json, remove_stale_temp_files
 from captioning.models import Captioner, DecoderConfig, build_decoder, build_encoder
-from captioning.optim import build_optimizer, schedule_problems
+from captioning.optim import build_optimizer, reconfigure, schedule_problems, validated
 from captioning.precision import resolve_device, warn_if_slow
 from captioning.run_state import (TrainState, check_resumable, check_same_model, restore, resume_path,
                                   save_run_checkpoint)
@@ -148,6 +148,7 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
     state = TrainState()
     if ckpt is not None:
         state = restore(resume, ckpt, run_dir, model, optimizer, scheduler, cfg, copy_best=main)
+        reconfigure(scheduler, cfg["optim"], total_steps, steps_per_epoch)
 
     decoder, trained_encoder = model.decoder, None if frozen else model.encoder
     if world > 1:  # DDP all-reduces the gradients during backward; it also broadcasts rank 0's weights now
@@ -184,7 +185,7 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
                                f"({state.skipped} skipped)")
             val, _ = engine.score_split(model, splits["val"], cfg, device, desc="val")
             improved = val[opts.select_on] > state.best_score  # the same on every rank: all score the same captions
-            scheduler.lr_lambdas[0].validated(val[opts.select_on])  # the plateau schedule's count
+            validated(scheduler, val[opts.select_on])  # the plateau schedule's count
             if improved:
                 state.best_score, state.best_epoch = val[opts.select_on], state.epoch
             row = {"epoch": state.epoch, "step": state.step, "train_loss": state.loss_sum / state.tokens,

@@ -123,3 +123,17 @@ def test_diverse_beam_groups_start_differently_and_num_return_ranks_beams():
         check(DecodeOptions(beam_size=4, beam_groups=3))
     with pytest.raises(InputError, match="ranks the beams of decode.method=beam"):
         check(DecodeOptions(method="greedy", num_return=2))
+
+
+def test_num_return_gives_distinct_captions_even_when_groups_meet():
+    """A peaked model: groups end on the same captions, yet the n returned are distinct while the beams hold n."""
+    decoder, feats = make(vocab_size=6, eos_bias=1.0), features(10)
+    run = lambda n: strip(decode(decoder, feats, "beam", beam_size=4, beam_groups=2, diversity_lambda=0.1,  # noqa
+                                 num_return=n, max_len=6, **IDS).ids)
+    with torch.no_grad():
+        decoder.out.weight.mul_(5)
+        every, two = run(4), run(2)
+    beams = [every[i:i + 4] for i in range(0, 40, 4)]
+    assert any(len(set(b)) < 4 for b in beams)  # the groups did meet
+    assert all(len(set(two[2 * i:2 * i + 2])) == min(2, len(set(b))) for i, b in enumerate(beams))
+    assert all(two[2 * i] == b[0] for i, b in enumerate(beams))  # the best stays first

@@ -65,6 +65,8 @@ def test_members_must_share_vocabulary_and_encoder(tmp_path, members):
     other_cnn = save(tmp_path / "cnn.pt", build_encoder("small_cnn", image_size=32), 1)
     with pytest.raises(InputError, match="different encoders"):
         load_captioner([members[0], other_cnn], device="cpu")
+    with pytest.raises(InputError, match="an ensemble's members each have their own"):
+        load_captioner(members[:2], device="cpu").describe_features(torch.randn(2, 32), with_attention=True)
 
 
 def test_captioning_caption_takes_a_list_of_checkpoints(tmp_path, members, capsys):

@@ -9,7 +9,7 @@ from captioning.data.collate import collate_captions
 from captioning.engine import train_one_epoch
 from captioning.io import InputError
 from captioning.models import CaptionDecoder, DecoderConfig
-from captioning.optim import build_optimizer
+from captioning.optim import build_optimizer, reconfigure, validated
 from captioning.run_state import TrainState
 
 CPU = torch.device("cpu")
@@ -89,15 +89,26 @@ def test_plateau_decays_after_patience_epochs_without_progress_and_resumes():
     plan = schedule("plateau")
     factors = []
     for score in [1.0, 2.0, 2.0, 1.5, 3.0, 2.9, 2.9, 2.8]:  # stale 0, 0, 1, 2 -> decay, 0, 1, 2 -> decay, 1
-        scheduler.lr_lambdas[0].validated(score)
+        validated(scheduler, score)
+        factors.append(scheduler.optimizer.param_groups[0]["lr"])  # in force from the next step on
         scheduler.optimizer.step()
         scheduler.step()
-        factors.append(scheduler.get_last_lr()[0])
+        assert scheduler.get_last_lr()[0] == pytest.approx(factors[-1])
     assert factors == pytest.approx([1, 1, 1, 0.5, 0.5, 0.5, 0.25, 0.25])
     plan.load_state_dict(scheduler.state_dict())  # what a checkpoint holds: the count goes on after a resume
     plan.optimizer.step()
     plan.step()
     assert plan.get_last_lr()[0] == pytest.approx(0.25) and plan.lr_lambdas[0].stale == 1
+
+
+def test_a_resumed_schedule_takes_its_settings_from_the_new_run():
+    old, new = schedule("cosine"), schedule("cosine")  # total_steps 16
+    lrs(old, 4)
+    new.load_state_dict(old.state_dict())
+    assert new.lr_lambdas[0].total_steps == 16
+    reconfigure(new, {"scheduler": "cosine", "warmup_steps": 0, "min_lr_ratio": 0.1, "decay_every": 2,
+                      "decay_rate": 0.5, "plateau_patience": 2}, total_steps=40, steps_per_epoch=4)
+    assert new.lr_lambdas[0].total_steps == 40 and new.last_epoch == 4  # the longer run, from where it was
 
 
 def test_schedule_options_are_checked():

@@ -30,6 +30,7 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
     from captioning.data.folder import IMAGE_EXTENSIONS, ImageFolderDataset, collate_folder, find_images
     from captioning.gallery import summary_line, write_outputs
     from captioning.models import load_captioner
+    from captioning.models.ensemble import EnsembleDecoder
     from captioning.progress import progress
     from captioning.precision import resolve_device
 
@@ -54,7 +55,7 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
         raise InputError(f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)")
     checkpoint = cfg.checkpoint if isinstance(cfg.checkpoint, str) else list(cfg.checkpoint)  # a list: an ensemble
     captioner = load_captioner(checkpoint, device=device)
-    if cfg.attention and not isinstance(checkpoint, str):
+    if cfg.attention and isinstance(captioner.decoder, EnsembleDecoder):
         raise InputError("attention=true draws one model's attention maps; an ensemble's members each have their own")
     if cfg.attention and captioner.decoder.config.inject != "attention":
         raise InputError(f"attention=true draws an attention decoder's maps; {cfg.checkpoint} was trained with "

@@ -46,6 +46,8 @@ class Captioner(nn.Module):
         {"caption", "score": mean log-probability per token, "words", ["attention": (len(words) + 1, L),
         one map per word and one for <end>], [with num_return > 1: "captions", "scores", best first]}. Options as
         in `caption_features`."""
+        if with_attention and isinstance(self.decoder, EnsembleDecoder):
+            raise InputError("with_attention: an ensemble's members each have their own attention maps")
         generator = None
         if seed is not None:
             generator = torch.Generator(self.device).manual_seed(seed)
@@ -122,6 +124,8 @@ def load_captioner(path: str | Path | Sequence[str | Path], device: str | torch.
         paths = list(path)
         if not paths:
             raise InputError("no checkpoint given: pass one path or a list of them (an ensemble)")
+        if len(paths) == 1:
+            return load_captioner(paths[0], device)
         captioners = [load_captioner(p, device="cpu") for p in paths]
         check_ensemble(captioners, paths)
         first = captioners[0]

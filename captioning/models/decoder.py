@@ -92,10 +92,12 @@ class CaptionDecoder(DecoderBase):
                 state = tuple(s.to(dtype) for s in state) if isinstance(state, tuple) else state.to(dtype)
         return self.rnn(x, state)
 
-    def _inputs(self, tokens: Tensor, features: Tensor) -> Tensor:
+    def _inputs(self, tokens: Tensor, features: Tensor, image_input: Tensor | None = None) -> Tensor:
+        """Embedded tokens (B, T, E), plus W_ie v at every step with inject=par (`image_input`: W_ie v, if the
+        caller already projected it: one feature-dropout mask for the whole caption)."""
         x = self.embed_dropout(self.embed(tokens))  # (B, T, E)
         if self.config.inject == "par":
-            x = x + self.image_proj(self.image(features))[:, None]  # + W_ie v at every step
+            x = x + (self.image_proj(self.image(features)) if image_input is None else image_input)[:, None]
         return x
 
     def forward(self, features: Tensor, captions: Tensor, sampling_prob: float = 0.0) -> Tensor:
@@ -106,10 +108,11 @@ class CaptionDecoder(DecoderBase):
             out, _ = self._recurrent(self._inputs(captions[:, :-1], features), self.init_state(features))  # (B, T-1, H)
             return self.out(self.output_dropout(out))
         state, tokens, logits = self.init_state(features), captions[:, 0], []
+        image_input = self.image_proj(self.image(features)) if self.config.inject == "par" else None
         for t in range(captions.shape[1] - 1):
             if t:
                 tokens = self._fed_back(captions[:, t], self.out(out[:, 0]), sampling_prob)
-            out, state = self._recurrent(self._inputs(tokens[:, None], features), state)  # (B, 1, H)
+            out, state = self._recurrent(self._inputs(tokens[:, None], features, image_input), state)  # (B, 1, H)
             logits.append(self.out(self.output_dropout(out[:, 0])))
         return torch.stack(logits, 1)
 

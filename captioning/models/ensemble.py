@@ -44,6 +44,10 @@ def check_ensemble(captioners: Sequence[nn.Module], paths: Sequence[str | Path])
     """InputError unless every captioner has the first one's vocabulary, encoder and encoder weights."""
     first, first_path = captioners[0], paths[0]
     for captioner, path in zip(captioners[1:], paths[1:]):
+        grid = {c.decoder.config.inject == "attention" for c in (first, captioner)}
+        if len(grid) > 1:
+            raise InputError(f"checkpoints {first_path} and {path} read different image features (one the attention "
+                             "decoder's grid, the other the pooled vector): an ensemble's members read the same")
         if captioner.vocab.to_dict() != first.vocab.to_dict():
             raise InputError(f"checkpoints {first_path} and {path} have different vocabularies: an ensemble averages "
                              "the probabilities of the same words, so every model needs the same vocabulary")
