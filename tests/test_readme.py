@@ -95,8 +95,8 @@ COVERAGE = {
     "decode.block_ngram_repeat=3 decode.suppress_unk=true decode.length_penalty=wu": RUN,
     "captioning-caption checkpoint=runs/demo/checkpoints/best.pt images=~/photos output=~/photos_captions "
     "decode.beam_size=6 decode.beam_groups=3 decode.num_return=3": RUN,
-    "captioning-train +experiment=demo seed=1 hydra.run.dir=runs/demo_seed1": RUN,
-    "captioning-caption 'checkpoint=[runs/demo/checkpoints/best.pt,runs/demo_seed1/checkpoints/best.pt]' "
+    "captioning-train +experiment=demo decoder.cell=gru hydra.run.dir=runs/demo_gru": RUN,
+    "captioning-caption 'checkpoint=[runs/demo/checkpoints/best.pt,runs/demo_gru/checkpoints/best.pt]' "
     "images=~/photos output=~/photos_ensemble": RUN,
     "captioning-caption checkpoint=runs/demo/checkpoints/best.pt images=~/photos output=~/photos_captions "
     "device=cuda": COMPOSE,  # no GPU here
