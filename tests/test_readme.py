@@ -61,14 +61,21 @@ COVERAGE = {
     "captioning-train decoder=attention hydra.run.dir=runs/attention": RUN,
     "captioning-caption checkpoint=runs/attention/checkpoints/best.pt images=data/shapes/demo_images "
     "output=runs/attention/gallery attention=true": RUN,
-    "captioning-train -m dataset=shapes_shifted seed=0,1,2 decoder.inject=init,pre,par decoder.cell=rnn,gru,lstm "
-    "trainer.max_epochs=8 trainer.tensorboard=false hydra.sweep.dir=multirun/conditioning": COMPOSE,  # 27 full runs
+    "captioning-train -m dataset=shapes_shifted seed=0,1,2 decoder.inject=init,pre,par decoder.cell=rnn,gru "
+    "trainer.max_epochs=8 trainer.tensorboard=false hydra.sweep.dir=multirun/conditioning": COMPOSE,  # 18 full runs
+    "captioning-train -m dataset=shapes_shifted seed=0,1,2 decoder.inject=init,pre,par decoder.cell=lstm "
+    "trainer.max_epochs=8 trainer.tensorboard=false hydra.sweep.dir=multirun/conditioning_lstm": COMPOSE,  # 9 runs
     "captioning-train -m dataset=shapes_shifted seed=0,1,2 decoder=attention trainer.max_epochs=8 "
     "trainer.tensorboard=false hydra.sweep.dir=multirun/conditioning_attention": COMPOSE,  # 3 full runs
-    "captioning-report multirun/conditioning multirun/conditioning_attention --scores bleu1,bleu2,bleu3,bleu4,cider "
-    "--output conditioning.md": COMPOSE,  # reads the study's runs
+    "captioning-report multirun/conditioning multirun/conditioning_lstm multirun/conditioning_attention "
+    "--scores bleu1,bleu2,bleu3,bleu4,cider --output conditioning.md": COMPOSE,  # reads the study's runs
     "captioning-train +experiment=scst trainer.init_from=runs/demo/checkpoints/best.pt "
     "hydra.run.dir=runs/demo_scst": RUN,
+    **{f"captioning-train dataset=shapes_shifted +experiment=scst seed={s} "
+       f"trainer.init_from=multirun/feature_norm/{3 * s}/checkpoints/best.pt trainer.tensorboard=false "
+       f"hydra.run.dir=runs/scst_s{s}": COMPOSE for s in range(3)},  # 3 full runs from the study's checkpoints
+    "captioning-report multirun/feature_norm/0 multirun/feature_norm/3 multirun/feature_norm/6 runs/scst_s0 "
+    "runs/scst_s1 runs/scst_s2 --scores bleu1,bleu2,bleu3,bleu4,cider --output scst.md": COMPOSE,  # the runs above
     "captioning-report multirun/feature_norm multirun/no_dropout multirun/feature_dropout multirun/adamw "
     "multirun/label_smoothing multirun/select_bleu4 --output study.md": COMPOSE,  # reads the study's runs
     "captioning-train dataset=flickr8k": RUN,
