@@ -80,22 +80,22 @@ def _generate(decoder, features: Tensor, choose: Callable[[Tensor], Tensor], bos
     tokens = features.new_full((B,), bos_id, dtype=torch.long)
     done = torch.zeros(B, dtype=torch.bool, device=features.device)
     logp_sum, length = torch.zeros(B, device=features.device), torch.zeros(B, device=features.device)
-    out, attention = [], []
+    seqs, attention = features.new_empty((B, 0), dtype=torch.long), []
     for _ in range(max_len):
         logits, state = decoder.step(tokens, state, features)  # (B, V)
         if with_attention:
             attention.append(decoder.last_alpha)  # (B, grid): where the decoder looked for this token
         logp = logits.float().log_softmax(-1)
         if rules:
-            logp = rules(logp, torch.stack(out, 1) if out else tokens[:, None][:, :0])
+            logp = rules(logp, seqs)
         tokens = choose(logp).masked_fill(done, pad_id)
         logp_sum += logp.gather(1, tokens[:, None])[:, 0].masked_fill(done, 0.0)
         length += (~done).float()  # tokens up to and including <end>
-        out.append(tokens)
+        seqs = torch.cat([seqs, tokens[:, None]], 1)
         done |= tokens == eos_id
         if done.all():
             break
-    return Decoded(_pad_after_eos(torch.stack(out, 1), eos_id, pad_id), logp_sum / length.clamp(min=1),
+    return Decoded(_pad_after_eos(seqs, eos_id, pad_id), logp_sum / length.clamp(min=1),
                    torch.stack(attention, 1) if with_attention else None)
 
 

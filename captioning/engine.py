@@ -42,7 +42,7 @@ def batch_loss(decoder: nn.Module, encoder: nn.Module | None, batch: CaptionBatc
     images = batch.images.to(device, non_blocking=True)
     captions = batch.captions.to(device, non_blocking=True)  # (B, T)
     features = images if encoder is None else encoder(images)  # (B, D)
-    logits = decoder(features, captions, sampling_prob) if sampling_prob else decoder(features, captions)  # (B, T-1, V)
+    logits = decoder(features, captions, sampling_prob)  # (B, T-1, V)
     targets = captions[:, 1:]
     loss = caption_loss(logits, targets, pad_id, label_smoothing)
     model = getattr(decoder, "module", decoder)  # under DDP
@@ -89,12 +89,11 @@ def train_one_epoch(decoder: nn.Module, encoder: nn.Module | None, loader: Itera
     """
     if objective is None:
         sampling_prob = opts.scheduled_sampling.prob(state.epoch)
-
-        attention = isinstance(getattr(decoder, "module", decoder), AttentionDecoder)
+        model = getattr(decoder, "module", decoder)  # under DDP
 
         def objective(decoder, encoder, batch):  # the attention penalty is in the loss; logged apart as well
             loss, n = batch_loss(decoder, encoder, batch, device, pad_id, opts.label_smoothing, sampling_prob)
-            return loss, n, {"attention_penalty": getattr(decoder, "module", decoder).penalty.item()} if attention else {}
+            return loss, n, {"attention_penalty": model.penalty.item()} if isinstance(model, AttentionDecoder) else {}
     decoder.train()
     if encoder is not None:
         encoder.train()
