@@ -53,8 +53,7 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
         print(f"note: output {out_dir} is inside the images folder; its files are not captioned", file=sys.stderr)
     if not paths:
         raise InputError(f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)")
-    checkpoint = cfg.checkpoint if isinstance(cfg.checkpoint, str) else list(cfg.checkpoint)  # a list: an ensemble
-    captioner = load_captioner(checkpoint, device=device)
+    captioner = load_captioner(cfg.checkpoint, device=device)  # a list of checkpoints: their ensemble
     if cfg.attention and isinstance(captioner.decoder, EnsembleDecoder):
         raise InputError("attention=true draws one model's attention maps; an ensemble's members each have their own")
     if cfg.attention and captioner.decoder.config.inject != "attention":
@@ -96,19 +95,17 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
 def score_against(rows: list[dict], references: dict[str, list[str]]) -> str:
     """Add each captioned image's references, BLEU-4 and CIDEr-D to its row (images matched by their path
     relative to the folder, as the references' file_name); returns the line that summarises them."""
-    from captioning.metrics import bleu_tokenized, cider_d, tokenize_for_scoring
+    from captioning.metrics import score_captions_per_image
 
     matched = {n: r for n, r in enumerate(rows) if "caption" in r and r["file_name"] in references}
     if not matched:
         return f"note: none of the {len(rows)} images is in the references (file_name relative to the folder)"
-    hypotheses, refs = tokenize_for_scoring({n: r["caption"] for n, r in matched.items()},
-                                            {n: references[r["file_name"]] for n, r in matched.items()})
-    bleu = bleu_tokenized(hypotheses, refs)
-    cider, per_image = cider_d(hypotheses, refs)
+    corpus, per_image = score_captions_per_image({n: r["caption"] for n, r in matched.items()},
+                                                 {n: references[r["file_name"]] for n, r in matched.items()})
     for n, row in matched.items():
-        row.update(references=references[row["file_name"]], bleu4=round(bleu.per_image[n][3], 4),
-                   cider=round(per_image[n], 4))
-    return (f"{len(matched)} images have references: BLEU-4 {bleu.bleu[3]:.4f}, CIDEr-D {cider:.4f} "
+        row.update(references=references[row["file_name"]], bleu4=round(per_image[n]["bleu4"], 4),
+                   cider=round(per_image[n]["cider"], 4))
+    return (f"{len(matched)} images have references: BLEU-4 {corpus['bleu4']:.4f}, CIDEr-D {corpus['cider']:.4f} "
             f"(the gallery shows the worst first)")
 
 

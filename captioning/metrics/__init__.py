@@ -13,7 +13,7 @@ from captioning.metrics.cider import CiderD, cider_d
 from captioning.text import tokenize
 
 __all__ = ["BleuScore", "corpus_bleu", "CiderD", "cider_d", "tokenize_for_scoring", "bleu_tokenized", "bleu_captions",
-           "score_captions"]
+           "score_captions", "score_captions_per_image"]
 
 
 def tokenize_for_scoring(results: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]]
@@ -53,5 +53,15 @@ def score_captions(results: Mapping[Hashable, str], references: Mapping[Hashable
                    flavour: str = "coco") -> dict[str, float]:
     """{"bleu1".."bleu4", "cider", "hyp_len", "ref_len", "ratio"} for raw caption strings: BLEU as in
     bleu_captions, CIDEr-D with document frequencies from the references of these images (as officially)."""
+    return score_captions_per_image(results, references, flavour)[0]
+
+
+def score_captions_per_image(results: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]],
+                             flavour: str = "coco") -> tuple[dict[str, float], dict[Hashable, dict[str, float]]]:
+    """score_captions' corpus scores, and each image's {"bleu1".."bleu4", "cider"}."""
     hypotheses, refs = tokenize_for_scoring(results, references)
-    return {**bleu_tokenized(hypotheses, refs, flavour).as_dict(), "cider": cider_d(hypotheses, refs)[0]}
+    bleu = bleu_tokenized(hypotheses, refs, flavour)
+    cider, cider_per_image = cider_d(hypotheses, refs)
+    per_image = {i: {**{f"bleu{n}": s for n, s in enumerate(bleu.per_image[i], 1)}, "cider": cider_per_image[i]}
+                 for i in hypotheses}
+    return {**bleu.as_dict(), "cider": cider}, per_image
