@@ -19,18 +19,15 @@ class Schedule:
     * step:     decay_rate ** (epoch // decay_every)  (self-critical.pytorch's learning_rate_decay_every/_rate)
     * plateau:  decay_rate ** (the times validation went `plateau_patience` epochs without a better score)
 
-    A callable object, so LambdaLR's state_dict carries its fields: a resumed run takes the plateau's count
-    (`PROGRESS`) from the checkpoint and its settings from its own configuration (`configure`). The step
-    decay counts epochs in optimizer steps taken (a skipped non-finite step does not count).
+    A callable object, so LambdaLR's state_dict carries its fields: a resumed run takes the plateau's count of
+    decays from the checkpoint and its settings from its own configuration (`configure`). The step decay counts
+    epochs in optimizer steps taken (a skipped non-finite step does not count).
     """
 
-    PROGRESS = ("best", "stale", "decays")
-
-    def __init__(self, kind: str, total_steps: int, steps_per_epoch: int, warmup_steps: int, min_lr_ratio: float,
-                 decay_every: int, decay_rate: float, plateau_patience: int):
-        self.configure(kind, total_steps, steps_per_epoch, warmup_steps, min_lr_ratio, decay_every, decay_rate,
-                       plateau_patience)
-        self.best, self.stale, self.decays = -math.inf, 0, 0
+    def __init__(self, *settings) -> None:
+        """`configure`'s arguments."""
+        self.configure(*settings)
+        self.decays = 0
 
     def configure(self, kind: str, total_steps: int, steps_per_epoch: int, warmup_steps: int, min_lr_ratio: float,
                   decay_every: int, decay_rate: float, plateau_patience: int) -> None:
@@ -50,14 +47,11 @@ class Schedule:
             return self.decay_rate ** self.decays
         return 1.0
 
-    def validated(self, score: float) -> None:
-        """After each epoch's validation (higher is better): the plateau schedule counts epochs without progress."""
-        if score > self.best:
-            self.best, self.stale = score, 0
-        else:
-            self.stale += 1
-            if self.kind == "plateau" and self.stale >= self.plateau_patience:
-                self.decays, self.stale = self.decays + 1, 0
+    def validated(self, stale: int) -> None:
+        """After each epoch's validation, given the epochs since the best one (the run's early-stopping count):
+        the plateau schedule decays every `plateau_patience` of them."""
+        if self.kind == "plateau" and stale and stale % self.plateau_patience == 0:
+            self.decays += 1
 
 
 def schedule_problems(optim_cfg: dict) -> list[str]:
@@ -97,10 +91,11 @@ def reconfigure(scheduler: torch.optim.lr_scheduler.LambdaLR, optim_cfg: dict, t
     scheduler.lr_lambdas[0].configure(*_settings(optim_cfg, total_steps, steps_per_epoch))
 
 
-def validated(scheduler: torch.optim.lr_scheduler.LambdaLR, score: float) -> None:
-    """After each epoch's validation: the plateau schedule counts it, and a decay applies from the next step on."""
+def validated(scheduler: torch.optim.lr_scheduler.LambdaLR, stale: int) -> None:
+    """After each epoch's validation (`stale`: epochs since the best one): a plateau decay applies from the next
+    step on."""
     schedule = scheduler.lr_lambdas[0]
-    schedule.validated(score)
+    schedule.validated(stale)
     factor = schedule(scheduler.last_epoch)
     for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
         group["lr"] = base * factor

@@ -185,9 +185,9 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
                                f"({state.skipped} skipped)")
             val, _ = engine.score_split(model, splits["val"], cfg, device, desc="val")
             improved = val[opts.select_on] > state.best_score  # the same on every rank: all score the same captions
-            validated(scheduler, val[opts.select_on])  # the plateau schedule's count
             if improved:
                 state.best_score, state.best_epoch = val[opts.select_on], state.epoch
+            validated(scheduler, 0 if improved else state.stale + 1)  # epochs since the best, this one included
             row = {"epoch": state.epoch, "step": state.step, "train_loss": state.loss_sum / state.tokens,
                    **{f"train_{k}": v / state.tokens for k, v in state.extras.items()},
                    **{f"val_{k}": v for k, v in val.items()}, "tokens_per_s": stats["tokens_per_s"],

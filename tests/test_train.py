@@ -90,3 +90,19 @@ def test_accumulation_and_step_decay_through_the_cli(tmp_path, tiny_shapes):
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert ("optim.scheduler must be one of cosine, constant, step, plateau, got 'linear'; "
             "optim.decay_rate must be in (0, 1], got 2") in bad.stderr
+
+
+def test_plateau_schedule_follows_the_validation_scores_through_the_cli(tmp_path, tiny_shapes):
+    """Every epoch without a better validation CIDEr-D halves the learning rate from the next step on."""
+    run = tmp_path / "run"
+    train(run, tiny_shapes, "trainer.max_epochs=4", "optim.scheduler=plateau", "optim.plateau_patience=1",
+          "optim.decay_rate=0.5", "trainer.patience=9")
+    epochs = json.loads((run / "metrics.json").read_text())["epochs"]
+    best, factor, expected = -1.0, 1.0, []
+    for e in epochs:
+        if e["val_cider"] > best:
+            best = e["val_cider"]
+        else:
+            factor /= 2
+        expected.append(2e-3 * factor)  # lr 2e-3 (conf/optim/adam.yaml)
+    assert [e["lr"] for e in epochs] == pytest.approx(expected)

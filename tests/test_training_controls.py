@@ -88,8 +88,8 @@ def test_plateau_decays_after_patience_epochs_without_progress_and_resumes():
     scheduler = schedule("plateau")
     plan = schedule("plateau")
     factors = []
-    for score in [1.0, 2.0, 2.0, 1.5, 3.0, 2.9, 2.9, 2.8]:  # stale 0, 0, 1, 2 -> decay, 0, 1, 2 -> decay, 1
-        validated(scheduler, score)
+    for stale in [0, 0, 1, 2, 0, 1, 2, 3]:  # epochs since the best: decays at 2, and at 2 again after a new best
+        validated(scheduler, stale)
         factors.append(scheduler.optimizer.param_groups[0]["lr"])  # in force from the next step on
         scheduler.optimizer.step()
         scheduler.step()
@@ -98,7 +98,7 @@ def test_plateau_decays_after_patience_epochs_without_progress_and_resumes():
     plan.load_state_dict(scheduler.state_dict())  # what a checkpoint holds: the count goes on after a resume
     plan.optimizer.step()
     plan.step()
-    assert plan.get_last_lr()[0] == pytest.approx(0.25) and plan.lr_lambdas[0].stale == 1
+    assert plan.get_last_lr()[0] == pytest.approx(0.25) and plan.lr_lambdas[0].decays == 2
 
 
 def test_a_resumed_schedule_takes_its_settings_from_the_new_run():
