@@ -68,11 +68,7 @@ class AttentionDecoder(DecoderBase):
     def init_state(self, features: Tensor) -> tuple[Tensor, ...]:
         """(B, L, D) -> (h0 (layers, B, H)[, c0 (layers, B, H)], values a (B, L, D), keys W_a a (B, L, A))."""
         a = self.image(features)
-        mean = a.mean(1)  # (B, D)
-        core = (self._layers(torch.tanh(self.init_state_proj(mean))),)
-        if self.config.cell == "lstm":
-            core += (self._layers(torch.tanh(self.init_cell_proj(mean))),)
-        return (*core, a, self.attention.feature_proj(a))
+        return (*self._initial_state(a.mean(1)), a, self.attention.feature_proj(a))
 
     def _step(self, tokens: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...], Tensor]:
         """One step from token ids (N,): the core's output (N, H), the next state, alpha (N, L)."""
@@ -82,11 +78,7 @@ class AttentionDecoder(DecoderBase):
         if self.config.attention_gate:
             z = torch.sigmoid(self.gate(h_top)) * z  # beta_t * z_t
         x = torch.cat([self.embed_dropout(self.embed(tokens)), z], -1)[:, None]  # (N, 1, E + D)
-        device = x.device.type
-        if torch.is_autocast_enabled(device):  # fused RNNs under autocast: one dtype for input and state
-            dtype = torch.get_autocast_dtype(device)
-            x, core = x.to(dtype), [s.to(dtype) for s in core]
-        out, new = self.rnn(x, tuple(core) if len(core) == 2 else core[0])
+        out, new = self._recurrent(x, tuple(core) if len(core) == 2 else core[0])
         new = new if isinstance(new, tuple) else (new,)
         return out[:, 0], (*new, values, keys), alpha
 

@@ -71,26 +71,13 @@ class CaptionDecoder(DecoderBase):
         c = self.config
         features = self.image(features)
         if c.inject == "init":
-            h0 = self._layers(torch.tanh(self.init_state_proj(features)))  # h0 = tanh(W_ih v + b)
-            if c.cell == "lstm":
-                return h0, self._layers(torch.tanh(self.init_cell_proj(features)))
-            return h0
+            state = self._initial_state(features)  # h0 = tanh(W_ih v + b)[, c0]
+            return state if c.cell == "lstm" else state[0]
         if c.inject == "pre":  # run the image "token" through the core; its output is not scored
             _, state = self._recurrent(self.image_proj(features)[:, None], None)
             return state
         zeros = features.new_zeros(c.num_layers, features.shape[0], c.hidden_dim)  # par: image enters as input
         return (zeros, zeros) if c.cell == "lstm" else zeros
-
-    def _recurrent(self, x: Tensor, state: State | None) -> tuple[Tensor, State]:
-        """The core on inputs (B, T, E) from `state`. Under autocast torch's fused RNNs cast their
-        weights but not their inputs, and oneDNN wants one dtype for all: cast input and state."""
-        device = x.device.type
-        if torch.is_autocast_enabled(device):
-            dtype = torch.get_autocast_dtype(device)
-            x = x.to(dtype)
-            if state is not None:
-                state = tuple(s.to(dtype) for s in state) if isinstance(state, tuple) else state.to(dtype)
-        return self.rnn(x, state)
 
     def _inputs(self, tokens: Tensor, features: Tensor, image_input: Tensor | None = None) -> Tensor:
         """Embedded tokens (B, T, E), plus W_ie v at every step with inject=par (`image_input`: W_ie v, if the

@@ -8,10 +8,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captioning.config import DecoderOptions, check
+from captioning.models.cells import State
 
 
 class DecoderBase(nn.Module):
-    """The three dropouts, the optional LayerNorm of the image feature, `image()`, `_layers()` and `_fed_back()`."""
+    """The three dropouts, the optional LayerNorm of the image feature, and the steps both decoders take alike:
+    `image()`, `_initial_state()` (with the subclass's init_state_proj / init_cell_proj), `_recurrent()` (with its
+    rnn) and `_fed_back()`."""
 
     def __init__(self, config: DecoderOptions):
         super().__init__()
@@ -36,6 +39,25 @@ class DecoderBase(nn.Module):
     def _layers(self, x: Tensor) -> Tensor:
         """(B, L*H) -> (L, B, H), one initial state per layer."""
         return x.view(x.shape[0], self.config.num_layers, self.config.hidden_dim).transpose(0, 1).contiguous()
+
+    def _initial_state(self, v: Tensor) -> tuple[Tensor, ...]:
+        """(h0,) or, for an LSTM, (h0, c0) from an image vector v (B, D): h0 = tanh(W_ih v + b), c0 = tanh(W_ic v + b_c),
+        one H-slice per layer."""
+        h0 = self._layers(torch.tanh(self.init_state_proj(v)))
+        if self.config.cell == "lstm":
+            return h0, self._layers(torch.tanh(self.init_cell_proj(v)))
+        return (h0,)
+
+    def _recurrent(self, x: Tensor, state: State | None) -> tuple[Tensor, State]:
+        """The core on inputs (B, T, E) from `state`. Under autocast torch's fused RNNs cast their
+        weights but not their inputs, and oneDNN wants one dtype for all: cast input and state."""
+        device = x.device.type
+        if torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+            x = x.to(dtype)
+            if state is not None:
+                state = tuple(s.to(dtype) for s in state) if isinstance(state, tuple) else state.to(dtype)
+        return self.rnn(x, state)
 
     @staticmethod
     def _fed_back(tokens: Tensor, logits: Tensor, prob: float) -> Tensor:
