@@ -7,7 +7,7 @@ other file and no download; `train_state` lets a run resume; `run_config` record
 from __future__ import annotations
 
 import json
-import pickle  # only for the exception class torch.load(weights_only=True) raises on a refused file: nothing is unpickled
+import pickle  # only for the exception torch.load(weights_only=True) raises on a refused file: nothing is unpickled
 import warnings
 import zipfile
 from pathlib import Path

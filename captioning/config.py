@@ -77,18 +77,18 @@ class DecodeOptions:
     beam_size: int = 3               # beam
     max_len: int = 20                # tokens at most, <end> included
     min_len: int = 0                 # words at least: <end> is not allowed before this many
-    length_penalty: str = "avg"      # beam: how the final beams are ranked: none (raw log p) | avg (log p / length ** alpha)
-                                     # | wu (log p / ((5 + length) / 6) ** alpha, Wu et al. 2016)
+    length_penalty: str = "avg"      # beam: how the final beams are ranked: none (raw log p)
+                                     # | avg (log p / length ** alpha) | wu (log p / ((5 + length) / 6) ** alpha)
     length_alpha: float = 0.7        # beam: the alpha of avg and wu (avg with 1.0: the mean log p per token)
     beam_groups: int = 1             # beam: diverse beam search with this many groups of beam_size / beam_groups
     diversity_lambda: float = 0.5    # beam_groups > 1: the cost of a word the earlier groups chose at this step
     num_return: int = 1              # beam: the best this many captions per image (captions.json: a list)
     temperature: float = 1.0         # sample: softmax(logits / temperature)
     top_k: Optional[int] = None      # sample: only from the k most likely words (None: all)
-    top_p: Optional[float] = None    # sample: only from the fewest most likely words whose probability reaches p (nucleus)
+    top_p: Optional[float] = None    # sample: only from the fewest most likely words reaching probability p
     block_ngram_repeat: int = 0      # never repeat an n-gram within a caption (3: trigram blocking; 0: off)
     suppress_unk: bool = False       # never emit <unk>
-    length_norm: Optional[float] = None  # replaced by length_penalty and length_alpha; any value is refused with the new names
+    length_norm: Optional[float] = None  # replaced by length_penalty/length_alpha: a value is refused, naming them
 
     def problems(self) -> list[str]:
         """One message per option whose value cannot work (checked before any long work starts)."""
@@ -101,7 +101,8 @@ class DecodeOptions:
         if self.method not in DECODE_METHODS:
             problems.append(f"decode.method must be one of {', '.join(DECODE_METHODS)}, got {self.method!r}")
         if self.length_penalty not in LENGTH_PENALTIES:
-            problems.append(f"decode.length_penalty must be one of {', '.join(LENGTH_PENALTIES)}, got {self.length_penalty!r}")
+            problems.append(f"decode.length_penalty must be one of {', '.join(LENGTH_PENALTIES)}, "
+                            f"got {self.length_penalty!r}")
         problems += [f"decode.{name} must be at least 1, got {getattr(self, name)}"
                      for name in ("beam_size", "max_len") if getattr(self, name) < 1]
         problems += [f"decode.{name} must be at least 0, got {getattr(self, name)}"
@@ -150,7 +151,8 @@ class ScheduledSamplingOptions:
     def problems(self) -> list[str]:
         problems = []
         if self.start_epoch is not None and self.start_epoch < 1:
-            problems.append(f"trainer.scheduled_sampling.start_epoch must be at least 1 or null, got {self.start_epoch}")
+            problems.append("trainer.scheduled_sampling.start_epoch must be at least 1 or null, "
+                            f"got {self.start_epoch}")
         if self.increase_every < 1:
             problems.append(f"trainer.scheduled_sampling.increase_every must be at least 1, got {self.increase_every}")
         problems += [f"trainer.scheduled_sampling.{name} must be in [0, 1], got {getattr(self, name)}"

@@ -73,7 +73,8 @@ def _settings(optim_cfg: dict, total_steps: int, steps_per_epoch: int) -> tuple:
 
 def build_optimizer(optim_cfg: dict, model: torch.nn.Module,
                     make_optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer],
-                    total_steps: int, steps_per_epoch: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+                    total_steps: int, steps_per_epoch: int
+                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """`make_optimizer` (Hydra's partial of cfg.optim.optimizer) over the trainable parameters, and the schedule
     (`scheduler.lr_lambdas[0]` is the `Schedule`; options as in conf/optim/adam.yaml)."""
     problems = schedule_problems(optim_cfg)
