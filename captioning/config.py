@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from captioning.io import InputError
 
@@ -209,6 +209,28 @@ class TrainerOptions:
         if self.progress not in (True, False, "auto"):
             problems.append(f"trainer.progress must be auto, true or false, got {self.progress!r}")
         return problems + self.scheduled_sampling.problems()
+
+
+@dataclass
+class AugmentOptions:
+    """Training-time augmentation of raw images (`dataset.augment`, captioning/data/augment.py). It applies only
+    while the CNN is trained (encoder.trainable, or from encoder.finetune_from_epoch on): cached features are
+    computed once, from the whole image, and never augmented."""
+
+    crop_scale: Optional[List[float]] = field(default_factory=lambda: [0.8, 1.0])  # random resized crop: the
+                                          # crop's share of the image's area, drawn from [low, high]; null: no crop
+    crop_ratio: List[float] = field(default_factory=lambda: [0.75, 1.3333])  # the crop's width / height range
+    hflip: bool = False                   # mirror half the images; off: captions say "left" and "right"
+
+    def problems(self) -> list[str]:
+        problems = []
+        scale, ratio = self.crop_scale, self.crop_ratio
+        if scale is not None and not (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
+            problems.append(f"dataset.augment.crop_scale must be [low, high] with 0 < low <= high <= 1, or null, "
+                            f"got {scale}")
+        if not (len(ratio) == 2 and 0 < ratio[0] <= ratio[1]):
+            problems.append(f"dataset.augment.crop_ratio must be [low, high] with 0 < low <= high, got {ratio}")
+        return problems
 
 
 @dataclass

@@ -25,6 +25,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 # Rank 0 may extract features for a long time while the others wait at a barrier.
@@ -116,3 +117,11 @@ def broadcast_module_(module: nn.Module, src: int = 0) -> None:
     if dist.is_initialized():
         for tensor in module.state_dict().values():
             dist.broadcast(tensor, src)
+
+
+def data_parallel(module: nn.Module, device: torch.device) -> nn.Module:
+    """`module` under DistributedDataParallel when this is one of several processes (which all-reduces its
+    gradients during backward and, now, broadcasts rank 0's weights), else `module` itself."""
+    if world_size() == 1:
+        return module
+    return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)

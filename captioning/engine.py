@@ -217,7 +217,7 @@ def score_split(model: Captioner, split: SplitData, cfg: dict, device: torch.dev
     Each rank evaluates its round-robin shard; the captions of all ranks are gathered, so every
     rank scores exactly the single-process set of images.
     """
-    t, cached, pad_id = cfg["trainer"], not cfg["encoder"]["trainable"], model.vocab.pad_id
+    t, cached, pad_id = cfg["trainer"], split.cached, model.vocab.pad_id
     encoder = None if cached else model.encoder
 
     def loader(per_image: bool):

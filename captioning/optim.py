@@ -66,21 +66,43 @@ def schedule_problems(optim_cfg: dict) -> list[str]:
     return problems
 
 
+def learning_rate_problems(optim_cfg: dict) -> list[str]:
+    """optim.optimizer.lr must be a positive number, optim.encoder_lr too or null."""
+    def positive(x) -> bool:
+        return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+    lr, encoder_lr = optim_cfg["optimizer"].get("lr"), optim_cfg.get("encoder_lr")
+    problems = [] if positive(lr) else [f"optim.optimizer.lr must be a positive number, got {lr}"]
+    if not (encoder_lr is None or positive(encoder_lr)):
+        problems.append(f"optim.encoder_lr must be a positive number or null, got {encoder_lr}")
+    return problems
+
+
 def _settings(optim_cfg: dict, total_steps: int, steps_per_epoch: int) -> tuple:
     return (optim_cfg["scheduler"], total_steps, steps_per_epoch, optim_cfg["warmup_steps"], optim_cfg["min_lr_ratio"],
             optim_cfg["decay_every"], optim_cfg["decay_rate"], optim_cfg["plateau_patience"])
 
 
-def build_optimizer(optim_cfg: dict, model: torch.nn.Module,
-                    make_optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer],
+def param_groups(model: torch.nn.Module, encoder_lr: float | None, train_encoder: bool) -> list[dict]:
+    """The decoder's trainable parameters; when the CNN is trained now or from a later epoch (`train_encoder`),
+    all of the encoder's as a second group with its own learning rate (neuraltalk2's cnn_learning_rate; None: the
+    decoder's). A parameter that is still frozen has no gradient, and torch's optimizers skip those."""
+    groups = [{"params": [p for p in model.decoder.parameters() if p.requires_grad]}]
+    if train_encoder or model.encoder.trainable:
+        groups.append({"params": list(model.encoder.parameters()), **({"lr": encoder_lr} if encoder_lr else {})})
+    return groups
+
+
+def build_optimizer(optim_cfg: dict, params: Iterable, make_optimizer: Callable[[Iterable], torch.optim.Optimizer],
                     total_steps: int, steps_per_epoch: int
                     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """`make_optimizer` (Hydra's partial of cfg.optim.optimizer) over the trainable parameters, and the schedule
-    (`scheduler.lr_lambdas[0]` is the `Schedule`; options as in conf/optim/adam.yaml)."""
+    """`make_optimizer` (Hydra's partial of cfg.optim.optimizer) over `params` (parameters or `param_groups`), and
+    the schedule, one factor for every group (`scheduler.lr_lambdas[0]` is the `Schedule`; options as in
+    conf/optim/adam.yaml)."""
     problems = schedule_problems(optim_cfg)
     if problems:
         raise InputError("; ".join(problems))
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad])
+    optimizer = make_optimizer(params)
     schedule = Schedule(*_settings(optim_cfg, total_steps, steps_per_epoch))
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 

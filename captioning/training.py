@@ -21,17 +21,18 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from captioning import distributed, engine, interrupt
 from captioning.checkpoint import load_checkpoint
-from captioning.config import DecodeOptions, DecoderOptions, SCSTOptions, TrainerOptions
+from captioning.config import AugmentOptions, DecodeOptions, DecoderOptions, SCSTOptions, TrainerOptions
 from captioning.data.features import cache_path, cached_features
 from captioning.data.splits import SplitData, check_images, load_splits, split_names
 from captioning.engine import Diverged
+from captioning.finetune import finetune_problems, image_splits, prepare_encoder, trains_encoder
 from captioning.io import InputError, atomic_write_json, remove_stale_temp_files
 from captioning.models import Captioner, DecoderConfig, build_decoder, build_encoder
-from captioning.optim import build_optimizer, reconfigure, schedule_problems, validated
+from captioning.optim import (build_optimizer, learning_rate_problems, param_groups, reconfigure, schedule_problems,
+                              validated)
 from captioning.precision import resolve_device, warn_if_slow
 from captioning.run_state import (TrainState, check_resumable, check_same_model, restore, resume_path,
                                   save_run_checkpoint)
@@ -45,8 +46,9 @@ def build_model(cfg: dict, vocab: Vocabulary, decoder: dict | None = None) -> tu
     `decoder`: another checkpoint's DecoderConfig (trainer.init_from) instead of cfg.decoder."""
     enc, options = cfg["encoder"], cfg["decoder"] if decoder is None else decoder
     encoder = build_encoder(enc["name"], pretrained=enc["pretrained"], weights=enc["weights"],
-                            trainable=enc["trainable"], image_size=enc["image_size"],
+                            trainable=trains_encoder(enc), image_size=enc["image_size"],
                             grid=options.get("inject") == "attention")  # attention reads the grid
+    prepare_encoder(encoder, enc)  # the blocks to train, or frozen until encoder.finetune_from_epoch
     dec_cfg = DecoderConfig.from_dict({**options, "vocab_size": len(vocab), "feature_dim": encoder.out_dim})
     return Captioner(encoder, build_decoder(dec_cfg), vocab), {"encoder": encoder.spec, "decoder": asdict(dec_cfg)}
 
@@ -56,14 +58,12 @@ def check_config(cfg: dict) -> TrainerOptions:
     opts = TrainerOptions(**cfg["trainer"])
     scst = SCSTOptions(**cfg["scst"])
     problems = [*opts.problems(), *DecoderOptions(**cfg["decoder"]).problems(),
-                *DecodeOptions(**cfg["decode"]).problems(), *(scst.problems() if scst.enabled else [])]
+                *DecodeOptions(**cfg["decode"]).problems(), *(scst.problems() if scst.enabled else []),
+                *finetune_problems(cfg["encoder"]), *AugmentOptions(**cfg["dataset"].get("augment", {})).problems()]
     if scst.enabled and not (opts.init_from or opts.resume):
         problems.append("scst.enabled: SCST starts from a trained captioner; set trainer.init_from=CHECKPOINT "
                         "(e.g. runs/xe/checkpoints/best.pt)")
-    problems += schedule_problems(cfg["optim"])
-    lr = cfg["optim"]["optimizer"].get("lr")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        problems.append(f"optim.optimizer.lr must be a positive number, got {lr}")
+    problems += schedule_problems(cfg["optim"]) + learning_rate_problems(cfg["optim"])
     if opts.batch_size > 0 and opts.batch_size % distributed.world_size():
         problems.append(f"trainer.batch_size={opts.batch_size} is the global batch: it must divide evenly over "
                         f"the {distributed.world_size()} processes")
@@ -108,28 +108,30 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
     elif init is not None:
         check_same_model(Path(opts.init_from), init, model_config, action="start from")
         model.load_state_dict(init["model"])
-    encoder, frozen = model.encoder, not cfg["encoder"]["trainable"]
+    encoder, enc = model.encoder, cfg["encoder"]
+    cached, finetune_from = not enc["trainable"], enc.get("finetune_from_epoch")  # features: all run, or until then
+    feature_spec = {**encoder.spec, "trainable": False}  # a frozen run's: fine-tuning later shares its cache
     for s in names:  # every image that will be read: now, not after an hour of feature extraction
-        if not frozen or not cache_path(encoder.spec, cocos[s], cfg["cache_dir"], opts.precision).is_file():
+        if trains_encoder(enc) or not cache_path(feature_spec, cocos[s], cfg["cache_dir"], opts.precision).is_file():
             check_images(cocos[s])
     if main:
         vocab.save(run_dir / "vocab.json")
 
     model.to(device)
     features = {s: None for s in names}
-    if frozen:
+    if cached:
         def split_features(build: bool) -> dict:
-            return {s: cached_features(encoder, cocos[s], cfg["cache_dir"], batch_size=cfg["encoder"]["batch_size"],
-                                       num_workers=cfg["encoder"]["num_workers"], device=device,
-                                       precision=opts.precision, progress=opts.progress if main else False,
-                                       build=build) for s in names}
+            return {s: cached_features(encoder, cocos[s], cfg["cache_dir"], spec=feature_spec, build=build,
+                                       batch_size=enc["batch_size"], num_workers=enc["num_workers"], device=device,
+                                       precision=opts.precision, progress=opts.progress if main else False)
+                    for s in names}
         if main:
             features = split_features(build=True)
         distributed.barrier()  # the cache is complete: the other ranks read it
         if not main:
             features = split_features(build=False)
-    splits = {s: SplitData(cocos[s], vocab, features[s], encoder.transform, cfg["dataset"]["max_caption_len"])
-              for s in names}
+    splits = ({s: SplitData(cocos[s], vocab, features[s], None, cfg["dataset"]["max_caption_len"]) for s in names}
+              if cached else image_splits(cocos, vocab, encoder, cfg))
 
     local_batch = opts.batch_size // world
     scst, objective = SCSTOptions(**cfg["scst"]), None
@@ -144,18 +146,15 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
     train_loader = splits["train"].loader(scst.enabled, local_batch, opts.num_workers, vocab.pad_id, sampler)
     steps_per_epoch = math.ceil(len(train_loader) / opts.accumulate)
     total_steps = opts.max_steps or opts.max_epochs * steps_per_epoch
-    optimizer, scheduler = build_optimizer(cfg["optim"], model, make_optimizer, total_steps, steps_per_epoch)
+    params = param_groups(model, cfg["optim"].get("encoder_lr"), trains_encoder(enc))
+    optimizer, scheduler = build_optimizer(cfg["optim"], params, make_optimizer, total_steps, steps_per_epoch)
     state = TrainState()
     if ckpt is not None:
         state = restore(resume, ckpt, run_dir, model, optimizer, scheduler, cfg, copy_best=main)
         reconfigure(scheduler, cfg["optim"], total_steps, steps_per_epoch)
 
-    decoder, trained_encoder = model.decoder, None if frozen else model.encoder
-    if world > 1:  # DDP all-reduces the gradients during backward; it also broadcasts rank 0's weights now
-        ids = [device] if device.type == "cuda" else None
-        decoder = DistributedDataParallel(decoder, device_ids=ids)
-        if trained_encoder is not None:
-            trained_encoder = DistributedDataParallel(trained_encoder, device_ids=ids)
+    decoder = distributed.data_parallel(model.decoder, device)
+    trained_encoder = None if cached else distributed.data_parallel(model.encoder, device)
     log = RunLog(run_dir, tensorboard=opts.tensorboard, history=state.history) if main else None
 
     def save(name: str, score: float | None = None) -> None:
@@ -172,7 +171,16 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
     deadline = time.time() + 60 * opts.max_minutes if opts.max_minutes else None
     try:
         while not finished() and not (deadline and distributed.any_rank(time.time() >= deadline, device)):
+            if finetune_from is not None and state.epoch >= finetune_from and trained_encoder is None:
+                model.encoder.finetune(enc["finetune_blocks"])  # from now on images, through the CNN it trains
+                trained_encoder = distributed.data_parallel(model.encoder, device)
+                splits = image_splits(cocos, vocab, model.encoder, cfg)
+                train_loader = splits["train"].loader(scst.enabled, local_batch, opts.num_workers, vocab.pad_id,
+                                                      sampler)
+                if main:
+                    print(f"epoch {state.epoch}: fine-tuning the CNN from now on ({_what(enc)})", flush=True)
             sampler.set_epoch(state.epoch)  # the epoch's order, and (below) its dropout masks: the same after a resume
+            splits["train"].set_epoch(state.epoch)  # and its augmentations
             sampler.skip = state.batch * local_batch
             if state.batch == 0:  # mid-epoch, the restored RNG state goes on instead
                 torch.manual_seed((cfg["seed"] * 100_003 + state.epoch) * world + distributed.rank())
@@ -192,6 +200,7 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
                    **{f"train_{k}": v / state.tokens for k, v in state.extras.items()},
                    **{f"val_{k}": v for k, v in val.items()}, "tokens_per_s": stats["tokens_per_s"],
                    "train_seconds": stats["seconds"], "lr": optimizer.param_groups[0]["lr"],
+                   **({"encoder_lr": optimizer.param_groups[1]["lr"]} if trained_encoder is not None else {}),
                    "skipped_steps": state.skipped,
                    **({"sampling_prob": opts.scheduled_sampling.prob(state.epoch)}
                       if opts.scheduled_sampling.start_epoch is not None else {})}
@@ -238,3 +247,8 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
         log.plot_curves()
         log.close()
     return metrics
+
+
+def _what(enc: dict) -> str:
+    blocks = enc["finetune_blocks"]
+    return f"its last {blocks} blocks" if blocks else "the whole CNN"

@@ -43,6 +43,16 @@ def test_decoder(capsys):
         assert float(r["tokens/s"]) > 0 and float(r["matmul peak GFLOP/s"]) > 0 and r["% of peak"].endswith("%")
 
 
+def test_finetune(capsys):
+    rows = bench(capsys, "finetune", "--encoder", "small_cnn", "--image-size", "32", "--batch", "4", "--blocks", "1",
+                 "--vocab", "30", "--steps", "1", "--repeats", "1")
+    assert [r["training step"] for r in rows] == ["cached features (decoder only)", "images, CNN frozen",
+                                                  "images, last 1 of 4 blocks trained",
+                                                  "images, whole CNN trained (4 blocks)"]
+    assert [int(r["trained CNN parameters"]) for r in rows] == [0, 0, 37056, 60864]
+    assert all(float(r["images/s"]) > 0 for r in rows) and rows[1]["vs frozen CNN"] == "1.00x"
+
+
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
 @pytest.mark.parametrize("inject", ["init", "pre", "par"])
 def test_decoder_flops_match_torchs_flop_counter(cell, inject):

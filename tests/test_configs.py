@@ -22,7 +22,7 @@ from captioning.config import DecodeOptions, DecoderOptions, TrainerOptions, che
 from captioning.data.splits import split_names
 from captioning.models import build_encoder
 from captioning.text import Vocabulary
-from captioning.optim import build_optimizer
+from captioning.optim import build_optimizer, param_groups
 from captioning.training import build_model
 
 BIN = Path(sys.executable).parent
@@ -84,7 +84,8 @@ def test_option_composes_and_builds(entry, group, option):
     torch.manual_seed(0)
     model, model_config = build_model(plain, Vocabulary(["a", "red", "circle"]))
     assert model_config["decoder"]["vocab_size"] == 7 and model.decoder.config.cell == plain["decoder"]["cell"]
-    optimizer, scheduler = build_optimizer(plain["optim"], model, instantiate(cfg.optim.optimizer), total_steps=10,
+    groups = param_groups(model, plain["optim"]["encoder_lr"], plain["encoder"]["finetune_from_epoch"] is not None)
+    optimizer, scheduler = build_optimizer(plain["optim"], groups, instantiate(cfg.optim.optimizer), total_steps=10,
                                            steps_per_epoch=5)
     assert optimizer.param_groups[0]["lr"] > 0
     grid = plain["decoder"]["inject"] == "attention"  # the attention decoder reads the encoder's grid

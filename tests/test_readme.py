@@ -44,6 +44,8 @@ COVERAGE = {
     "captioning-train +experiment=fc_recipe hydra.run.dir=runs/fc_recipe": RUN,
     "captioning-caption checkpoint=runs/fc_recipe/checkpoints/best.pt images=data/shapes/demo_images "
     "output=runs/fc_recipe/gallery decode.beam_size=3 decode.block_ngram_repeat=3": RUN,
+    "captioning-train +experiment=fc_recipe encoder.finetune_from_epoch=20 encoder.finetune_blocks=3 "
+    "optim.encoder_lr=1e-5 hydra.run.dir=runs/fc_finetune": RUN,
     "captioning-train +experiment=demo trainer.precision=bf16 hydra.run.dir=runs/demo_bf16": RUN,
     "captioning-train decoder.cell=gru decoder.inject=par optim=adamw trainer.max_epochs=20": RUN,
     "captioning-train -m decoder.cell=rnn,lstm hydra.sweep.dir=multirun/cells": RUN,
@@ -129,6 +131,9 @@ COVERAGE = {
     "captioning-bench encoder": RUN,
     "captioning-bench encoder --images data/shapes/images/val --limit 200 --repeats 2": RUN,
     "captioning-bench decoder": RUN,
+    "captioning-bench finetune": RUN,
+    "captioning-bench finetune --blocks 3 6 --repeats 3": RUN,
+    "captioning-bench finetune --blocks 3 6 --repeats 3 --precision bf16": RUN,
     "captioning-bench beam --repeats 3": RUN,
     "OMP_NUM_THREADS=1 captioning-bench beam --repeats 3": RUN,
     "captioning-bench eval": RUN,

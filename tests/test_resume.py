@@ -155,6 +155,27 @@ def test_sigterm_saves_mid_epoch_and_the_resumed_run_is_identical(shapes, tmp_pa
     assert resumed["test"] == full["test"]
 
 
+@pytest.mark.parametrize("stop_step", [10, 13])  # at the end of epoch 1 (before the switch), in epoch 2 (after)
+def test_a_run_resumed_across_the_switch_to_fine_tuning_is_identical(shapes, tmp_path, monkeypatch, stop_step):
+    """encoder.finetune_from_epoch=2: epoch 1 on cached features, epochs 2 and 3 train the CNN on augmented
+    images. Stopped before or after the switch, the resumed run ends with the same weights (the CNN's too)."""
+    finetune = ["trainer.max_epochs=3", "encoder.finetune_from_epoch=2", "optim.encoder_lr=1e-3",
+                "decoder.output_dropout=0.5"]
+    full = run(shapes, tmp_path / "full", *finetune)
+    signal_at_step(monkeypatch, stop_step)
+    with pytest.raises(interrupt.Interrupted):
+        run(shapes, tmp_path / "run", *finetune)
+    monkeypatch.undo()
+    resumed = run(shapes, tmp_path / "run", *finetune, "trainer.resume=auto")
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    assert same_weights(last, tmp_path / "full" / "checkpoints" / "last.pt")
+    run(shapes, tmp_path / "frozen", "trainer.max_epochs=1")  # the same seed: the CNN as it started
+    start = weights(tmp_path / "frozen" / "checkpoints" / "last.pt")
+    assert any(not torch.equal(v, start[k]) for k, v in weights(last).items() if k.startswith("encoder."))
+    assert [e["train_loss"] for e in resumed["epochs"]] == [e["train_loss"] for e in full["epochs"]]
+    assert resumed["test"] == full["test"]
+
+
 def test_sigint_during_validation_resumes_with_validation(shapes, tmp_path, monkeypatch):
     full = run(shapes, tmp_path / "full", "trainer.max_epochs=1")
     real = REAL_SCORE_SPLIT

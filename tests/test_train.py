@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from captioning.checkpoint import load_checkpoint
 from captioning.data.shapes import make_shapes_dataset
@@ -106,3 +107,38 @@ def test_plateau_schedule_follows_the_validation_scores_through_the_cli(tmp_path
             factor /= 2
         expected.append(2e-3 * factor)  # lr 2e-3 (conf/optim/adam.yaml)
     assert [e["lr"] for e in epochs] == pytest.approx(expected)
+
+
+def test_fine_tuning_from_epoch_2_trains_the_last_blocks_on_the_frozen_runs_cache(tmp_path, tiny_shapes):
+    """Epoch 1 trains the decoder on the cache a frozen run made (no new cache file); from epoch 2 the last
+    block of the CNN trains too, at optim.encoder_lr, and its batch-norm statistics stay as they were."""
+    frozen, tuned = tmp_path / "frozen", tmp_path / "tuned"
+    train(frozen, tiny_shapes, "trainer.max_epochs=1")
+    cache = sorted((tiny_shapes / "cache").iterdir())
+    proc = train(tuned, tiny_shapes, "trainer.max_epochs=2", "encoder.finetune_from_epoch=2",
+                 "encoder.finetune_blocks=1", "optim.encoder_lr=1e-4", "trainer.patience=9")
+    assert sorted((tiny_shapes / "cache").iterdir()) == cache
+    assert "epoch 2: fine-tuning the CNN from now on (its last 1 blocks)" in proc.stdout
+    epochs = json.loads((tuned / "metrics.json").read_text())["epochs"]
+    assert "encoder_lr" not in epochs[0] and epochs[1]["encoder_lr"] == pytest.approx(1e-4)
+    start = load_checkpoint(frozen / "checkpoints/last.pt")["model"]  # the same seed: the same initial CNN
+    end = load_checkpoint(tuned / "checkpoints/last.pt")["model"]
+    changed = {k for k in start if k.startswith("encoder.") and not torch.equal(start[k], end[k])}
+    assert changed == {"encoder.trunk.body.9.weight", "encoder.trunk.body.9.bias", "encoder.trunk.body.10.weight",
+                       "encoder.trunk.body.10.bias"}  # the last conv and its batch norm's scale and shift
+    metrics = json.loads((tuned / "metrics.json").read_text())
+    assert set(metrics["test"]) >= {"bleu4", "cider"} and metrics["test_knn"]["k"] == 1
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["encoder.finetune_from_epoch=2", "encoder.finetune_blocks=9"],
+     "encoder.finetune_blocks must be between 1 and 4 (the blocks of small_cnn), got 9"),
+    (["encoder.finetune_blocks=2"], "encoder.finetune_blocks=2 needs a trained CNN"),
+    (["dataset.augment.crop_scale=[0.5,2]"], "dataset.augment.crop_scale must be [low, high]"),
+])
+def test_fine_tuning_options_that_cannot_work_are_one_line(tmp_path, tiny_shapes, overrides, message):
+    proc = subprocess.run([str(BIN / "captioning-train"), f"dataset.root={tiny_shapes}", "encoder=small_cnn",
+                           *overrides, f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, proc.stderr

@@ -65,7 +65,8 @@ def schedule(kind: str, **options):
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     cfg = {"scheduler": kind, "warmup_steps": 0, "min_lr_ratio": 0.1, "decay_every": 2, "decay_rate": 0.5,
            "plateau_patience": 2, **options}
-    return build_optimizer(cfg, torch.nn.Linear(1, 1), lambda params: optimizer, total_steps=16, steps_per_epoch=4)[1]
+    params = optimizer.param_groups[0]["params"]
+    return build_optimizer(cfg, params, lambda params: optimizer, total_steps=16, steps_per_epoch=4)[1]
 
 
 def lrs(scheduler, steps: int) -> list[float]:

@@ -3,11 +3,13 @@
 Training sees every (image, caption) pair; evaluation (`per_image=True`) sees each image once,
 because a generated caption is scored against all of that image's references at the same time.
 With a frozen encoder, `features` replaces the image: row i is the pooled CNN feature of
-`coco.image_ids[i]`, so an epoch costs no convolutions at all.
+`coco.image_ids[i]`, so an epoch costs no convolutions at all. While the CNN is trained, training images
+can be augmented (`augment`, captioning/data/augment.py), differently in every epoch (`set_epoch`).
 """
 from __future__ import annotations
 
 import os
+import random
 from typing import Callable
 
 import numpy as np
@@ -15,6 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from captioning.data.augment import Augment
 from captioning.data.coco import CocoCaptions
 from captioning.data.images import open_image, to_tensor
 from captioning.io import InputError
@@ -37,12 +40,14 @@ class CaptionDataset(Dataset):
     """
 
     def __init__(self, coco: CocoCaptions, vocab: Vocabulary, features: torch.Tensor | np.ndarray | None = None,
-                 transform: Transform | None = None, per_image: bool = False, max_len: int | None = None):
+                 transform: Transform | None = None, per_image: bool = False, max_len: int | None = None,
+                 augment: Augment | None = None, seed: int = 0):
         if features is not None and len(features) != len(coco.image_ids):
             raise InputError(f"features for {coco.path} have {len(features)} rows but the split has "
                              f"{len(coco.image_ids)} images")
         self.coco, self.vocab, self.features, self.transform = coco, vocab, features, transform
         self.per_image, self.max_len = per_image, max_len
+        self.augment, self.seed, self.epoch = augment, seed, 0
         # (row in coco.image_ids, encoded caption); per_image keeps only each image's first caption
         self.items: list[tuple[int, torch.Tensor]] = []
         for row, image_id in enumerate(coco.image_ids):
@@ -55,6 +60,10 @@ class CaptionDataset(Dataset):
             tokens = tokens[:self.max_len]
         return torch.tensor(self.vocab.encode(tokens), dtype=torch.long)  # (T,)
 
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose augmentations the next pass draws (set before the DataLoader's iterator starts)."""
+        self.epoch = epoch
+
     def __len__(self) -> int:
         return len(self.items)
 
@@ -66,5 +75,8 @@ class CaptionDataset(Dataset):
         elif self.features is not None:
             image = self.features[row]                                    # (D,)
         else:
-            image = load_image(self.coco.image_path(image_id), self.transform)  # (3, H, W)
+            image = open_image(self.coco.image_path(image_id))
+            if self.augment is not None:  # its own generator: the same crops after a resume, in any worker
+                image = self.augment(image, random.Random(f"{self.seed}/{self.epoch}/{i}"))
+            image = (self.transform or to_tensor)(image)                  # (3, H, W)
         return image, caption, image_id

@@ -123,14 +123,17 @@ def extract_features(encoder: nn.Module, paths: Sequence[str | os.PathLike], *, 
 
 
 def cached_features(encoder: nn.Module, coco: CocoCaptions, cache_dir: str | os.PathLike, *,
-                    precision: str = "fp32", build: bool = True, **extract_kwargs) -> torch.Tensor | np.ndarray:
+                    precision: str = "fp32", build: bool = True, spec: dict | None = None,
+                    **extract_kwargs) -> torch.Tensor | np.ndarray:
     """Features for every image of `coco` (rows follow `coco.image_ids`), from the cache if present:
     pooled ones (N, D) as a float32 tensor, a grid (N, L, D) as a read-only float16 memory map, so a
     training epoch reads it from disk row by row and its resident memory does not grow with the dataset.
 
-    `build=False` only reads (used by non-zero ranks, which wait for rank 0 to build the cache).
+    `build=False` only reads (used by non-zero ranks, which wait for rank 0 to build the cache). `spec`: the key's
+    encoder spec instead of `encoder.spec` (a run that fine-tunes later reads the frozen encoder's features).
     """
-    path = cache_path(encoder.spec, coco, cache_dir, precision)
+    spec = spec or encoder.spec
+    path = cache_path(spec, coco, cache_dir, precision)
     if path.is_file():
         if path.suffix == ".npy":
             return np.load(path, mmap_mode="r")
@@ -145,8 +148,8 @@ def cached_features(encoder: nn.Module, coco: CocoCaptions, cache_dir: str | os.
         else:
             feats = extract_features(encoder, paths, precision=precision, desc=desc, **extract_kwargs)
             torch.save({"features": feats, "image_ids": torch.tensor(coco.image_ids),
-                        "encoder": json.dumps(encoder.spec, sort_keys=True, default=str)}, tmp)
-    return cached_features(encoder, coco, cache_dir, precision=precision, build=False)
+                        "encoder": json.dumps(spec, sort_keys=True, default=str)}, tmp)
+    return cached_features(encoder, coco, cache_dir, precision=precision, build=False, spec=spec)
 
 
 def pooled(features: torch.Tensor | np.ndarray, chunk: int = 1024) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
+from captioning.data.augment import Augment
 from captioning.data.coco import CocoCaptions, id_list, load_coco_captions
 from captioning.data.collate import collate_captions
 from captioning.data.datasets import CaptionDataset
@@ -53,14 +54,20 @@ def check_images(coco: CocoCaptions) -> None:
 
 
 class SplitData:
-    """One split's annotations with its datasets: all captions (loss) and one item per image (BLEU)."""
+    """One split's annotations with its datasets: all captions (loss) and one item per image (BLEU); their
+    items are cached features (`cached`) or images read through `transform` (augmented first, with `augment`)."""
 
     def __init__(self, coco: CocoCaptions, vocab: Vocabulary, features: torch.Tensor | None, transform,
-                 max_len: int):
-        self.coco = coco
-        kw = dict(features=features, transform=None if features is not None else transform, max_len=max_len)
+                 max_len: int, augment: Augment | None = None, seed: int = 0):
+        self.coco, self.cached = coco, features is not None
+        kw = dict(features=features, transform=None if self.cached else transform, max_len=max_len,
+                  augment=None if self.cached else augment, seed=seed)
         self.captions = CaptionDataset(coco, vocab, **kw)
         self.images = CaptionDataset(coco, vocab, per_image=True, **kw)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.captions.set_epoch(epoch)
+        self.images.set_epoch(epoch)
 
     def loader(self, per_image: bool, batch_size: int, num_workers: int, pad_id: int,
                sampler=None) -> DataLoader:

@@ -47,22 +47,61 @@ class Encoder(nn.Module):
     """A CNN trunk + global average pooling: images (B, 3, H, W) -> v (B, out_dim); with `grid`, the trunk's
     last feature map as L = h * w annotation vectors instead (B, L, out_dim), for the attention decoder.
 
-    Frozen encoders (trainable=False) have requires_grad off and stay in eval mode even
-    when a parent module calls .train(), so batch-norm statistics never drift.
+    Frozen encoders (trainable=False) have requires_grad off and stay in eval mode even when a parent module
+    calls .train(). `finetune(k)` trains the trunk's last k `blocks()` (all of them by default; trainable=True
+    starts that way). Batch norm keeps its running statistics while the CNN is trained (its scale and shift
+    are trained), as in DETR's frozen batch norm and mmdetection's norm_eval: a captioning batch re-estimates
+    ImageNet statistics badly, and under DDP every rank would estimate its own.
     """
 
     def __init__(self, trunk: nn.Module, out_dim: int, transform: Callable, spec: dict, trainable: bool,
                  grid: bool = False):
         super().__init__()
         self.trunk, self.out_dim, self.transform, self.spec = trunk, out_dim, transform, spec
-        self.trainable, self.grid = trainable, grid
+        self.grid = grid
         self.pool = nn.AdaptiveAvgPool2d(1)
-        if not trainable:
-            self.requires_grad_(False)
-            self.eval()
+        if trainable:
+            self.finetune()
+        else:
+            self.freeze()
+
+    def blocks(self) -> list[nn.Module]:
+        """The trunk's stages, input to output: its own `blocks()` if it has one, else its children with weights
+        (a ResNet's conv1, bn1, layer1 ... layer4)."""
+        if hasattr(self.trunk, "blocks"):
+            return self.trunk.blocks()
+        return [m for m in self.trunk.children() if any(True for _ in m.parameters())]
+
+    def freeze(self) -> None:
+        self.requires_grad_(False)
+        self.trained_blocks: list[nn.Module] = []
+        self.eval()
+
+    def finetune(self, blocks: int | None = None) -> None:
+        """Train the last `blocks` blocks (None: the whole trunk); the ones before stay frozen."""
+        stages = self.blocks()
+        if blocks is not None and not 1 <= blocks <= len(stages):
+            raise InputError(f"encoder.finetune_blocks must be between 1 and {len(stages)} (the blocks of "
+                             f"{self.spec['name']}), got {blocks}")
+        self.freeze()
+        self.trained_blocks = stages[-blocks:] if blocks else [self.trunk]
+        for block in self.trained_blocks:
+            block.requires_grad_(True)
+
+    @property
+    def trainable(self) -> bool:
+        return bool(self.trained_blocks)
 
     def train(self, mode: bool = True) -> "Encoder":
-        return super().train(mode and self.trainable)
+        super().train(False)
+        if mode and self.trainable:
+            self.training = True
+            for block in self.trained_blocks:
+                block.train()
+            for module in self.modules():  # frozen batch-norm statistics (see the class docstring)
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def forward(self, images: Tensor) -> Tensor:
         fmap = self.trunk(images)  # (B, D, h, w)
@@ -80,6 +119,11 @@ class _EfficientNetTrunk(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net.extract_features(x)  # (B, 1280, h, w)
+
+    def blocks(self) -> list[nn.Module]:
+        """18 stages: the stem convolution, the 16 MBConv blocks, the 1x1 head convolution."""
+        net = self.net
+        return [nn.ModuleList([net._conv_stem, net._bn0]), *net._blocks, nn.ModuleList([net._conv_head, net._bn1])]
 
 
 def efficientnet_lite0(pretrained: bool = True, weights: str | None = None) -> nn.Module:
@@ -143,6 +187,10 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.body(x)
+
+    def blocks(self) -> list[nn.Module]:
+        """The four conv + batch-norm + ReLU stages."""
+        return [self.body[i:i + 3] for i in range(0, len(self.body), 3)]
 
 
 # Children of torchvision classifiers that are not part of the convolutional trunk.
