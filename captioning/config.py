@@ -22,6 +22,7 @@ FEATURE_NORMS = ("none", "l2", "layernorm")
 DECODE_METHODS = ("greedy", "beam", "sample")
 LENGTH_PENALTIES = ("none", "avg", "wu")
 PRECISIONS = ("fp32", "bf16")
+PRECISION_SETTINGS = ("auto", *PRECISIONS)  # auto: bf16 where the device has native bf16, else fp32
 NONFINITE_POLICIES = ("stop", "skip")
 SELECTION_METRICS = ("cider", "bleu4")
 SCST_BASELINES = ("greedy", "mean")
@@ -171,7 +172,8 @@ class TrainerOptions:
     accumulate: int = 1                   # batches per optimizer step: the step of one batch this many times larger
     num_workers: int = 0                  # DataLoader workers for training batches (0: cached features are in memory)
     device: str = "auto"                  # auto (cuda if available) | cpu | cuda | cuda:1
-    precision: str = "fp32"               # fp32 | bf16 (torch.autocast)
+    precision: str = "auto"               # auto (bf16 where the device has native bf16, else fp32) | fp32 | bf16
+    threads: Optional[int] = None         # CPU threads; null: the CPUs this process may use (affinity, cgroup quota)
     grad_clip: Optional[float] = 5.0      # clip the global gradient norm to this; null: no clipping
     label_smoothing: float = 0.0
     patience: int = 4                     # early stopping: epochs without a better validation score
@@ -200,8 +202,10 @@ class TrainerOptions:
                      if getattr(self, name) is not None and not (getattr(self, name) > 0 and math.isfinite(getattr(self, name)))]
         if not 0 <= self.label_smoothing < 1:
             problems.append(f"trainer.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.precision not in PRECISIONS:
-            problems.append(f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.precision not in PRECISION_SETTINGS:
+            problems.append(f"trainer.precision must be one of {', '.join(PRECISION_SETTINGS)}, got {self.precision!r}")
+        if self.threads is not None and self.threads < 1:
+            problems.append(f"trainer.threads must be at least 1 or null, got {self.threads}")
         if self.select_on not in SELECTION_METRICS:
             problems.append(f"trainer.select_on must be one of {', '.join(SELECTION_METRICS)}, got {self.select_on!r}")
         if self.nonfinite not in NONFINITE_POLICIES:

@@ -13,11 +13,12 @@ import html
 import io
 import math
 from pathlib import Path
+from typing import Collection
 
 import torch
 from PIL import Image
 
-from captioning.data.images import open_image
+from captioning.data.images import open_image, save_thumbnail
 from captioning.io import atomic_path, atomic_write_json, atomic_write_text
 
 PAGE = """<!doctype html>
@@ -65,11 +66,21 @@ def _details(row: dict) -> str:
         (f'<ul class="refs">{refs}</ul>' if refs else "")
 
 
-def write_thumbnail(source: Path, dest: Path, size: int) -> None:
-    image = open_image(source)
-    image.thumbnail((size, size))
-    with atomic_path(dest) as tmp:
-        image.save(tmp, format="JPEG", quality=85)
+
+
+class Thumbnails:
+    """Writes row n's thumbnail, OUT/thumbs/<n>.jpg, at most `size` pixels a side; a plain picklable object, so
+    the DataLoader workers that already hold the decoded image write it (`ImageFolderDataset(on_image=...)`)."""
+
+    def __init__(self, out_dir: Path, size: int):
+        self.out_dir, self.size = out_dir, size
+
+    @staticmethod
+    def path(n: int) -> Path:
+        return Path("thumbs") / f"{n:06d}.jpg"
+
+    def __call__(self, n: int, image: Image.Image) -> None:
+        save_thumbnail(image, self.out_dir / self.path(n), self.size)
 
 
 def attention_map(image: Image.Image, alpha: torch.Tensor) -> Image.Image:
@@ -96,9 +107,10 @@ def write_attention_maps(source: Path, out_dir: Path, n: int, words: list[str], 
 
 
 def write_outputs(rows: list[dict], images_root: Path, out_dir: Path, thumbnail_size: int = 256,
-                  title: str = "Captions", attention: dict[int, tuple[list[str], torch.Tensor]] | None = None
-                  ) -> dict[str, Path]:
-    """rows: [{"file_name": rel path, "caption": str} | {"file_name": ..., "error": str}].
+                  title: str = "Captions", attention: dict[int, tuple[list[str], torch.Tensor]] | None = None,
+                  thumbnails_made: Collection[int] = ()) -> dict[str, Path]:
+    """rows: [{"file_name": rel path, "caption": str} | {"file_name": ..., "error": str}]. Row n's thumbnail is
+    OUT/thumbs/<n>.jpg (`thumbnail_path`): written here unless n is in `thumbnails_made` (by the workers).
 
     File names are os.fsdecode's strings: one that is not valid UTF-8 holds its bytes as surrogates.
     Each output keeps them losslessly: JSON as "\\udcXX" escapes (json.load gives the same string back,
@@ -120,7 +132,7 @@ def write_outputs(rows: list[dict], images_root: Path, out_dir: Path, thumbnail_
     writer.writerows(rows)
     atomic_write_text(paths["csv"], buf.getvalue(), errors="surrogateescape")
 
-    figures, failures = [], []
+    figures, failures, thumbnails = [], [], Thumbnails(out_dir, thumbnail_size)
     order = sorted(range(len(rows)), key=lambda n: rows[n].get("cider", float("inf")))  # worst-scored first
     for n in order:
         row = rows[n]
@@ -128,8 +140,9 @@ def write_outputs(rows: list[dict], images_root: Path, out_dir: Path, thumbnail_
         if "caption" not in row:
             failures.append(f"<li><b>{name}</b>: {shown(row['error'])}</li>")
             continue
-        thumb = Path("thumbs") / f"{n:06d}.jpg"
-        write_thumbnail(images_root / row["file_name"], out_dir / thumb, thumbnail_size)
+        thumb = Thumbnails.path(n)
+        if n not in thumbnails_made:
+            thumbnails(n, open_image(images_root / row["file_name"]))
         strip = f'<div class="attention">{strips[n]}</div>' if n in strips else ""
         figures.append(f'<figure><img src="{thumb.as_posix()}" alt="{name}"><figcaption>'
                        f'{html.escape(row["caption"])}{_details(row)}<div class="file">{name}</div>'

@@ -3,7 +3,8 @@
 Under bf16 autocast matrix products and convolutions run in bfloat16 (8 exponent bits, as fp32,
 so no loss scaling is needed) while the weights, the optimizer state and the loss stay fp32.
 It pays only where the hardware has bf16 units: CUDA GPUs from Ampere on, CPUs with AVX512-BF16
-or AMX. Elsewhere torch falls back to slow generic kernels, so we warn.
+or AMX. Elsewhere torch falls back to slow generic kernels, so we warn. `precision=auto` (the default of
+training, feature extraction and captioning) picks bf16 where the device has them and fp32 elsewhere.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
-from captioning.config import PRECISIONS
+from captioning.config import PRECISION_SETTINGS, PRECISIONS
 from captioning.io import InputError
 
 
@@ -50,6 +51,18 @@ def has_fast_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def resolve_precision(setting: str, device: torch.device) -> tuple[str, str]:
+    """(fp32 or bf16, why): auto is bf16 where `device` has native bf16 (`has_fast_bf16`), fp32 elsewhere."""
+    if setting not in PRECISION_SETTINGS:
+        raise InputError(f"precision must be one of {', '.join(PRECISION_SETTINGS)}, got {setting!r}")
+    if setting != "auto":
+        return setting, "as asked"
+    where = f"this CPU ({torch.backends.cpu.get_cpu_capability()})" if device.type == "cpu" else str(device)
+    if has_fast_bf16(device):
+        return "bf16", f"auto: {where} has native bf16; precision=fp32 turns it off"
+    return "fp32", f"auto: {where} has no native bf16"
 
 
 def warn_if_slow(device: torch.device, precision: str) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
@@ -33,7 +33,8 @@ from captioning.io import InputError, atomic_write_json, remove_stale_temp_files
 from captioning.models import Captioner, DecoderConfig, build_decoder, build_encoder
 from captioning.optim import (build_optimizer, learning_rate_problems, param_groups, reconfigure, schedule_problems,
                               validated)
-from captioning.precision import resolve_device, warn_if_slow
+from captioning.cpus import set_threads
+from captioning.precision import resolve_device, resolve_precision, warn_if_slow
 from captioning.run_state import (TrainState, check_resumable, check_same_model, restore, resume_path,
                                   save_run_checkpoint)
 from captioning.scst import CiderReward, SCSTObjective
@@ -86,7 +87,11 @@ def train(cfg: dict, run_dir: str | Path, make_optimizer: Callable) -> dict:
 def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Callable, device: torch.device) -> dict:
     main, world = distributed.is_main(), distributed.world_size()
     ckpt_dir = run_dir / "checkpoints"
+    precision, why = resolve_precision(opts.precision, device)  # what trainer.precision=auto means here
+    threads, threads_why = set_threads(opts.threads)
+    opts, cfg = replace(opts, precision=precision), {**cfg, "trainer": {**cfg["trainer"], "precision": precision}}
     if main:
+        print(f"precision {precision} ({why}); {threads} CPU threads ({threads_why})", flush=True)
         warn_if_slow(device, opts.precision)
         for folder in (run_dir, ckpt_dir, cfg["cache_dir"]):
             remove_stale_temp_files(folder)  # left by a run killed while saving
@@ -238,7 +243,7 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
     distributed.broadcast_module_(model)  # every rank tests rank 0's best weights
     trained = [p for p in model.parameters() if p.requires_grad]
     metrics = {"select_on": opts.select_on, "best_val_score": state.best_score, "best_epoch": state.best_epoch,
-               "parameters": sum(p.numel() for p in trained),
+               "parameters": sum(p.numel() for p in trained), "precision": precision, "threads": threads,
                "train_seconds": sum(row.get("train_seconds", 0.0) for row in state.history),
                **engine.score_tests(model, splits, features, cfg, device, run_dir if main else None),
                "epochs": state.history}

@@ -34,6 +34,28 @@ def test_encoder(capsys, tmp_path):
     assert all(float(r["min cosine vs plain"]) >= 0.999 for r in rows if r["precision"] == "fp32")
 
 
+def test_caption(capsys, tmp_path):
+    from captioning.checkpoint import save_checkpoint
+    from captioning.models import Captioner, build_encoder
+    from captioning.text import Vocabulary
+
+    torch.manual_seed(0)
+    vocab = Vocabulary(["a", "red", "circle"])
+    encoder = build_encoder("small_cnn")
+    config = DecoderConfig(vocab_size=len(vocab), feature_dim=encoder.out_dim, embed_dim=8, hidden_dim=16)
+    save_checkpoint(tmp_path / "m.pt", model_state=Captioner(encoder, CaptionDecoder(config), vocab).state_dict(),
+                    vocab=vocab, model_config={"encoder": encoder.spec, "decoder": vars(config)})
+    (tmp_path / "images").mkdir()
+    for i in range(5):
+        Image.new("RGB", (40, 30), (40 * i, 20, 200 - 30 * i)).save(tmp_path / "images" / f"{i}.png")
+    rows = bench(capsys, "caption", "--images", str(tmp_path / "images"), "--checkpoint", str(tmp_path / "m.pt"),
+                 "--precisions", "fp32", "bf16", "--workers", "1")
+    assert [(r["method"].split(":")[0], r["CNN precision"]) for r in rows] == [
+        ("first way", "fp32"), ("captioning-caption", "fp32"), ("captioning-caption", "bf16")]
+    assert rows[0]["speedup"] == "1.00x" and rows[1]["same captions as the first way"] == "5/5"
+    assert all(r["images"] == "5" and float(r["images/s"]) > 0 for r in rows)
+
+
 def test_decoder(capsys):
     rows = bench(capsys, "decoder", "--batch", "4", "--hidden", "16", "--embed", "8", "--vocab", "40",
                  "--feature-dim", "12", "--seq-len", "6", "--steps", "1", "--repeats", "1", "--peak-size", "64")

@@ -65,10 +65,10 @@ def caption(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def caption_inprocess(capsys, *args: str) -> tuple[list[dict], str]:
+def caption_inprocess(capsys, *args: str, workers: int = 0) -> tuple[list[dict], str]:
     """The same code path in this process (composed with Hydra's compose API): much faster."""
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("caption", overrides=[*args, "progress=false", "num_workers=0"])
+        cfg = compose("caption", overrides=[*args, "progress=false", f"num_workers={workers}"])
     rows = caption_folder(cfg)
     return rows, capsys.readouterr().out
 
@@ -257,3 +257,47 @@ def test_num_return_writes_every_caption_best_first(tmp_path, photos, checkpoint
                              for r in captioned)
     assert json.loads((out / "captions.json").read_text()) == rows
     assert (out / "captions.csv").read_text().splitlines()[0] == "file_name,caption,score,bleu4,cider,error"
+
+
+def test_the_cnn_in_workers_gives_the_first_ways_captions_and_thumbnails(tmp_path, photos, checkpoint, capsys):
+    """captioning-caption's workers run the CNN's inference copy and write the thumbnails; in fp32 its captions
+    are those of the plain CNN in the main process (captioning-bench caption's first way), bad files as before."""
+    from captioning.bench.caption import first_way
+    from captioning.data.folder import find_images
+
+    rows, out = caption_inprocess(capsys, f"checkpoint={checkpoint}", f"images={photos}", f"output={tmp_path / 'new'}",
+                                  "precision=fp32", "batch_size=2", workers=2)
+    assert "images; CNN in fp32 (as asked)" in out
+    paths, _ = find_images(photos)
+    plain = first_way(checkpoint, paths, photos, tmp_path / "plain", beam_size=3, workers=0)
+    assert {r["file_name"]: r.get("caption") for r in rows} == plain
+    captioned = [n for n, r in enumerate(rows) if "caption" in r]
+    thumbs = sorted((tmp_path / "new" / "thumbs").iterdir())
+    assert [t.name for t in thumbs] == [f"{n:06d}.jpg" for n in captioned]
+    for t in thumbs:  # the same thumbnails the gallery made before, from the same decoded images
+        assert (tmp_path / "plain" / "thumbs" / t.name).read_bytes() == t.read_bytes()
+
+
+def test_encoded_batches_regroup_into_decoding_chunks_in_order():
+    from captioning.data.features import in_chunks
+
+    batches = [([0, 1], torch.tensor([[0.0], [1.0]]), []), ([3], torch.tensor([[3.0]]), [(2, "bad")]),
+               ([], None, [(4, "bad")]), ([5, 6, 7], torch.tensor([[5.0], [6.0], [7.0]]), [])]
+    chunks = list(in_chunks(iter(batches), 2))
+    assert [c[0] for c in chunks] == [[0, 1], [3, 5], [6, 7]]
+    assert all(c[1][:, 0].tolist() == c[0] for c in chunks)  # each feature row stays with its image
+    assert [e for c in chunks for e in c[2]] == [(2, "bad"), (4, "bad")]
+    assert list(in_chunks(iter([([], None, [(0, "bad")])]), 4)) == [([], None, [(0, "bad")])]
+
+
+def test_python_api_with_workers_gives_the_same_captions(tmp_path, photos, checkpoint):
+    from captioning.data.images import ImageError
+    from captioning.models import load_captioner
+
+    captioner = load_captioner(checkpoint, device="cpu")
+    paths = [photos / "a.png", photos / "nested" / "B.PNG", photos / "d.gif"] * 5  # 15 images: more than one batch
+    alone = captioner.caption(paths, batch_size=4, precision="fp32")
+    assert captioner.caption(paths, batch_size=4, precision="fp32", num_workers=2) == alone
+    assert captioner.caption([Image.open(p) for p in paths], batch_size=4, precision="fp32") == alone
+    with pytest.raises(ImageError, match="empty.jpg"):
+        captioner.caption([paths[0], photos / "empty.jpg"])

@@ -17,6 +17,7 @@ from captioning.run_state import TrainState
 from captioning import precision
 from captioning.models import CaptionDecoder, DecoderConfig, build_encoder
 from captioning.models.inference import fold_batchnorm, inference_copy
+from captioning.io import InputError
 from captioning.precision import autocast
 
 CPU = torch.device("cpu")
@@ -88,13 +89,13 @@ def plain(encoder, paths) -> torch.Tensor:
                                     dict(num_workers=0, batch_size=4)])
 def test_fast_extractor_gives_the_plain_loops_features(encoder, images, kwargs):
     reference = plain(encoder, images)  # (N, D), rows in the order of the paths
-    fast = extract_features(encoder, images, progress=False, **kwargs)
+    fast = extract_features(encoder, images, progress=False, precision="fp32", **kwargs)
     assert fast.dtype == torch.float32 and fast.shape == reference.shape
     assert F.cosine_similarity(fast, reference).min() >= 0.999
 
 
 def test_bf16_features_stay_close_to_fp32(encoder, images):
-    fp32 = extract_features(encoder, images, num_workers=1, progress=False)
+    fp32 = extract_features(encoder, images, num_workers=1, precision="fp32", progress=False)
     bf16 = extract_features(encoder, images, num_workers=1, precision="bf16", progress=False)
     assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)  # computed in bf16, returned as fp32
     assert F.cosine_similarity(bf16, fp32).min() >= 0.99
@@ -124,3 +125,34 @@ def test_inference_copy_of_efficientnet_folds_batchnorm_and_symmetric_padding():
     with torch.no_grad():
         torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), encoder(x),
                                    rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_auto_is_bf16_exactly_where_bf16_is_native(monkeypatch, fast):
+    monkeypatch.setattr(precision, "has_fast_bf16", lambda device: fast)
+    chosen, why = precision.resolve_precision("auto", CPU)
+    assert chosen == ("bf16" if fast else "fp32") and why.startswith("auto: this CPU")
+    assert precision.resolve_precision("fp32", CPU) == ("fp32", "as asked")
+    assert precision.resolve_precision("bf16", CPU) == ("bf16", "as asked")
+    with pytest.raises(InputError, match="precision must be one of auto, fp32, bf16, got 'fp16'"):
+        precision.resolve_precision("fp16", CPU)
+    assert TrainerOptions().precision == "auto"
+
+
+def test_auto_precision_features_are_cached_under_what_it_chose(monkeypatch, encoder, images, tmp_path):
+    """The cache key holds the precision auto resolved to, so auto and its explicit twin share one file."""
+    import json
+
+    from captioning.data.coco import load_coco_captions
+    from captioning.data.features import cache_path, cached_features
+
+    annotations = tmp_path / "captions.json"
+    annotations.write_text(json.dumps({
+        "images": [{"id": i, "file_name": p.name} for i, p in enumerate(images)],
+        "annotations": [{"id": i, "image_id": i, "caption": "a shape"} for i in range(len(images))]}))
+    coco = load_coco_captions(annotations, images[0].parent)
+    monkeypatch.setattr(precision, "has_fast_bf16", lambda device: False)
+    features = cached_features(encoder, coco, tmp_path / "cache", precision="auto", num_workers=0, progress=False)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [cache_path(encoder.spec, coco, tmp_path / "cache",
+                                                                           "fp32").name]
+    assert torch.equal(features, cached_features(encoder, coco, tmp_path / "cache", precision="fp32", build=False))

@@ -11,6 +11,7 @@ import torch
 
 from captioning.checkpoint import load_checkpoint
 from captioning.data.shapes import make_shapes_dataset
+from captioning.precision import resolve_precision
 
 BIN = Path(sys.executable).parent
 
@@ -45,6 +46,8 @@ def test_run_writes_checkpoints_metrics_and_captions(tmp_path, tiny_shapes):
     assert metrics["test_knn"]["k"] == 1 and metrics["test_knn_consensus"]["k"] == 10  # the baselines, beside it
     assert all(set(metrics[k]) >= {"bleu4", "cider"} for k in ("test_knn", "test_knn_consensus", "test_shuffled_images"))
     assert metrics["select_on"] == "cider" and metrics["parameters"] > 0 and metrics["train_seconds"] > 0
+    auto = resolve_precision("auto", torch.device("cpu"))[0]  # trainer.precision=auto: what this machine has
+    assert metrics["precision"] == auto and f"precision {auto} (auto: this CPU" in proc.stdout
     assert all("val_cider" in e for e in metrics["epochs"])
     assert all(0.0 <= metrics["test"][f"bleu{n}"] <= 1.0 for n in range(1, 5))
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
@@ -142,3 +145,11 @@ def test_fine_tuning_options_that_cannot_work_are_one_line(tmp_path, tiny_shapes
                           timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, proc.stderr
+
+
+def test_threads_and_precision_as_asked(tmp_path, tiny_shapes):
+    run = tmp_path / "run"
+    proc = train(run, tiny_shapes, "trainer.max_epochs=1", "trainer.threads=1", "trainer.precision=fp32")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert (metrics["threads"], metrics["precision"]) == (1, "fp32")
+    assert "precision fp32 (as asked); 1 CPU threads (as asked)" in proc.stdout

@@ -24,7 +24,7 @@ def knn_scores(cfg: DictConfig) -> dict:
     from captioning.engine import caption_scores
     from captioning.io import InputError, atomic_write_json
     from captioning.models import build_encoder, load_captioner
-    from captioning.precision import resolve_device
+    from captioning.precision import resolve_device, resolve_precision
 
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
     if cfg.split == "train" or cfg.split not in split_names(dataset):
@@ -34,6 +34,8 @@ def knn_scores(cfg: DictConfig) -> dict:
     if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
         raise InputError(f"k must be positive integers, got {ks}")
     device = resolve_device(cfg.device)
+    precision, why = resolve_precision(cfg.precision, device)
+    print(f"features in {precision} ({why})", flush=True)
     cocos = load_splits(dataset)
     if cfg.checkpoint:
         encoder = load_captioner(cfg.checkpoint, device="cpu").encoder
@@ -42,11 +44,11 @@ def knn_scores(cfg: DictConfig) -> dict:
         encoder = build_encoder(e.name, pretrained=e.pretrained, weights=e.weights, image_size=e.image_size)
     features = {}
     for name in ("train", cfg.split):
-        if not cache_path(encoder.spec, cocos[name], cfg.cache_dir, cfg.precision).is_file():
+        if not cache_path(encoder.spec, cocos[name], cfg.cache_dir, precision).is_file():
             check_images(cocos[name])
         features[name] = cached_features(encoder, cocos[name], cfg.cache_dir, batch_size=cfg.encoder.batch_size,
                                          num_workers=cfg.encoder.num_workers, device=device,
-                                         precision=cfg.precision, progress=cfg.progress)
+                                         precision=precision, progress=cfg.progress)
     train, target = cocos["train"], cocos[cfg.split]
     knn = NearestNeighbourCaptioner(features["train"], [train.captions[i] for i in train.image_ids])
     report = {}

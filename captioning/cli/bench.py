@@ -3,6 +3,7 @@
     captioning-bench beam        # batched vs per-image beam search
     captioning-bench eval        # our BLEU vs the official scorer
     captioning-bench encoder     # feature extraction: plain loop vs ours (fp32/bf16)
+    captioning-bench caption     # captioning a folder: plain CNN in the main process vs captioning-caption
     captioning-bench decoder     # decoder training step: tokens/s and GFLOP/s vs matmul peak
     captioning-bench finetune    # raw-image training step: CNN frozen, last blocks trained, whole CNN
     captioning-bench data        # a dataset's vocabulary, caption lengths and decoder speed (Flickr8k)
@@ -17,7 +18,7 @@ import sys
 from captioning.bench.common import machine_description, markdown_table
 from captioning.io import InputError
 
-SUBCOMMANDS = ["beam", "eval", "encoder", "decoder", "finetune", "data"]
+SUBCOMMANDS = ["beam", "eval", "encoder", "caption", "decoder", "finetune", "data"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,21 +23,23 @@ from captioning.io import InputError
 def caption_folder(cfg: DictConfig) -> list[dict]:
     from dataclasses import asdict
 
-    import torch
-    from torch.utils.data import DataLoader
+    import math
 
+    from captioning.cpus import set_threads
     from captioning.data.coco import load_coco_captions
-    from captioning.data.folder import IMAGE_EXTENSIONS, ImageFolderDataset, collate_folder, find_images
-    from captioning.gallery import summary_line, write_outputs
+    from captioning.data.features import encoded_batches, in_chunks
+    from captioning.data.folder import IMAGE_EXTENSIONS, ImageFolderDataset, find_images
+    from captioning.gallery import Thumbnails, summary_line, write_outputs
     from captioning.models import load_captioner
     from captioning.models.ensemble import EnsembleDecoder
     from captioning.progress import progress
-    from captioning.precision import resolve_device
+    from captioning.precision import resolve_device, resolve_precision
 
     options = DecodeOptions(**cfg.decode)
     check(options)  # before any image is read
     decode = asdict(options)
     device = resolve_device(cfg.device)
+    precision, why = resolve_precision(cfg.precision, device)
     root, out_dir = Path(cfg.images).expanduser(), Path(cfg.output).expanduser()
     if not root.is_dir():
         raise InputError(f"images folder not found: {root}")
@@ -59,35 +61,37 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
     if cfg.attention and captioner.decoder.config.inject != "attention":
         raise InputError(f"attention=true draws an attention decoder's maps; {cfg.checkpoint} was trained with "
                          f"decoder.inject={captioner.decoder.config.inject} (train one with decoder=attention)")
-    loader = DataLoader(ImageFolderDataset(paths, captioner.transform), batch_size=cfg.batch_size,
-                        num_workers=cfg.num_workers, collate_fn=collate_folder)
+    threads, threads_why = set_threads(cfg.threads)
+    print(f"{len(paths)} images; CNN in {precision} ({why}); {threads} threads ({threads_why})", flush=True)
+    # The workers decode each image once: the CNN's input, its thumbnail, and on CPU the CNN itself.
+    thumbnails = Thumbnails(out_dir, cfg.thumbnail_size)
+    batches = encoded_batches(captioner.encoder, ImageFolderDataset(paths, captioner.transform, on_image=thumbnails),
+                              num_workers=cfg.num_workers, device=device, precision=precision)
 
     def name(path: Path) -> str:  # os.fsdecode's form: a name that is not UTF-8 keeps its bytes as surrogates
         return path.relative_to(root).as_posix()
 
     rows: list[dict] = [{} for _ in paths]
     attention: dict[int, tuple] = {}
-    with torch.inference_mode():
-        for n, (indices, images, bad) in enumerate(progress(loader, desc="caption", unit="batch",
-                                                             mode=cfg.progress)):
-            for i, error in bad:
-                rows[i] = {"file_name": name(paths[i]), "error": error}
-            if images is None:
-                continue
-            features = captioner.encoder(images.to(captioner.device))
-            described = captioner.describe_features(features, seed=cfg.seed + n, with_attention=cfg.attention,
-                                                    **decode)
-            for i, d in zip(indices, described):
-                rows[i] = {"file_name": name(paths[i]), "caption": d["caption"], "score": round(d["score"], 4)}
-                if "captions" in d:  # decode.num_return > 1: the best first, as in "caption"
-                    rows[i].update(captions=d["captions"], scores=[round(x, 4) for x in d["scores"]])
-                if cfg.attention:
-                    attention[i] = (d["words"], d["attention"])
+    chunks = in_chunks(batches, cfg.batch_size)  # the CNN's batches suit the CNN; beam search wants large ones
+    for n, (indices, features, bad) in enumerate(progress(chunks, total=math.ceil(len(paths) / cfg.batch_size),
+                                                          desc="caption", unit="batch", mode=cfg.progress)):
+        for i, error in bad:
+            rows[i] = {"file_name": name(paths[i]), "error": error}
+        if features is None:
+            continue
+        described = captioner.describe_features(features, seed=cfg.seed + n, with_attention=cfg.attention, **decode)
+        for i, d in zip(indices, described):
+            rows[i] = {"file_name": name(paths[i]), "caption": d["caption"], "score": round(d["score"], 4)}
+            if "captions" in d:  # decode.num_return > 1: the best first, as in "caption"
+                rows[i].update(captions=d["captions"], scores=[round(x, 4) for x in d["scores"]])
+            if cfg.attention:
+                attention[i] = (d["words"], d["attention"])
     rows += [{"file_name": name(path), "error": reason} for path, reason in problems]
     if references is not None:
         print(score_against(rows, references))
     written = write_outputs(rows, root, out_dir, cfg.thumbnail_size, title=f"Captions for {root}",
-                            attention=attention)
+                            attention=attention, thumbnails_made={i for i, r in enumerate(rows) if "caption" in r})
     print(f"{summary_line(rows)}; gallery: {written['html']}  (also {written['json'].name}, {written['csv'].name})")
     return rows
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from captioning.data.coco import CocoCaptions, id_list
 from captioning.data.folder import ImageFolderDataset, collate_folder
 from captioning.io import InputError, atomic_path
 from captioning.models.inference import inference_copy
-from captioning.precision import autocast, check_precision
+from captioning.precision import autocast, resolve_precision
 from captioning.progress import Mode, progress as progress_bar
 
 
@@ -48,10 +48,12 @@ class EncodeBatch:
     oneDNN's and cuDNN's convolutions want), no autograd bookkeeping, bf16 autocast if asked.
 
     `EncodeItems` makes it a DataLoader's collate_fn, so that the CNN runs inside the worker processes.
+    `precision`: fp32, bf16 or auto (bf16 where the device has native bf16: `self.precision` says which).
     """
 
-    def __init__(self, encoder: nn.Module, device: torch.device, precision: str = "fp32"):
-        check_precision(precision)
+    def __init__(self, encoder: nn.Module, device: torch.device, precision: str = "auto"):
+        device = torch.device(device)
+        precision, _ = resolve_precision(precision, device)
         self.encoder = inference_copy(encoder.to(device).eval()).to(memory_format=torch.channels_last)
         self.device, self.precision = device, precision
 
@@ -72,15 +74,11 @@ class EncodeItems:
         return indices, None if images is None else self.encode(images), bad
 
 
-def extract_features(encoder: nn.Module, paths: Sequence[str | os.PathLike], *, batch_size: int | None = None,
-                     num_workers: int = 2, device: str | torch.device = "cpu", precision: str = "fp32",
-                     encode_in_workers: bool = True, progress: Mode = "auto", desc: str = "features",
-                     grid_file: str | os.PathLike | None = None) -> torch.Tensor | np.ndarray:
-    """Run `encoder` over image files; returns float32 features (N, D) in the order of `paths`.
-
-    A grid encoder's annotation vectors (N, L, D) go, as they come, into the .npy file `grid_file` in
-    float16 (COCO's 123,287 images at 7 x 7 x 1280 are 15 GB: more than memory, half of float32) and come
-    back memory-mapped.
+def encoded_batches(encoder: nn.Module, dataset: ImageFolderDataset, *, batch_size: int | None = None,
+                    num_workers: int = 2, device: str | torch.device = "cpu", precision: str = "auto",
+                    encode_in_workers: bool = True) -> Iterator[tuple[list[int], torch.Tensor | None, list]]:
+    """`dataset`'s images through `encoder`, batch by batch: (indices, float32 features (B, D) or (B, L, D) or
+    None, [(index, error)] for files that could not be read). Feature extraction and captioning both run on it.
 
     DataLoader workers decode and resize the images while the CNN runs. On CPU (unless
     `encode_in_workers=False`) the workers run the CNN too, one single-threaded CNN per worker
@@ -90,25 +88,58 @@ def extract_features(encoder: nn.Module, paths: Sequence[str | os.PathLike], *, 
     thread: starting an OpenMP pool after fork can hang.) On CUDA the main process runs the CNN
     on batches from pinned memory. The default batch (DEFAULT_BATCH) is 8 images on CPU,
     measured faster than 32 or 64, and 64 on CUDA.
-    `captioning-bench encoder` measures this against a plain loop.
     """
     device = torch.device(device)
     in_workers = encode_in_workers and device.type == "cpu" and num_workers > 0
-    batch_size = batch_size or DEFAULT_BATCH.get(device.type, 64)
     encode = EncodeBatch(encoder, device, precision)
-    paths = list(paths)
-    loader = DataLoader(ImageFolderDataset(paths, encoder.transform), batch_size=batch_size, num_workers=num_workers,
+    loader = DataLoader(dataset, batch_size=batch_size or DEFAULT_BATCH.get(device.type, 64), num_workers=num_workers,
                         collate_fn=EncodeItems(encode) if in_workers else collate_folder,
                         pin_memory=device.type == "cuda")
+    for indices, batch, bad in loader:
+        yield indices, (batch if in_workers or batch is None else encode(batch)), bad
+
+
+def in_chunks(batches: Iterable[tuple[list[int], torch.Tensor | None, list]], size: int
+              ) -> Iterator[tuple[list[int], torch.Tensor | None, list]]:
+    """`encoded_batches`' (indices, features, errors) regrouped into chunks of `size` images (the last smaller):
+    the CNN's batches suit the CNN, and beam search runs faster on larger ones."""
+    indices, features, errors = [], [], []
+    for batch_indices, batch_features, batch_errors in batches:
+        errors += batch_errors
+        if batch_features is not None:
+            indices += batch_indices
+            features.append(batch_features)
+        while len(indices) >= size:
+            stacked = torch.cat(features)
+            yield indices[:size], stacked[:size], errors
+            indices, features, errors = indices[size:], [stacked[size:]], []
+    if indices or errors:
+        yield indices, torch.cat(features) if indices else None, errors
+
+
+def extract_features(encoder: nn.Module, paths: Sequence[str | os.PathLike], *, batch_size: int | None = None,
+                     num_workers: int = 2, device: str | torch.device = "cpu", precision: str = "auto",
+                     encode_in_workers: bool = True, progress: Mode = "auto", desc: str = "features",
+                     grid_file: str | os.PathLike | None = None) -> torch.Tensor | np.ndarray:
+    """Run `encoder` over image files (`encoded_batches`); returns float32 features (N, D) in the order of `paths`.
+
+    A grid encoder's annotation vectors (N, L, D) go, as they come, into the .npy file `grid_file` in
+    float16 (COCO's 123,287 images at 7 x 7 x 1280 are 15 GB: more than memory, half of float32) and come
+    back memory-mapped. `captioning-bench encoder` measures this against a plain loop.
+    """
+    paths = list(paths)
     grid = getattr(encoder, "grid", False)
     if grid and grid_file is None:
         raise ValueError("a grid encoder's features need a grid_file to be written to")
     out = None if grid else torch.zeros(len(paths), encoder.out_dim)
     problems = []
+    batches = encoded_batches(encoder, ImageFolderDataset(paths, encoder.transform), batch_size=batch_size,
+                              num_workers=num_workers, device=device, precision=precision,
+                              encode_in_workers=encode_in_workers)
     with progress_bar(total=len(paths), desc=desc, unit="img", mode=progress) as bar:
-        for indices, batch, bad in loader:
+        for indices, batch, bad in batches:
             if batch is not None:
-                feats = (batch if in_workers else encode(batch)).cpu()  # (B, D) or (B, L, D)
+                feats = batch.cpu()  # (B, D) or (B, L, D)
                 if grid and out is None:  # the grid's size L is known from the first batch
                     out = np.lib.format.open_memmap(grid_file, mode="w+", dtype=np.float16,
                                                     shape=(len(paths), *feats.shape[1:]))
@@ -123,7 +154,7 @@ def extract_features(encoder: nn.Module, paths: Sequence[str | os.PathLike], *, 
 
 
 def cached_features(encoder: nn.Module, coco: CocoCaptions, cache_dir: str | os.PathLike, *,
-                    precision: str = "fp32", build: bool = True, spec: dict | None = None,
+                    precision: str = "auto", build: bool = True, spec: dict | None = None,
                     **extract_kwargs) -> torch.Tensor | np.ndarray:
     """Features for every image of `coco` (rows follow `coco.image_ids`), from the cache if present:
     pooled ones (N, D) as a float32 tensor, a grid (N, L, D) as a read-only float16 memory map, so a
@@ -133,6 +164,7 @@ def cached_features(encoder: nn.Module, coco: CocoCaptions, cache_dir: str | os.
     encoder spec instead of `encoder.spec` (a run that fine-tunes later reads the frozen encoder's features).
     """
     spec = spec or encoder.spec
+    precision, _ = resolve_precision(precision, torch.device(extract_kwargs.get("device", "cpu")))
     path = cache_path(spec, coco, cache_dir, precision)
     if path.is_file():
         if path.suffix == ".npy":

@@ -59,19 +59,24 @@ def find_images(root: str | os.PathLike, exclude: str | os.PathLike | None = Non
 
 
 class ImageFolderDataset(Dataset):
-    """Items `(index, tensor (3, H, W) or None, error message or None)`."""
+    """Items `(index, tensor (3, H, W) or None, error message or None)`. `on_image(index, image)` is called with
+    each decoded image (in the DataLoader's workers): the captioner's gallery makes its thumbnails there."""
 
-    def __init__(self, paths: Sequence[Path], transform: Callable[[Image.Image], torch.Tensor]):
-        self.paths, self.transform = list(paths), transform
+    def __init__(self, paths: Sequence[Path], transform: Callable[[Image.Image], torch.Tensor],
+                 on_image: Callable[[int, Image.Image], None] | None = None):
+        self.paths, self.transform, self.on_image = list(paths), transform, on_image
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
-            return i, self.transform(open_image(self.paths[i])), None
+            image = open_image(self.paths[i])
         except ImageError as e:  # one unreadable file is recorded, not raised
             return i, None, e.reason
+        if self.on_image is not None:
+            self.on_image(i, image)
+        return i, self.transform(image), None
 
 
 def collate_folder(items: list[tuple[int, torch.Tensor | None, str | None]]):

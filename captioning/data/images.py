@@ -1,5 +1,5 @@
 """Reading images: the one opener that training, feature extraction, the captioner, the folder tool and the
-gallery all use, so a file is read the same way everywhere, and the conversion to a tensor.
+gallery all use, so a file is read the same way everywhere, the conversion to a tensor, and thumbnails.
 
 `open_image` decodes the whole file at once (a truncated file fails here, not half-way through a batch),
 refuses images over Pillow's decompression-bomb limit (a 20000 x 20000 PNG would need 1.2 GB), and
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from captioning.io import InputError
+from captioning.io import InputError, atomic_path
 
 ImageLike = str | os.PathLike | Image.Image
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # integer greyscale, 0..65535
@@ -83,6 +83,14 @@ def open_image(image: ImageLike) -> Image.Image:
                 return to_rgb(im)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning) as e:  # missing, truncated, corrupt
         raise _error(image, _reason(e)) from None
+
+
+def save_thumbnail(image: Image.Image, dest: str | os.PathLike, size: int) -> None:
+    """A JPEG of `image` that fits in size x size (aspect kept), written atomically to `dest`."""
+    thumb = image.copy()
+    thumb.thumbnail((size, size))
+    with atomic_path(dest) as tmp:
+        thumb.save(tmp, format="JPEG", quality=85)
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:

@@ -16,7 +16,8 @@ from PIL import Image
 from torch import Tensor, nn
 
 from captioning.checkpoint import load_checkpoint
-from captioning.data.images import ImageLike, open_image
+from captioning.data.folder import ImageFolderDataset
+from captioning.data.images import ImageError, ImageLike
 from captioning.decoding import decode
 from captioning.io import InputError
 from captioning.models.decoder import DecoderConfig, build_decoder
@@ -82,19 +83,30 @@ class Captioner(nn.Module):
         return [row["caption"] for row in self.describe_features(features, **options)]
 
     @torch.no_grad()
-    def caption(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 32, seed: int | None = None,
-                **decode_options) -> list[str]:
-        """Captions for image paths or PIL images, `batch_size` at a time (options: `caption_features`).
+    def caption(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 64, seed: int | None = None,
+                num_workers: int = 0, precision: str = "auto", **decode_options) -> list[str]:
+        """Captions for image paths or PIL images (decoding options: `caption_features`).
 
-        Sampling draws batch n from a generator seeded with `seed + n`, as `captioning-caption` does.
+        The CNN runs as in feature extraction and captioning-caption (`encoded_batches`: its inference copy,
+        channels_last, `precision` auto | fp32 | bf16; with `num_workers` on CPU, in worker processes that also
+        read the images), then decoding takes `batch_size` images per call; sampling draws call n from a
+        generator seeded with `seed + n`. An unreadable image is an ImageError naming it.
         """
+        from captioning.data.features import DEFAULT_BATCH, encoded_batches, in_chunks  # it imports models
+
         if isinstance(images, (str, os.PathLike, Image.Image)):
             images = [images]
+        images = list(images)
+        batches = encoded_batches(self.encoder, ImageFolderDataset(images, self.transform), device=self.device,
+                                  num_workers=num_workers if len(images) > DEFAULT_BATCH["cpu"] else 0,
+                                  precision=precision)
         captions: list[str] = []
         with _evaluating(self.encoder):
-            for n, start in enumerate(range(0, len(images), batch_size)):
-                batch = torch.stack([self.transform(open_image(im)) for im in images[start:start + batch_size]])
-                features = self.encoder(batch.to(self.device))  # (B, D)
+            for n, (_, features, bad) in enumerate(in_chunks(batches, batch_size)):
+                if bad:
+                    i, reason = bad[0]
+                    where = i if isinstance(images[i], Image.Image) else repr(os.fsdecode(images[i]))
+                    raise ImageError(f"image {where}: {reason}")
                 captions += self.caption_features(features, seed=None if seed is None else seed + n,
                                                   **decode_options)
         return captions

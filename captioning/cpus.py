@@ -1,0 +1,56 @@
+"""How many CPUs this process may really use, and the thread count torch gets from it.
+
+torch's default thread count is the machine's core count. A job often has fewer: a SLURM or taskset CPU
+mask (`os.sched_getaffinity`), or a container's CPU quota (cgroup `cpu.max`: 200000 100000 is two CPUs'
+worth of time). Every parallel region of a CPU kernel ends in an OpenMP barrier that waits for its slowest
+thread, so one thread too many, waiting for a CPU another process holds, stalls every layer: a decoder
+epoch with 2 threads ran 7x slower than with 1 while another process held one of the machine's two cores.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def cgroup_cpu_quota(root: Path = CGROUP) -> float | None:
+    """CPUs' worth of time the cgroup may use (quota / period), or None when unlimited or unknown.
+    cgroup v2 `cpu.max` ("200000 100000", or "max 100000"), else v1 `cpu/cpu.cfs_quota_us` and `cfs_period_us`."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def available_cpus(root: Path = CGROUP) -> int:
+    """The CPUs this process may use: its affinity mask, capped by the cgroup quota (rounded up), at least 1."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cgroup_cpu_quota(root)
+    if quota is not None:
+        cpus = min(cpus, math.ceil(quota))
+    return max(1, cpus)
+
+
+def set_threads(threads: int | None = None) -> tuple[int, str]:
+    """torch's intra-op threads: `threads` if given, else OMP_NUM_THREADS if set (torchrun sets 1 per process),
+    else `available_cpus()`. Returns (threads, where the number came from)."""
+    if threads is not None:
+        why = "as asked"
+    elif os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        threads, why = int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
+    else:
+        threads = available_cpus()
+        why = f"the CPUs this process may use, of {os.cpu_count()} on the machine"
+    torch.set_num_threads(threads)
+    return threads, why
