@@ -177,36 +177,52 @@ def beam_search(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int
     finished = torch.zeros(B, K, dtype=torch.bool, device=device)
     lengths = torch.zeros(B, K, device=device)
     seqs = torch.empty(B * K, 0, dtype=torch.long, device=device)
-    offsets = (torch.arange(B, device=device) * K)[:, None]  # (B, 1)
     attention = None
-    for _ in range(max_len):
+    # An image whose K beams have all ended leaves the batch (its rows are computed no more): `alive` are the
+    # images still searched, and `final` receives the others' beams, eos-padded, when they end.
+    alive = torch.arange(B, device=device)
+    final = _FinalBeams(B, K, max_len, eos_id, device)
+    for t in range(max_len):
+        n = len(alive)
         logits, state = decoder.step(tokens, state, feats)
-        step_attention = decoder.last_alpha if with_attention else None  # (B*K, grid), per parent row
+        step_attention = decoder.last_alpha if with_attention else None  # (n*K, grid), per parent row
         logp = logits.float().log_softmax(-1)
         if rules:
             logp = rules(logp, seqs)
-        logp = logp.view(B, K, -1)  # (B, K, V)
+        logp = logp.view(n, K, -1)  # (n, K, V)
         V = logp.shape[-1]
         # A finished beam may only "emit" <end> again, at no cost, so its score stays put.
         logp = logp.masked_fill(finished[..., None], float("-inf"))
         logp[..., eos_id] = logp[..., eos_id].masked_fill(finished, 0.0)
-        cand = scores[..., None] + logp  # (B, K, V)
+        cand = scores[..., None] + logp  # (n, K, V)
         if G == 1:
-            scores, idx = cand.view(B, K * V).topk(K, dim=-1)  # (B, K)
+            scores, idx = cand.view(n, K * V).topk(K, dim=-1)  # (n, K)
         else:
             scores, idx = _diverse_topk(cand, finished, G, diversity_lambda)
         beam, tokens = idx // V, idx % V
-        rows = (offsets + beam).view(-1)  # (B*K,) parent row of each new beam
-        state = decoder.reorder_state(state, rows)
+        rows = (torch.arange(n, device=device)[:, None] * K + beam).view(-1)  # (n*K,) parent row of each new beam
         seqs = torch.cat([seqs[rows], tokens.view(-1, 1)], 1)
         if with_attention:  # each new beam inherits its parent's maps and adds the one of this step
             new = step_attention[rows][:, None]
             attention = new if attention is None else torch.cat([attention[rows], new], 1)
         lengths = lengths.gather(1, beam) + (~finished.gather(1, beam)).float()
         finished = finished.gather(1, beam) | (tokens == eos_id)
-        tokens = tokens.view(-1)
-        if finished.all():
-            break
+        ended = finished.all(1) if t < max_len - 1 else torch.ones_like(finished[:, 0])  # (n,)
+        if ended.any():
+            final.store(alive[ended], scores[ended], lengths[ended], seqs.view(n, K, -1)[ended],
+                        attention.view(n, K, *attention.shape[1:])[ended] if with_attention else None)
+            if ended.all():
+                break
+            keep = ~ended
+            rows = rows.view(n, K)[keep].view(-1)
+            keep_rows = (torch.arange(n, device=device)[keep][:, None] * K + torch.arange(K, device=device)).view(-1)
+            alive, scores, lengths, finished = alive[keep], scores[keep], lengths[keep], finished[keep]
+            seqs, tokens, feats = seqs[keep_rows], tokens[keep], feats[keep_rows]
+            attention = attention[keep_rows] if with_attention else None
+        state = decoder.reorder_state(state, rows)
+        tokens = tokens.reshape(-1)
+    scores, lengths, seqs, attention = final.scores, final.lengths, final.seqs, final.attention
+    offsets = (torch.arange(B, device=device) * K)[:, None]  # (B, 1)
     best = (scores / length_divisor(lengths, length_penalty, length_alpha)).sort(dim=-1, descending=True,
                                                                                   stable=True).indices  # (B, K)
     if num_return > 1:  # distinct captions first: beam groups may end on the same one
@@ -218,6 +234,38 @@ def beam_search(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int
     ids = _pad_after_eos(seqs[winners], eos_id, pad_id)
     return Decoded(ids, (scores.gather(1, best) / lengths.gather(1, best).clamp(min=1)).view(-1),
                    attention[winners] if with_attention else None)
+
+
+class _FinalBeams:
+    """The K final beams of every image, stored as its search ends: scores and lengths (B, K), token ids
+    (B*K, longest) padded with <end>, attention maps (B*K, longest, grid) padded with zeros."""
+
+    def __init__(self, B: int, K: int, max_len: int, eos_id: int, device: torch.device):
+        self.K, self.eos_id, self.longest = K, eos_id, 0
+        self.scores = torch.empty(B, K, device=device)
+        self.lengths = torch.empty(B, K, device=device)
+        self._seqs = torch.full((B * K, max_len), eos_id, dtype=torch.long, device=device)
+        self._attention = None
+
+    def store(self, images: Tensor, scores: Tensor, lengths: Tensor, seqs: Tensor, attention: Tensor | None) -> None:
+        """Images (m,), their scores and lengths (m, K), token ids (m, K, t) and attention maps (m, K, t, grid)."""
+        rows = (images[:, None] * self.K + torch.arange(self.K, device=images.device)).view(-1)
+        self.scores[images], self.lengths[images] = scores, lengths
+        t = seqs.shape[-1]
+        self._seqs[rows, :t] = seqs.reshape(-1, t)
+        self.longest = max(self.longest, t)
+        if attention is not None:
+            if self._attention is None:
+                self._attention = attention.new_zeros(self._seqs.shape[0], self._seqs.shape[1], attention.shape[-1])
+            self._attention[rows, :t] = attention.reshape(-1, t, attention.shape[-1])
+
+    @property
+    def seqs(self) -> Tensor:
+        return self._seqs[:, :self.longest]
+
+    @property
+    def attention(self) -> Tensor | None:
+        return None if self._attention is None else self._attention[:, :self.longest]
 
 
 def _diverse_topk(cand: Tensor, finished: Tensor, groups: int, diversity_lambda: float) -> tuple[Tensor, Tensor]:

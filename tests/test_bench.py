@@ -94,6 +94,24 @@ def test_beam(capsys):
     assert all(r["same captions as loop"] == "3/3" for r in rows)
 
 
+def test_beam_with_a_trained_checkpoint(capsys, tmp_path):
+    from captioning.checkpoint import save_checkpoint
+    from captioning.models import Captioner, build_encoder
+    from captioning.text import Vocabulary
+
+    torch.manual_seed(0)
+    vocab = Vocabulary(["a", "red", "circle"])
+    encoder = build_encoder("small_cnn")
+    config = DecoderConfig(vocab_size=len(vocab), feature_dim=encoder.out_dim, embed_dim=8, hidden_dim=16)
+    save_checkpoint(tmp_path / "m.pt", model_state=Captioner(encoder, CaptionDecoder(config), vocab).state_dict(),
+                    vocab=vocab, model_config={"encoder": encoder.spec, "decoder": vars(config)})
+    for i in range(4):
+        Image.new("RGB", (40, 30), (60 * i, 20, 200 - 30 * i)).save(tmp_path / f"{i}.png")
+    rows = bench(capsys, "beam", "--checkpoint", str(tmp_path / "m.pt"), "--folder", str(tmp_path), "--images", "3",
+                 "--beam-sizes", "2", "--batch-sizes", "3", "--max-len", "5")
+    assert [r["images"] for r in rows] == ["3", "3"] and all(r["same captions as loop"] == "3/3" for r in rows)
+
+
 def test_eval(capsys, tmp_path):
     captions = tmp_path / "captions.txt"
     captions.write_text("".join(f"im{i}.jpg#{n}\t{text}\n" for i, texts in enumerate([

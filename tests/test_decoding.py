@@ -156,3 +156,36 @@ def test_decode_dispatches_and_validates():
         decode(decoder, feats, "nucleus", **IDS)
     with pytest.raises(ValueError, match="temperature"):
         sample(decoder, feats, temperature=0, **IDS)
+
+
+class EndsOrNot(torch.nn.Module):
+    """A stub decoder: image feature 1.0 makes <end> (id 2) almost certain at every step, 0.0 makes it almost
+    impossible; the other words' log-probabilities depend on the previous token, so beams differ."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows = []  # rows of every step call
+
+    def init_state(self, features):
+        return torch.zeros(1, len(features), 1)
+
+    @staticmethod
+    def reorder_state(state, index):
+        return state.index_select(1, index)
+
+    def step(self, tokens, state, features):
+        self.rows.append(len(tokens))
+        logits = torch.stack([torch.arange(6.0) * 0.1 * (t % 3 + 1) for t in tokens.tolist()])
+        logits[:, 2] = torch.where(features[:, 0] > 0.5, 50.0, -50.0)
+        return logits, state
+
+
+def test_images_whose_beams_all_ended_leave_the_batch():
+    decoder = EndsOrNot()
+    features = torch.tensor([[1.0], [0.0], [1.0]])  # images 0 and 2 end at once; image 1 runs to max_len
+    out = beam_search(decoder, features, bos_id=1, eos_id=2, pad_id=0, beam_size=3, max_len=6)
+    assert decoder.rows == [9, 9, 3, 3, 3, 3]  # after two steps only image 1's three beams are computed
+    alone = [beam_search(EndsOrNot(), f[None], bos_id=1, eos_id=2, pad_id=0, beam_size=3, max_len=6) for f in features]
+    assert torch.equal(out.ids, torch.nn.utils.rnn.pad_sequence([a.ids[0] for a in alone], batch_first=True))
+    assert torch.equal(out.score, torch.cat([a.score for a in alone]))
+    assert out.ids[0, 0] == 2 and out.ids.shape[1] == 6 and not (out.ids[1] == 2).any()  # <end> at once; 6 words

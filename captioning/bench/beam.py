@@ -1,14 +1,17 @@
 """beam: batched beam search (batch x beam rows per step) vs a per-image beam search loop.
 
-Both run the same realistic decoder (LSTM, hidden 512, embedding 256, a 2,000-word vocabulary;
-random weights: the speed does not depend on what was learnt) over the same image features,
-and must return the same captions. The batched search is timed at each of --batch-sizes images
-per call (the captioner's default is 32); the per-image loop makes one call per image.
+Both run the same decoder over the same image features and must return the same captions. By default a
+realistic LSTM (hidden 512, embedding 256, a 2,000-word vocabulary) with random weights on random features:
+its captions never end before --max-len, the slowest case. With --checkpoint, a trained captioner's decoder on
+its own CNN's features of the images in --folder, whose captions end when the model says so: an image whose
+beams have all ended leaves the batch. The batched search is timed at each of --batch-sizes images per call
+(captioning-caption's default is 64); the per-image loop makes one call per image.
 """
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -31,12 +34,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-len", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per method; the fastest counts")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="a trained captioner (see above)")
+    parser.add_argument("--folder", type=Path, default=None, help="with --checkpoint: the images to caption")
 
 
-def _captions(seqs: torch.Tensor) -> list[tuple[int, ...]]:
+def _captions(seqs: torch.Tensor, eos: int = EOS) -> list[tuple[int, ...]]:
     """Token ids up to the first <end>: what the caption is made of (padding and length may differ)."""
     rows = [row.tolist() for row in seqs]
-    return [tuple(r[: r.index(EOS)] if EOS in r else r) for r in rows]
+    return [tuple(r[: r.index(eos)] if eos in r else r) for r in rows]
+
+
+def _trained(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.Tensor, dict]:
+    """A checkpoint's decoder, its CNN's fp32 features of the first --images images of --folder, its token ids."""
+    from captioning.bench.encoder import IMAGE_SUFFIXES
+    from captioning.data.features import extract_features
+    from captioning.io import InputError
+    from captioning.models import load_captioner
+
+    if args.folder is None or not args.folder.is_dir():
+        raise InputError(f"--checkpoint needs --folder, a folder of images (got {args.folder})")
+    paths = sorted(p for p in args.folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:args.images]
+    captioner = load_captioner(args.checkpoint, device=args.device)
+    features = extract_features(captioner.encoder, paths, precision="fp32", device=args.device, progress=False)
+    v = captioner.vocab
+    return captioner.decoder, features.to(args.device), dict(bos_id=v.bos_id, eos_id=v.eos_id, max_len=args.max_len)
 
 
 def _timed(fn: Callable[[], list], repeats: int) -> tuple[float, list]:
@@ -52,23 +73,29 @@ def _timed(fn: Callable[[], list], repeats: int) -> tuple[float, list]:
 @torch.no_grad()
 def run(args: argparse.Namespace) -> list[dict]:
     torch.manual_seed(0)
-    config = DecoderConfig(vocab_size=args.vocab, feature_dim=args.feature_dim, embed_dim=args.embed,
-                           hidden_dim=args.hidden)
-    decoder = CaptionDecoder(config).to(args.device).eval()
-    features = torch.randn(args.images, args.feature_dim, device=args.device)  # (N, D)
-    search = dict(bos_id=BOS, eos_id=EOS, max_len=args.max_len)
+    if args.checkpoint is None:
+        config = DecoderConfig(vocab_size=args.vocab, feature_dim=args.feature_dim, embed_dim=args.embed,
+                               hidden_dim=args.hidden)
+        decoder = CaptionDecoder(config).to(args.device).eval()
+        features = torch.randn(args.images, args.feature_dim, device=args.device)  # (N, D)
+        search = dict(bos_id=BOS, eos_id=EOS, max_len=args.max_len)
+    else:
+        decoder, features, search = _trained(args)
     beam_search(decoder, features[:2], beam_size=2, **search)  # warm-up: first-call allocations
     rows = []
     for k in args.beam_sizes:
-        methods = {"per-image loop": lambda: [c for f in features
-                                              for c in _captions(beam_search(decoder, f[None], beam_size=k, **search).ids)]}
+        eos = search["eos_id"]
+        methods = {"per-image loop": lambda: [c for f in features for c in _captions(
+            beam_search(decoder, f[None], beam_size=k, **search).ids, eos)]}
         for b in args.batch_sizes:
             methods[f"batched, {b} images/call"] = lambda b=b: [
-                c for chunk in features.split(b) for c in _captions(beam_search(decoder, chunk, beam_size=k, **search).ids)]
+                c for chunk in features.split(b) for c in _captions(beam_search(decoder, chunk, beam_size=k, **search).ids,
+                                                                     eos)]
         results = {name: _timed(fn, args.repeats) for name, fn in methods.items()}
         loop_s, loop_out = results["per-image loop"]
         for name, (seconds, out) in results.items():
-            rows.append({"beam": k, "method": name, "images": args.images, "seconds": seconds,
-                         "images/s": args.images / seconds, "speedup": f"{loop_s / seconds:.1f}x",
-                         "same captions as loop": f"{sum(a == b for a, b in zip(out, loop_out))}/{args.images}"})
+            n = len(features)
+            rows.append({"beam": k, "method": name, "images": n, "seconds": seconds, "images/s": n / seconds,
+                         "speedup": f"{loop_s / seconds:.1f}x", "words per caption": sum(map(len, out)) / n,
+                         "same captions as loop": f"{sum(a == b for a, b in zip(out, loop_out))}/{n}"})
     return rows

@@ -7,6 +7,7 @@
     captioning-bench decoder     # decoder training step: tokens/s and GFLOP/s vs matmul peak
     captioning-bench finetune    # raw-image training step: CNN frozen, last blocks trained, whole CNN
     captioning-bench data        # a dataset's vocabulary, caption lengths and decoder speed (Flickr8k)
+    captioning-bench scale       # COCO's size: annotations, vocabulary, dataset, feature cache, decoder epoch
     captioning-bench all
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 from captioning.bench.common import machine_description, markdown_table
 from captioning.io import InputError
 
-SUBCOMMANDS = ["beam", "eval", "encoder", "caption", "decoder", "finetune", "data"]
+SUBCOMMANDS = ["beam", "eval", "encoder", "caption", "decoder", "finetune", "data", "scale"]
 
 
 def main(argv: list[str] | None = None) -> None:
