@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
-from captioning.config import PRECISION_SETTINGS, PRECISIONS
+from captioning.config import PRECISION_SETTINGS
 from captioning.io import InputError
 
 
@@ -33,14 +33,9 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-
-
 def autocast(device: torch.device, precision: str) -> AbstractContextManager:
-    """bf16 autocast on CPU or CUDA; fp32 runs as is."""
-    check_precision(precision)
+    """bf16 autocast on CPU or CUDA; fp32 runs as is; auto is `resolve_precision`'s choice for `device`."""
+    precision, _ = resolve_precision(precision, device)
     if precision == "fp32":
         return nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)

@@ -23,6 +23,20 @@ def bench(capsys, *argv: str) -> list[dict]:
     return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
 
 
+def tiny_checkpoint(path) -> None:
+    """An untrained small_cnn + LSTM captioner."""
+    from captioning.checkpoint import save_checkpoint
+    from captioning.models import Captioner, build_encoder
+    from captioning.text import Vocabulary
+
+    torch.manual_seed(0)
+    vocab = Vocabulary(["a", "red", "circle"])
+    encoder = build_encoder("small_cnn")
+    config = DecoderConfig(vocab_size=len(vocab), feature_dim=encoder.out_dim, embed_dim=8, hidden_dim=16)
+    save_checkpoint(path, model_state=Captioner(encoder, CaptionDecoder(config), vocab).state_dict(), vocab=vocab,
+                    model_config={"encoder": encoder.spec, "decoder": vars(config)})
+
+
 def test_encoder(capsys, tmp_path):
     for i in range(5):
         Image.new("RGB", (40, 30), (40 * i, 20, 200 - 30 * i)).save(tmp_path / f"{i}.png")
@@ -35,25 +49,27 @@ def test_encoder(capsys, tmp_path):
 
 
 def test_caption(capsys, tmp_path):
-    from captioning.checkpoint import save_checkpoint
-    from captioning.models import Captioner, build_encoder
-    from captioning.text import Vocabulary
-
-    torch.manual_seed(0)
-    vocab = Vocabulary(["a", "red", "circle"])
-    encoder = build_encoder("small_cnn")
-    config = DecoderConfig(vocab_size=len(vocab), feature_dim=encoder.out_dim, embed_dim=8, hidden_dim=16)
-    save_checkpoint(tmp_path / "m.pt", model_state=Captioner(encoder, CaptionDecoder(config), vocab).state_dict(),
-                    vocab=vocab, model_config={"encoder": encoder.spec, "decoder": vars(config)})
+    tiny_checkpoint(tmp_path / "m.pt")
     (tmp_path / "images").mkdir()
     for i in range(5):
         Image.new("RGB", (40, 30), (40 * i, 20, 200 - 30 * i)).save(tmp_path / "images" / f"{i}.png")
     rows = bench(capsys, "caption", "--images", str(tmp_path / "images"), "--checkpoint", str(tmp_path / "m.pt"),
                  "--precisions", "fp32", "bf16", "--workers", "1")
-    assert [(r["method"].split(":")[0], r["CNN precision"]) for r in rows] == [
+    assert [(r["method"].split(":")[0], r["precision"]) for r in rows] == [
         ("first way", "fp32"), ("captioning-caption", "fp32"), ("captioning-caption", "bf16")]
     assert rows[0]["speedup"] == "1.00x" and rows[1]["same captions as the first way"] == "5/5"
     assert all(r["images"] == "5" and float(r["images/s"]) > 0 for r in rows)
+
+
+def test_scale(capsys):
+    rows = bench(capsys, "scale", "--images", "40", "--captions", "210", "--steps", "2", "--hidden", "16", "--embed",
+                 "8", "--batch", "8", "--precision", "fp32")
+    stages = [r["stage"] for r in rows]
+    assert stages[0] == "read, validate and index the annotations" and rows[0]["result"] == "40 images, 210 captions"
+    assert rows[2]["result"] == "210 items" and "float16" in stages[4]
+    assert stages[5].startswith("one decoder epoch, projected from 2 steps (hidden 16, batch 8, fp32)")
+    assert "27 steps" in rows[5]["result"] and float(rows[5]["seconds"]) > 0  # 210 captions / 8 per batch
+    assert stages[6] == "peak resident memory of this process" and rows[6]["result"].endswith("MiB")
 
 
 def test_decoder(capsys):
@@ -95,16 +111,7 @@ def test_beam(capsys):
 
 
 def test_beam_with_a_trained_checkpoint(capsys, tmp_path):
-    from captioning.checkpoint import save_checkpoint
-    from captioning.models import Captioner, build_encoder
-    from captioning.text import Vocabulary
-
-    torch.manual_seed(0)
-    vocab = Vocabulary(["a", "red", "circle"])
-    encoder = build_encoder("small_cnn")
-    config = DecoderConfig(vocab_size=len(vocab), feature_dim=encoder.out_dim, embed_dim=8, hidden_dim=16)
-    save_checkpoint(tmp_path / "m.pt", model_state=Captioner(encoder, CaptionDecoder(config), vocab).state_dict(),
-                    vocab=vocab, model_config={"encoder": encoder.spec, "decoder": vars(config)})
+    tiny_checkpoint(tmp_path / "m.pt")
     for i in range(4):
         Image.new("RGB", (40, 30), (60 * i, 20, 200 - 30 * i)).save(tmp_path / f"{i}.png")
     rows = bench(capsys, "beam", "--checkpoint", str(tmp_path / "m.pt"), "--folder", str(tmp_path), "--images", "3",

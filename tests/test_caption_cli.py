@@ -267,7 +267,7 @@ def test_the_cnn_in_workers_gives_the_first_ways_captions_and_thumbnails(tmp_pat
 
     rows, out = caption_inprocess(capsys, f"checkpoint={checkpoint}", f"images={photos}", f"output={tmp_path / 'new'}",
                                   "precision=fp32", "batch_size=2", workers=2)
-    assert "images; CNN in fp32 (as asked)" in out
+    assert "images; CNN and decoder in fp32 (as asked)" in out
     paths, _ = find_images(photos)
     plain = first_way(checkpoint, paths, photos, tmp_path / "plain", beam_size=3, workers=0)
     assert {r["file_name"]: r.get("caption") for r in rows} == plain

@@ -30,7 +30,8 @@ def train(run_dir: Path, data: Path, launcher: list[str], *overrides: str) -> su
     args = [*launcher, *overrides, f"dataset.root={data}", "encoder=small_cnn", f"cache_dir={run_dir / 'cache'}",
             "decoder.hidden_dim=32", "decoder.embed_dim=16", "decoder.embed_dropout=0.0", "decoder.output_dropout=0.0",
             "trainer.batch_size=16", "trainer.max_epochs=2", "trainer.patience=99", "trainer.progress=false",
-            "trainer.tensorboard=false", "optim.optimizer.lr=0.01", "optim.scheduler=constant", "optim.warmup_steps=0",
+            "trainer.tensorboard=false", "trainer.precision=fp32", "optim.optimizer.lr=0.01", "optim.scheduler=constant",
+            "optim.warmup_steps=0",
             "decode.max_len=8", f"hydra.run.dir={run_dir}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(args, capture_output=True, text=True, timeout=240, env=env)

@@ -46,7 +46,12 @@ COVERAGE = {
     "output=runs/fc_recipe/gallery decode.beam_size=3 decode.block_ngram_repeat=3": RUN,
     "captioning-train +experiment=fc_recipe encoder.finetune_from_epoch=20 encoder.finetune_blocks=3 "
     "optim.encoder_lr=1e-5 hydra.run.dir=runs/fc_finetune": RUN,
-    "captioning-train +experiment=demo trainer.precision=bf16 hydra.run.dir=runs/demo_bf16": RUN,
+    "captioning-train -m +experiment=demo seed=0,1,2 trainer.precision=fp32,bf16 trainer.tensorboard=false "
+    "hydra.sweep.dir=multirun/demo_precision": RUN,
+    "captioning-train -m dataset=shapes_shifted seed=0,1,2 trainer.precision=fp32,bf16 trainer.tensorboard=false "
+    "hydra.sweep.dir=multirun/shifted_precision": RUN,
+    "captioning-report multirun/demo_precision --output multirun/demo_precision/report.md": RUN,
+    "captioning-report multirun/shifted_precision --output multirun/shifted_precision/report.md": RUN,
     "captioning-train decoder.cell=gru decoder.inject=par optim=adamw trainer.max_epochs=20": RUN,
     "captioning-train -m decoder.cell=rnn,lstm hydra.sweep.dir=multirun/cells": RUN,
     "captioning-report multirun/cells --output multirun/cells/report.md": RUN,
@@ -132,9 +137,23 @@ COVERAGE = {
     "captioning-bench encoder --images data/shapes/images/val --limit 200 --repeats 2": RUN,
     "captioning-bench decoder": RUN,
     "captioning-bench finetune": RUN,
+    "captioning-bench caption": RUN,
+    "captioning-bench scale": RUN,
     "captioning-bench finetune --blocks 3 6 --repeats 3": RUN,
     "captioning-bench finetune --blocks 3 6 --repeats 3 --precision bf16": RUN,
     "captioning-bench beam --repeats 3": RUN,
+    "captioning-bench beam --repeats 3 --precision auto": RUN,
+    "captioning-bench beam --repeats 3 --checkpoint runs/demo/checkpoints/best.pt --folder data/shapes/images/test": RUN,
+    "captioning-bench beam --repeats 3 --checkpoint runs/demo/checkpoints/best.pt --folder data/shapes/images/test "
+    "--precision auto": RUN,
+    "captioning-bench caption --checkpoint runs/demo/checkpoints/best.pt --images data/shapes/images/train "
+    "--limit 3000": RUN,
+    "captioning-caption checkpoint=runs/demo/checkpoints/best.pt images=data/shapes/images/test "
+    "output=runs/demo/test_fp32 references=data/shapes/captions_test.json precision=fp32": RUN,
+    "captioning-caption checkpoint=runs/demo/checkpoints/best.pt images=data/shapes/images/test "
+    "output=runs/demo/test_auto references=data/shapes/captions_test.json": RUN,
+    "captioning-bench scale --steps 300": RUN,
+    "captioning-bench scale --steps 300 --precision fp32": RUN,
     "OMP_NUM_THREADS=1 captioning-bench beam --repeats 3": RUN,
     "captioning-bench eval": RUN,
     "captioning-bench data": RUN,

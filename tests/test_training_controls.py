@@ -32,7 +32,7 @@ def trained(batches, accumulate: int, steps_expected: int) -> tuple[dict, TrainS
                                            embed_dropout=0.0, output_dropout=0.0))
     optimizer = torch.optim.SGD(decoder.parameters(), lr=0.5)
     state = TrainState()
-    opts = TrainerOptions(accumulate=accumulate, grad_clip=None, progress=False)
+    opts = TrainerOptions(accumulate=accumulate, grad_clip=None, precision="fp32", progress=False)
     stats = train_one_epoch(decoder, None, batches, optimizer, None, state, opts, device=CPU, pad_id=0)
     assert state.step == steps_expected and state.batch == len(batches)
     return {k: v.detach().clone() for k, v in decoder.state_dict().items()}, stats
@@ -184,6 +184,6 @@ def test_attention_penalty_is_logged_beside_the_loss():
     batch = CaptionBatch(torch.randn(4, 5, 6), batch.captions, batch.lengths, batch.image_ids)  # a 5-cell grid
     state = TrainState()
     train_one_epoch(decoder, None, [batch], torch.optim.SGD(decoder.parameters(), lr=0.1), None, state,
-                    TrainerOptions(progress=False), device=CPU, pad_id=0)
+                    TrainerOptions(precision="fp32", progress=False), device=CPU, pad_id=0)
     penalty = state.extras["attention_penalty"] / state.tokens
     assert 0 < penalty < state.loss_sum / state.tokens  # part of the loss, logged as train_attention_penalty

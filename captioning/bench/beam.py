@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from captioning.decoding import beam_search
+from captioning.precision import autocast, resolve_precision
 from captioning.models import CaptionDecoder, DecoderConfig
 
 BOS, EOS = 1, 2
@@ -34,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-len", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per method; the fastest counts")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"],
+                        help="of the decoder's matrix products, both methods (captioning-caption's default: auto)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="a trained captioner (see above)")
     parser.add_argument("--folder", type=Path, default=None, help="with --checkpoint: the images to caption")
 
@@ -82,6 +85,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     else:
         decoder, features, search = _trained(args)
     beam_search(decoder, features[:2], beam_size=2, **search)  # warm-up: first-call allocations
+    precision, _ = resolve_precision(args.precision, torch.device(args.device))
     rows = []
     for k in args.beam_sizes:
         eos = search["eos_id"]
@@ -91,11 +95,13 @@ def run(args: argparse.Namespace) -> list[dict]:
             methods[f"batched, {b} images/call"] = lambda b=b: [
                 c for chunk in features.split(b) for c in _captions(beam_search(decoder, chunk, beam_size=k, **search).ids,
                                                                      eos)]
-        results = {name: _timed(fn, args.repeats) for name, fn in methods.items()}
+        with autocast(torch.device(args.device), args.precision):
+            results = {name: _timed(fn, args.repeats) for name, fn in methods.items()}
         loop_s, loop_out = results["per-image loop"]
         for name, (seconds, out) in results.items():
             n = len(features)
-            rows.append({"beam": k, "method": name, "images": n, "seconds": seconds, "images/s": n / seconds,
-                         "speedup": f"{loop_s / seconds:.1f}x", "words per caption": sum(map(len, out)) / n,
+            rows.append({"beam": k, "precision": precision, "method": name, "images": n, "seconds": seconds,
+                         "images/s": n / seconds, "speedup": f"{loop_s / seconds:.1f}x",
+                         "words per caption": sum(map(len, out)) / n,
                          "same captions as loop": f"{sum(a == b for a, b in zip(out, loop_out))}/{n}"})
     return rows

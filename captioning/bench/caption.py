@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             captions[key] = fn(tmp / f"out{n}")
             seconds[key] = time.perf_counter() - t0
     base = captions[next(iter(methods))]
-    return [{"method": method, "CNN precision": precision, "images": len(paths), "seconds": s,
+    return [{"method": method, "precision": precision, "images": len(paths), "seconds": s,
              "images/s": len(paths) / s, "speedup": f"{seconds[next(iter(methods))] / s:.2f}x",
              "same captions as the first way": f"{sum(captions[(method, precision)][k] == v for k, v in base.items())}"
                                                f"/{len(paths)}"}

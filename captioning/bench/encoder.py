@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     methods = {  # (method, precision, batch) -> features (N, D)
         ("plain loop: inline PIL decoding, NCHW, no_grad", "fp32", 32): lambda: plain_loop(encoder, paths, device),
         ("workers decode; folded CNN, channels_last, inference_mode, in the main process", "fp32", 64):
-            lambda: extract_features(encoder, paths, batch_size=64, encode_in_workers=False, **ours),
+            lambda: extract_features(encoder, paths, batch_size=64, encode_in_workers=False, precision="fp32", **ours),
     }
     for precision in ("fp32", "bf16"):
         methods[("ours: extract_features defaults", precision, DEFAULT_BATCH.get(device.type, 64))] = \

@@ -62,7 +62,8 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
         raise InputError(f"attention=true draws an attention decoder's maps; {cfg.checkpoint} was trained with "
                          f"decoder.inject={captioner.decoder.config.inject} (train one with decoder=attention)")
     threads, threads_why = set_threads(cfg.threads)
-    print(f"{len(paths)} images; CNN in {precision} ({why}); {threads} threads ({threads_why})", flush=True)
+    print(f"{len(paths)} images; CNN and decoder in {precision} ({why}); {threads} threads ({threads_why})",
+          flush=True)
     # The workers decode each image once: the CNN's input, its thumbnail, and on CPU the CNN itself.
     thumbnails = Thumbnails(out_dir, cfg.thumbnail_size)
     batches = encoded_batches(captioner.encoder, ImageFolderDataset(paths, captioner.transform, on_image=thumbnails),
@@ -80,7 +81,8 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
             rows[i] = {"file_name": name(paths[i]), "error": error}
         if features is None:
             continue
-        described = captioner.describe_features(features, seed=cfg.seed + n, with_attention=cfg.attention, **decode)
+        described = captioner.describe_features(features, seed=cfg.seed + n, with_attention=cfg.attention,
+                                                precision=precision, **decode)
         for i, d in zip(indices, described):
             rows[i] = {"file_name": name(paths[i]), "caption": d["caption"], "score": round(d["score"], 4)}
             if "captions" in d:  # decode.num_return > 1: the best first, as in "caption"

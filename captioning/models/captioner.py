@@ -23,6 +23,7 @@ from captioning.io import InputError
 from captioning.models.decoder import DecoderConfig, build_decoder
 from captioning.models.encoder import Encoder, encoder_from_spec
 from captioning.models.ensemble import EnsembleDecoder, check_ensemble
+from captioning.precision import autocast
 from captioning.text import Vocabulary
 
 
@@ -42,18 +43,19 @@ class Captioner(nn.Module):
 
     @torch.no_grad()
     def describe_features(self, features: Tensor, seed: int | None = None, with_attention: bool = False,
-                          **options) -> list[dict]:
+                          precision: str = "fp32", **options) -> list[dict]:
         """For image features (B, D), or a grid (B, L, D) for the attention decoder: one dict per image,
         {"caption", "score": mean log-probability per token, "words", ["attention": (len(words) + 1, L),
         one map per word and one for <end>], [with num_return > 1: "captions", "scores", best first]}. Options as
-        in `caption_features`."""
+        in `caption_features`; `precision` of the decoder's matrix products (auto | fp32 | bf16: autocast; the
+        log-probabilities and scores are fp32 either way)."""
         if with_attention and isinstance(self.decoder, EnsembleDecoder):
             raise InputError("with_attention: an ensemble's members each have their own attention maps")
         generator = None
         if seed is not None:
             generator = torch.Generator(self.device).manual_seed(seed)
         v = self.vocab
-        with _evaluating(self.decoder):
+        with _evaluating(self.decoder), autocast(self.device, precision):
             out = decode(self.decoder, features.to(self.device, torch.float32), bos_id=v.bos_id, eos_id=v.eos_id,
                          pad_id=v.pad_id, unk_id=v.unk_id, generator=generator, with_attention=with_attention,
                          **options)
@@ -88,9 +90,9 @@ class Captioner(nn.Module):
         """Captions for image paths or PIL images (decoding options: `caption_features`).
 
         The CNN runs as in feature extraction and captioning-caption (`encoded_batches`: its inference copy,
-        channels_last, `precision` auto | fp32 | bf16; with `num_workers` on CPU, in worker processes that also
-        read the images), then decoding takes `batch_size` images per call; sampling draws call n from a
-        generator seeded with `seed + n`. An unreadable image is an ImageError naming it.
+        channels_last; with `num_workers` on CPU, in worker processes that also read the images), then decoding
+        takes `batch_size` images per call; both in `precision` (auto | fp32 | bf16). Sampling draws call n from
+        a generator seeded with `seed + n`. An unreadable image is an ImageError naming it.
         """
         from captioning.data.features import DEFAULT_BATCH, encoded_batches, in_chunks  # it imports models
 
@@ -108,7 +110,7 @@ class Captioner(nn.Module):
                     where = i if isinstance(images[i], Image.Image) else repr(os.fsdecode(images[i]))
                     raise ImageError(f"image {where}: {reason}")
                 captions += self.caption_features(features, seed=None if seed is None else seed + n,
-                                                  **decode_options)
+                                                  precision=precision, **decode_options)
         return captions
 
 
