@@ -241,7 +241,7 @@ class _FinalBeams:
     (B*K, longest) padded with <end>, attention maps (B*K, longest, grid) padded with zeros."""
 
     def __init__(self, B: int, K: int, max_len: int, eos_id: int, device: torch.device):
-        self.K, self.eos_id, self.longest = K, eos_id, 0
+        self.K, self.longest = K, 0
         self.scores = torch.empty(B, K, device=device)
         self.lengths = torch.empty(B, K, device=device)
         self._seqs = torch.full((B * K, max_len), eos_id, dtype=torch.long, device=device)

@@ -14,6 +14,8 @@ require gradients.
 """
 from __future__ import annotations
 
+import hashlib
+
 from captioning.config import AugmentOptions
 from captioning.data.augment import Augment
 from captioning.data.coco import CocoCaptions
@@ -50,6 +52,21 @@ def prepare_encoder(encoder: Encoder, encoder_cfg: dict) -> None:
         encoder.finetune(blocks)
     if encoder_cfg.get("finetune_from_epoch") is not None:
         encoder.freeze()
+
+
+def cache_spec(encoder: Encoder, init_encoder_spec: dict | None = None) -> dict:
+    """The feature-cache key of a run's frozen-encoder epochs: a frozen run's spec, so that fine-tuning from a
+    later epoch reads the frozen runs' cache; when the weights come from a checkpoint whose CNN was trained
+    (trainer.init_from, e.g. SCST after fine-tuning), also a digest of those weights, so that their features are
+    never mixed with the pretrained CNN's."""
+    spec = {**encoder.spec, "trainable": False}
+    if init_encoder_spec is not None and init_encoder_spec.get("trainable"):
+        digest = hashlib.sha256()
+        for name, tensor in encoder.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        spec["weights"] = {"trained in a run": digest.hexdigest()[:24]}
+    return spec
 
 
 def image_splits(cocos: dict[str, CocoCaptions], vocab: Vocabulary, encoder: Encoder, cfg: dict

@@ -66,8 +66,6 @@ def _details(row: dict) -> str:
         (f'<ul class="refs">{refs}</ul>' if refs else "")
 
 
-
-
 class Thumbnails:
     """Writes row n's thumbnail, OUT/thumbs/<n>.jpg, at most `size` pixels a side; a plain picklable object, so
     the DataLoader workers that already hold the decoded image write it (`ImageFolderDataset(on_image=...)`)."""
@@ -109,8 +107,8 @@ def write_attention_maps(source: Path, out_dir: Path, n: int, words: list[str], 
 def write_outputs(rows: list[dict], images_root: Path, out_dir: Path, thumbnail_size: int = 256,
                   title: str = "Captions", attention: dict[int, tuple[list[str], torch.Tensor]] | None = None,
                   thumbnails_made: Collection[int] = ()) -> dict[str, Path]:
-    """rows: [{"file_name": rel path, "caption": str} | {"file_name": ..., "error": str}]. Row n's thumbnail is
-    OUT/thumbs/<n>.jpg (`thumbnail_path`): written here unless n is in `thumbnails_made` (by the workers).
+    """rows: [{"file_name": rel path, "caption": str} | {"file_name": ..., "error": str}]. Row n's thumbnail
+    (`Thumbnails`) is written here unless n is in `thumbnails_made` (the workers that read the images wrote it).
 
     File names are os.fsdecode's strings: one that is not valid UTF-8 holds its bytes as surrogates.
     Each output keeps them losslessly: JSON as "\\udcXX" escapes (json.load gives the same string back,

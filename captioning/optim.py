@@ -83,14 +83,13 @@ def _settings(optim_cfg: dict, total_steps: int, steps_per_epoch: int) -> tuple:
             optim_cfg["decay_every"], optim_cfg["decay_rate"], optim_cfg["plateau_patience"])
 
 
-def param_groups(model: torch.nn.Module, encoder_lr: float | None, train_encoder: bool) -> list[dict]:
-    """The decoder's trainable parameters; when the CNN is trained now or from a later epoch (`train_encoder`),
-    all of the encoder's as a second group with its own learning rate (neuraltalk2's cnn_learning_rate; None: the
-    decoder's). A parameter that is still frozen has no gradient, and torch's optimizers skip those."""
-    groups = [{"params": [p for p in model.decoder.parameters() if p.requires_grad]}]
-    if train_encoder or model.encoder.trainable:
-        groups.append({"params": list(model.encoder.parameters()), **({"lr": encoder_lr} if encoder_lr else {})})
-    return groups
+def param_groups(model: torch.nn.Module, encoder_lr: float | None) -> list[dict]:
+    """Two groups: the decoder's parameters, and the encoder's with their own learning rate (neuraltalk2's
+    cnn_learning_rate; None: the decoder's). A frozen parameter has no gradient and torch's optimizers skip it,
+    so the CNN's group costs nothing until the CNN trains, and every run's optimizer has the same groups: a frozen
+    run can be resumed with encoder.finetune_from_epoch set."""
+    return [{"params": list(model.decoder.parameters())},
+            {"params": list(model.encoder.parameters()), **({"lr": encoder_lr} if encoder_lr else {})}]
 
 
 def build_optimizer(optim_cfg: dict, params: Iterable, make_optimizer: Callable[[Iterable], torch.optim.Optimizer],

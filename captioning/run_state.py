@@ -133,7 +133,11 @@ def restore(path: Path, ckpt: dict, run_dir: Path, model: torch.nn.Module, optim
         warnings.warn(message, stacklevel=2)
     ts = ckpt["train_state"]
     model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ts["optimizer"])
+    try:
+        optimizer.load_state_dict(ts["optimizer"])
+    except ValueError as e:  # e.g. a checkpoint from before the CNN had its own parameter group
+        raise InputError(f"cannot resume {path}: its optimizer state does not fit this run's ({e}); start a new run "
+                         f"from its weights with trainer.init_from={path}") from None
     scheduler.load_state_dict(ts["scheduler"])
     if "rng" in ts:
         torch.set_rng_state(ts["rng"])

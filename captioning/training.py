@@ -25,15 +25,15 @@ import torch
 from captioning import distributed, engine, interrupt
 from captioning.checkpoint import load_checkpoint
 from captioning.config import AugmentOptions, DecodeOptions, DecoderOptions, SCSTOptions, TrainerOptions
+from captioning.cpus import set_threads
 from captioning.data.features import cache_path, cached_features
 from captioning.data.splits import SplitData, check_images, load_splits, split_names
 from captioning.engine import Diverged
-from captioning.finetune import finetune_problems, image_splits, prepare_encoder, trains_encoder
+from captioning.finetune import cache_spec, finetune_problems, image_splits, prepare_encoder, trains_encoder
 from captioning.io import InputError, atomic_write_json, remove_stale_temp_files
 from captioning.models import Captioner, DecoderConfig, build_decoder, build_encoder
 from captioning.optim import (build_optimizer, learning_rate_problems, param_groups, reconfigure, schedule_problems,
                               validated)
-from captioning.cpus import set_threads
 from captioning.precision import resolve_device, resolve_precision, warn_if_slow
 from captioning.run_state import (TrainState, check_resumable, check_same_model, restore, resume_path,
                                   save_run_checkpoint)
@@ -115,7 +115,7 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
         model.load_state_dict(init["model"])
     encoder, enc = model.encoder, cfg["encoder"]
     cached, finetune_from = not enc["trainable"], enc.get("finetune_from_epoch")  # features: all run, or until then
-    feature_spec = {**encoder.spec, "trainable": False}  # a frozen run's: fine-tuning later shares its cache
+    feature_spec = cache_spec(encoder, init["model_config"]["encoder"] if init is not None else None)
     for s in names:  # every image that will be read: now, not after an hour of feature extraction
         if trains_encoder(enc) or not cache_path(feature_spec, cocos[s], cfg["cache_dir"], opts.precision).is_file():
             check_images(cocos[s])
@@ -151,7 +151,7 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
     train_loader = splits["train"].loader(scst.enabled, local_batch, opts.num_workers, vocab.pad_id, sampler)
     steps_per_epoch = math.ceil(len(train_loader) / opts.accumulate)
     total_steps = opts.max_steps or opts.max_epochs * steps_per_epoch
-    params = param_groups(model, cfg["optim"].get("encoder_lr"), trains_encoder(enc))
+    params = param_groups(model, cfg["optim"].get("encoder_lr"))
     optimizer, scheduler = build_optimizer(cfg["optim"], params, make_optimizer, total_steps, steps_per_epoch)
     state = TrainState()
     if ckpt is not None:
@@ -170,20 +170,26 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
             return False
         return state.epoch > opts.max_epochs or state.step >= total_steps or state.stale >= opts.patience
 
+    def finetune_if_due() -> None:
+        """From epoch encoder.finetune_from_epoch on, train the CNN on images (also when a resumed run is there)."""
+        nonlocal trained_encoder, splits, train_loader
+        if finetune_from is None or state.epoch < finetune_from or trained_encoder is not None:
+            return
+        model.encoder.finetune(enc.get("finetune_blocks"))
+        trained_encoder = distributed.data_parallel(model.encoder, device)
+        splits = image_splits(cocos, vocab, model.encoder, cfg)
+        train_loader = splits["train"].loader(scst.enabled, local_batch, opts.num_workers, vocab.pad_id, sampler)
+        if main:
+            print(f"epoch {state.epoch}: fine-tuning the CNN from now on ({_what(enc)})", flush=True)
+
+    finetune_if_due()  # a run resumed after the switch trains, and scores its splits, through the trained CNN
     if resume is not None and finished() and main:
         print(f"nothing left to train from {resume} (epoch {state.epoch - 1}, step {state.step}); "
               f"scoring best.pt on the test split", flush=True)
     deadline = time.time() + 60 * opts.max_minutes if opts.max_minutes else None
     try:
         while not finished() and not (deadline and distributed.any_rank(time.time() >= deadline, device)):
-            if finetune_from is not None and state.epoch >= finetune_from and trained_encoder is None:
-                model.encoder.finetune(enc["finetune_blocks"])  # from now on images, through the CNN it trains
-                trained_encoder = distributed.data_parallel(model.encoder, device)
-                splits = image_splits(cocos, vocab, model.encoder, cfg)
-                train_loader = splits["train"].loader(scst.enabled, local_batch, opts.num_workers, vocab.pad_id,
-                                                      sampler)
-                if main:
-                    print(f"epoch {state.epoch}: fine-tuning the CNN from now on ({_what(enc)})", flush=True)
+            finetune_if_due()
             sampler.set_epoch(state.epoch)  # the epoch's order, and (below) its dropout masks: the same after a resume
             splits["train"].set_epoch(state.epoch)  # and its augmentations
             sampler.skip = state.batch * local_batch
@@ -255,5 +261,5 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
 
 
 def _what(enc: dict) -> str:
-    blocks = enc["finetune_blocks"]
+    blocks = enc.get("finetune_blocks")
     return f"its last {blocks} blocks" if blocks else "the whole CNN"

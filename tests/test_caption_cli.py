@@ -113,6 +113,9 @@ def test_error_cases(tmp_path, photos, checkpoint, capsys):
     torch.save({"format_version": 0, "model_config": {}, "model": {}}, old)
     with pytest.raises(InputError, match="format 0"):
         caption_inprocess(capsys, f"checkpoint={old}", f"images={photos}", f"output={tmp_path / 'o3'}")
+    with pytest.raises(InputError, match="batch_size must be at least 1, got 0; threads must be at least 1"):
+        caption_inprocess(capsys, f"checkpoint={checkpoint}", f"images={photos}", f"output={tmp_path / 'o5'}",
+                          "batch_size=0", "threads=0")
 
     proc = caption(f"checkpoint={tmp_path / 'missing.pt'}", f"images={photos}", f"output={tmp_path / 'o2'}")
     assert proc.returncode == 1 and "checkpoint not found" in proc.stderr and "Traceback" not in proc.stderr

@@ -84,7 +84,7 @@ def test_option_composes_and_builds(entry, group, option):
     torch.manual_seed(0)
     model, model_config = build_model(plain, Vocabulary(["a", "red", "circle"]))
     assert model_config["decoder"]["vocab_size"] == 7 and model.decoder.config.cell == plain["decoder"]["cell"]
-    groups = param_groups(model, plain["optim"]["encoder_lr"], plain["encoder"]["finetune_from_epoch"] is not None)
+    groups = param_groups(model, plain["optim"]["encoder_lr"])
     optimizer, scheduler = build_optimizer(plain["optim"], groups, instantiate(cfg.optim.optimizer), total_steps=10,
                                            steps_per_epoch=5)
     assert optimizer.param_groups[0]["lr"] > 0

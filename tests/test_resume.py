@@ -248,3 +248,48 @@ def test_resuming_a_finished_run_scores_it_again(shapes, tmp_path, capsys):
     first = run(shapes, tmp_path / "a", "trainer.max_epochs=1")
     again = run(shapes, tmp_path / "a", "trainer.max_epochs=1", "trainer.resume=auto")
     assert again["test"] == first["test"] and "nothing left to train" in capsys.readouterr().out
+
+
+def test_a_finished_fine_tuning_run_resumed_scores_through_its_trained_cnn(shapes, tmp_path):
+    """Nothing left to train: the test splits are scored again through the fine-tuned CNN, not on the cache."""
+    finetune = ["trainer.max_epochs=2", "encoder.finetune_from_epoch=2", "optim.encoder_lr=1e-2"]
+    full = run(shapes, tmp_path / "run", *finetune)
+    again = run(shapes, tmp_path / "run", *finetune, "trainer.resume=auto")
+    assert again["test"] == full["test"] and again["test_shuffled_images"] == full["test_shuffled_images"]
+
+
+def test_a_frozen_run_resumed_can_start_fine_tuning(shapes, tmp_path):
+    """neuraltalk2's way: train on the cache, then continue the same run with the CNN learning too (the optimizer
+    always holds the CNN's group, so the frozen run's checkpoint fits)."""
+    run(shapes, tmp_path / "run", "trainer.max_epochs=1")
+    before = weights(tmp_path / "run" / "checkpoints" / "last.pt")
+    resumed = run(shapes, tmp_path / "run", "trainer.max_epochs=2", "encoder.finetune_from_epoch=2",
+                  "trainer.resume=auto")  # optim.* comes from the checkpoint: the CNN learns at the decoder's lr
+    assert "encoder_lr" not in resumed["epochs"][0] and resumed["epochs"][1]["encoder_lr"] == resumed["epochs"][1]["lr"]
+    after = weights(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
+
+
+def test_a_checkpoint_whose_optimizer_does_not_fit_is_one_clear_error(shapes, tmp_path):
+    run(shapes, tmp_path / "run", "trainer.max_epochs=1")
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    optimizer = ckpt["train_state"]["optimizer"]
+    optimizer["param_groups"] = optimizer["param_groups"][:1]  # as written before the CNN had its own group
+    torch.save(ckpt, last)
+    with pytest.raises(InputError, match=r"cannot resume .*last.pt: its optimizer state does not fit this run's .*"
+                                         r"trainer.init_from="):
+        run(shapes, tmp_path / "run", "trainer.max_epochs=2", "trainer.resume=auto")
+
+
+def test_features_of_a_fine_tuned_cnn_are_cached_apart(shapes, tmp_path):
+    """trainer.init_from a run that trained its CNN (SCST after fine-tuning, say): the frozen run's cache would
+    hold the pretrained CNN's features, so this run extracts and keys its own."""
+    cache = shapes / "cache"
+    run(shapes, tmp_path / "frozen", "trainer.max_epochs=1")
+    pretrained = set(cache.iterdir())
+    run(shapes, tmp_path / "tuned", "trainer.max_epochs=2", "encoder.finetune_from_epoch=2", "optim.encoder_lr=1e-2")
+    assert set(cache.iterdir()) == pretrained  # epoch 1 of the fine-tuning run read the frozen run's features
+    run(shapes, tmp_path / "next", "trainer.max_epochs=1", f"trainer.init_from={tmp_path / 'tuned/checkpoints/last.pt'}")
+    new = set(cache.iterdir()) - pretrained
+    assert len(new) == 3 and all('"trained in a run"' in torch.load(p, weights_only=True)["encoder"] for p in new)

@@ -58,6 +58,8 @@ def _trained(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.Tensor, d
         raise InputError(f"--checkpoint needs --folder, a folder of images (got {args.folder})")
     paths = sorted(p for p in args.folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:args.images]
     captioner = load_captioner(args.checkpoint, device=args.device)
+    if getattr(captioner.encoder, "grid", False):
+        raise InputError(f"{args.checkpoint} is an attention captioner: this benchmark takes pooled-feature decoders")
     features = extract_features(captioner.encoder, paths, precision="fp32", device=args.device, progress=False)
     v = captioner.vocab
     return captioner.decoder, features.to(args.device), dict(bos_id=v.bos_id, eos_id=v.eos_id, max_len=args.max_len)

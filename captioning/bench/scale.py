@@ -1,7 +1,7 @@
 """scale: COCO's size on one machine: annotations, vocabulary, dataset, feature cache and a decoder epoch.
 
-A synthetic split the size of COCO 2014 train + val (123,287 images, 616,767 captions: five per image and
-332 images with a sixth) is made first (not timed): each caption's length is drawn from the Flickr8k
+A synthetic split the size of COCO 2014 train + val (123,287 images, 616,767 captions: one per image, the
+rest given to images at random) is made first (not timed): each caption's length is drawn from the Flickr8k
 captions' lengths and its words from their word frequencies, so the vocabulary grows as a real one does; the
 images' pooled features are random 1280-d vectors. Then, timed, what a training run does with it:
 read and index the annotations file (`load_coco_captions`), tokenize every caption and build the

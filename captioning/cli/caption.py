@@ -37,6 +37,12 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
 
     options = DecodeOptions(**cfg.decode)
     check(options)  # before any image is read
+    problems = [f"{name} must be at least {low}, got {cfg[name]}"
+                for name, low in (("batch_size", 1), ("num_workers", 0)) if cfg[name] < low]
+    if cfg.threads is not None and cfg.threads < 1:
+        problems.append(f"threads must be at least 1 or null, got {cfg.threads}")
+    if problems:
+        raise InputError("; ".join(problems))
     decode = asdict(options)
     device = resolve_device(cfg.device)
     precision, why = resolve_precision(cfg.precision, device)

@@ -103,6 +103,8 @@ def in_chunks(batches: Iterable[tuple[list[int], torch.Tensor | None, list]], si
               ) -> Iterator[tuple[list[int], torch.Tensor | None, list]]:
     """`encoded_batches`' (indices, features, errors) regrouped into chunks of `size` images (the last smaller):
     the CNN's batches suit the CNN, and beam search runs faster on larger ones."""
+    if size < 1:
+        raise ValueError(f"chunks need at least one image, got size {size}")
     indices, features, errors = [], [], []
     for batch_indices, batch_features, batch_errors in batches:
         errors += batch_errors
