@@ -49,14 +49,16 @@ def _captions(seqs: torch.Tensor, eos: int = EOS) -> list[tuple[int, ...]]:
 
 def _trained(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.Tensor, dict]:
     """A checkpoint's decoder, its CNN's fp32 features of the first --images images of --folder, its token ids."""
-    from captioning.bench.encoder import IMAGE_SUFFIXES
     from captioning.data.features import extract_features
+    from captioning.data.folder import find_images
     from captioning.io import InputError
     from captioning.models import load_captioner
 
     if args.folder is None or not args.folder.is_dir():
         raise InputError(f"--checkpoint needs --folder, a folder of images (got {args.folder})")
-    paths = sorted(p for p in args.folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:args.images]
+    paths = find_images(args.folder)[0][:args.images]
+    if not paths:
+        raise InputError(f"no images in {args.folder}")
     captioner = load_captioner(args.checkpoint, device=args.device)
     if getattr(captioner.encoder, "grid", False):
         raise InputError(f"{args.checkpoint} is an attention captioner: this benchmark takes pooled-feature decoders")

@@ -19,8 +19,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from captioning.bench.encoder import IMAGE_SUFFIXES
-from captioning.data.folder import ImageFolderDataset, collate_folder
+from captioning.data.folder import ImageFolderDataset, collate_folder, find_images
 from captioning.data.shapes import make_shapes_dataset
 from captioning.io import InputError
 
@@ -97,15 +96,14 @@ def run(args: argparse.Namespace) -> list[dict]:
             args = argparse.Namespace(**{**vars(args), "images": tmp / "shapes" / "images" / "val"})
         if not args.images.is_dir():
             raise InputError(f"image folder {args.images} not found")
-        paths = sorted(p for p in args.images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:args.limit]
+        paths = find_images(args.images)[0][:args.limit]  # as captioning-caption finds them
         if not paths:
-            raise InputError(f"no .png/.jpg images in {args.images}")
+            raise InputError(f"no images in {args.images}")
         root = tmp / "folder"  # exactly the --limit images, linked
         for p in paths:
             (root / p.relative_to(args.images)).parent.mkdir(parents=True, exist_ok=True)
             (root / p.relative_to(args.images)).symlink_to(p.resolve())
-        paths = sorted(root.rglob("*"), key=lambda p: p.relative_to(root).as_posix())
-        paths = [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES]
+        paths = find_images(root)[0]
         checkpoint = args.checkpoint or random_captioner(tmp / "random.pt")
         methods = {("first way: plain CNN in the main process, thumbnails after", "fp32"):
                    lambda out: first_way(checkpoint, paths, root, out, args.beam_size, args.workers)}
