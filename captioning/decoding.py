@@ -215,7 +215,7 @@ def beam_search(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int
                 break
             keep = ~ended
             rows = rows.view(n, K)[keep].view(-1)
-            keep_rows = (torch.arange(n, device=device)[keep][:, None] * K + torch.arange(K, device=device)).view(-1)
+            keep_rows = torch.arange(n * K, device=device).view(n, K)[keep].view(-1)  # the kept images' rows
             alive, scores, lengths, finished = alive[keep], scores[keep], lengths[keep], finished[keep]
             seqs, tokens, feats = seqs[keep_rows], tokens[keep], feats[keep_rows]
             attention = attention[keep_rows] if with_attention else None
