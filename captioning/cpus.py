@@ -5,9 +5,12 @@ mask (`os.sched_getaffinity`), or a container's CPU quota (cgroup `cpu.max`: 200
 worth of time). Every parallel region of a CPU kernel ends in an OpenMP barrier that waits for its slowest
 thread, so one thread too many, waiting for a CPU another process holds, stalls every layer: a decoder
 epoch with 2 threads ran 7x slower than with 1 while another process held one of the machine's two cores.
+
+Memory too: `keep_freed_memory` stops glibc's malloc handing every large freed tensor back to the kernel.
 """
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 from pathlib import Path
@@ -15,6 +18,7 @@ from pathlib import Path
 import torch
 
 CGROUP = Path("/sys/fs/cgroup")
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
 
 def cgroup_cpu_quota(root: Path = CGROUP) -> float | None:
@@ -54,3 +58,21 @@ def set_threads(threads: int | None = None) -> tuple[int, str]:
         why = f"the CPUs this process may use, of {os.cpu_count()} on the machine"
     torch.set_num_threads(threads)
     return threads, why
+
+
+def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 << 20) -> bool:
+    """Let glibc's malloc keep freed blocks of up to `mmap_threshold` bytes for reuse, instead of returning them to
+    the kernel; returns whether it could (False without glibc: macOS, musl).
+
+    A CNN allocates the same activations, a few MB each, for every batch. By default glibc serves a large block
+    with mmap and unmaps it when freed, and gives the top of its heap back once more than its trim threshold is
+    free there, so the next batch's block comes back from the kernel one zeroed 4 KiB page fault at a time.
+    32 MiB is glibc's largest mmap threshold on 64-bit; up to `trim_threshold` bytes of free heap stay in the
+    process. Measured here (EfficientNet-Lite0's inference copy, one thread, 8 images at 224 px): 29-43 ms per
+    image with glibc's defaults, 21-24 ms with these. Forked processes (DataLoader workers) inherit the setting.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))

@@ -25,7 +25,7 @@ import torch
 from captioning import distributed, engine, interrupt
 from captioning.checkpoint import load_checkpoint
 from captioning.config import AugmentOptions, DecodeOptions, DecoderOptions, SCSTOptions, TrainerOptions
-from captioning.cpus import set_threads
+from captioning.cpus import keep_freed_memory, set_threads
 from captioning.data.features import cache_path, cached_features
 from captioning.data.splits import SplitData, check_images, load_splits, split_names
 from captioning.engine import Diverged
@@ -89,6 +89,7 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
     ckpt_dir = run_dir / "checkpoints"
     precision, why = resolve_precision(opts.precision, device)  # what trainer.precision=auto means here
     threads, threads_why = set_threads(opts.threads)
+    keep_freed_memory()
     opts, cfg = replace(opts, precision=precision), {**cfg, "trainer": {**cfg["trainer"], "precision": precision}}
     if main:
         print(f"precision {precision} ({why}); {threads} CPU threads ({threads_why})", flush=True)

@@ -4,7 +4,7 @@ The plain loop is what one writes first: decode each image with PIL in the main 
 a batch of 32, run the fp32 CNN under no_grad. The next row adds DataLoader workers that decode,
 the inference copy of the CNN (batch-norm and padding folded into the convolutions),
 channels_last and inference_mode, the CNN still in the main process (batch 64); then come our
-defaults (on CPU the workers also run the CNN, one thread each, batch 8) in fp32 and bf16. All
+defaults (on CPU the workers also run the CNN, one thread each, batch 4) in fp32 and bf16. All
 rows process the same images in one run, taking turns (best of --repeats); "min cosine" is the
 smallest cosine similarity between an image's features and the plain loop's.
 """
