@@ -42,6 +42,8 @@ TINY_BENCH = {
              "--embed", "8", "--feature-dim", "12", "--max-len", "5", "--repeats", "1"],
     "eval": ["--repeats", "1"],
     "caption": ["--limit", "4", "--workers", "1"],
+    "allocator": ["--encoder", "small_cnn", "--image-size", "32", "--batch-sizes", "2", "--images", "2",
+                  "--repeats", "1"],
     "scale": ["--images", "40", "--captions", "210", "--steps", "2", "--hidden", "16", "--embed", "8", "--batch", "8"],
     "finetune": ["--encoder", "small_cnn", "--image-size", "32", "--batch", "4", "--blocks", "1", "--vocab", "30",
                  "--steps", "1", "--repeats", "1"],

@@ -48,6 +48,15 @@ def test_encoder(capsys, tmp_path):
     assert all(float(r["min cosine vs plain"]) >= 0.999 for r in rows if r["precision"] == "fp32")
 
 
+def test_allocator(capsys):
+    rows = bench(capsys, "allocator", "--encoder", "small_cnn", "--image-size", "32", "--batch-sizes", "2", "4",
+                 "--images", "4", "--precisions", "fp32", "bf16", "--repeats", "1")
+    assert [(r["precision"], r["batch"], r["malloc"]) for r in rows] == [
+        (p, b, m) for p in ("fp32", "bf16") for b in ("2", "4") for m in ("glibc defaults", "keep_freed_memory")]
+    assert all(float(r["ms/image"]) > 0 and int(r["page faults/image"]) >= 0 for r in rows)
+    assert all(r["speedup"] == "1.00x" for r in rows[::2])  # each batch's glibc defaults are its base
+
+
 def test_caption(capsys, tmp_path):
     tiny_checkpoint(tmp_path / "m.pt")
     (tmp_path / "images").mkdir()

@@ -293,6 +293,24 @@ def test_encoded_batches_regroup_into_decoding_chunks_in_order():
     assert list(in_chunks(iter([([], None, [(0, "bad")])]), 4)) == [([], None, [(0, "bad")])]
 
 
+def test_while_workers_run_the_cnn_the_caller_runs_on_the_threads_they_leave(photos):
+    from captioning.data.features import encoded_batches
+    from captioning.data.folder import ImageFolderDataset, find_images
+    from captioning.models import build_encoder
+
+    encoder = build_encoder("small_cnn")
+    dataset = ImageFolderDataset(find_images(photos)[0], encoder.transform)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = {torch.get_num_threads() for _ in encoded_batches(encoder, dataset, batch_size=2, num_workers=1)}
+        assert seen == {1} and torch.get_num_threads() == 2  # 2 CPUs' threads, 1 left by the worker; then back
+        seen = {torch.get_num_threads() for _ in encoded_batches(encoder, dataset, batch_size=2, num_workers=0)}
+        assert seen == {2}  # no worker: the caller runs the CNN itself, on every thread
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_python_api_with_workers_gives_the_same_captions(tmp_path, photos, checkpoint):
     from captioning.data.images import ImageError
     from captioning.models import load_captioner

@@ -1,12 +1,14 @@
 """caption: captioning a folder end to end, the first way (plain CNN in the main process) vs captioning-caption.
 
 Both caption the same folder with the same checkpoint and beam search, and write the same outputs (captions,
-thumbnails, gallery). The first way is captioning-caption as it was: DataLoader workers decode and resize,
-the main process runs the plain CNN (NCHW, no folding) on batches of 16 in fp32, then beam search, then makes
-every thumbnail from the file again. captioning-caption today (`captioning.cli.caption.caption_folder`, composed
-from conf/caption.yaml like the command line) runs the CNN's inference copy in the workers, which also write
-the thumbnails from the image they decoded. The checkpoint is --checkpoint, or else a captioner with the
-pretrained EfficientNet-Lite0 and a random decoder (hidden 256; it says nothing, but takes as long to decode).
+thumbnails, gallery). The first way is captioning-caption as it was: DataLoader workers decode and resize, the
+main process runs the plain CNN (NCHW, no folding) on batches of 16 in fp32, then beam search, then makes every
+thumbnail from the file again. captioning-caption today (`captioning.cli.caption.caption_folder`, composed from
+conf/caption.yaml like the command line) runs the CNN's inference copy in the workers, which also write the
+thumbnails from the image they decoded, in processes that keep freed memory for the next batch
+(`captioning.cpus.keep_freed_memory`); the first way runs first, with glibc's malloc as it comes. The checkpoint
+is --checkpoint, or else a captioner with the pretrained EfficientNet-Lite0 and a random decoder (hidden 256; it
+says nothing, but takes as long to decode).
 """
 from __future__ import annotations
 

@@ -21,10 +21,9 @@ import torch.nn.functional as F
 from captioning.data.datasets import load_image
 from captioning.data.shapes import make_shapes_dataset
 from captioning.data.features import DEFAULT_BATCH, extract_features
+from captioning.data.folder import find_images
 from captioning.io import InputError
 from captioning.models import build_encoder
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,9 +54,9 @@ def run(args: argparse.Namespace) -> list[dict]:
             return run(argparse.Namespace(**{**vars(args), "images": Path(tmp) / "images" / "val"}))
     if not args.images.is_dir():
         raise InputError(f"image folder {args.images} not found")
-    paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:args.limit]
+    paths = find_images(args.images)[0][:args.limit]  # as captioning-caption finds them
     if not paths:
-        raise InputError(f"no .png/.jpg images in {args.images}")
+        raise InputError(f"no images in {args.images}")
     device = torch.device(args.device)
     encoder = build_encoder(args.encoder).eval()
     ours = dict(num_workers=args.workers, device=device, progress=False)

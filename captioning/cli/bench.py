@@ -4,6 +4,7 @@
     captioning-bench eval        # our BLEU vs the official scorer
     captioning-bench encoder     # feature extraction: plain loop vs ours (fp32/bf16)
     captioning-bench caption     # captioning a folder: plain CNN in the main process vs captioning-caption
+    captioning-bench allocator   # the CNN per image with glibc's malloc defaults vs keep_freed_memory
     captioning-bench decoder     # decoder training step: tokens/s and GFLOP/s vs matmul peak
     captioning-bench finetune    # raw-image training step: CNN frozen, last blocks trained, whole CNN
     captioning-bench data        # a dataset's vocabulary, caption lengths and decoder speed (Flickr8k)
@@ -19,7 +20,7 @@ import sys
 from captioning.bench.common import machine_description, markdown_table
 from captioning.io import InputError
 
-SUBCOMMANDS = ["beam", "eval", "encoder", "caption", "decoder", "finetune", "data", "scale"]
+SUBCOMMANDS = ["beam", "eval", "encoder", "caption", "allocator", "decoder", "finetune", "data", "scale"]
 
 
 def main(argv: list[str] | None = None) -> None:

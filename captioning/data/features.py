@@ -90,7 +90,8 @@ def encoded_batches(encoder: nn.Module, dataset: ImageFolderDataset, *, batch_si
     thread: starting an OpenMP pool after fork can hang.) On CUDA the main process runs the CNN
     on batches from pinned memory. The default batch (DEFAULT_BATCH) is 4 images on CPU, measured
     faster than 8, 16 or 32, and 64 on CUDA. The process and its workers keep freed memory for the
-    next batch (`keep_freed_memory`).
+    next batch (`keep_freed_memory`). While workers run the CNN, the calling process runs on the
+    threads they leave (at least one), so that its own work between batches does not stall theirs.
     """
     keep_freed_memory()
     device = torch.device(device)
@@ -99,8 +100,14 @@ def encoded_batches(encoder: nn.Module, dataset: ImageFolderDataset, *, batch_si
     loader = DataLoader(dataset, batch_size=batch_size or DEFAULT_BATCH.get(device.type, 64), num_workers=num_workers,
                         collate_fn=EncodeItems(encode) if in_workers else collate_folder,
                         pin_memory=device.type == "cuda", worker_init_fn=_keep_freed_memory)
-    for indices, batch, bad in loader:
-        yield indices, (batch if in_workers or batch is None else encode(batch)), bad
+    threads = torch.get_num_threads()
+    if in_workers:  # what the caller does between batches (beam search) gets the CPUs the workers leave
+        torch.set_num_threads(max(1, threads - num_workers))
+    try:
+        for indices, batch, bad in loader:
+            yield indices, (batch if in_workers or batch is None else encode(batch)), bad
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _keep_freed_memory(worker_id: int) -> None:
