@@ -138,6 +138,7 @@ COVERAGE = {
     "captioning-bench decoder": RUN,
     "captioning-bench finetune": RUN,
     "captioning-bench caption": RUN,
+    "captioning-bench allocator": RUN,
     "captioning-bench scale": RUN,
     "captioning-bench finetune --blocks 3 6 --repeats 3": RUN,
     "captioning-bench finetune --blocks 3 6 --repeats 3 --precision bf16": RUN,
