@@ -15,8 +15,9 @@ import argparse
 import torch
 
 from captioning.bench.common import best_time
-from captioning.data.collate import CaptionBatch
 from captioning.config import TrainerOptions
+from captioning.cpus import keep_freed_memory
+from captioning.data.collate import CaptionBatch
 from captioning.engine import train_one_epoch
 from captioning.models import CaptionDecoder, DecoderConfig
 from captioning.run_state import TrainState
@@ -66,6 +67,7 @@ def matmul_peak(size: int, dtype: torch.dtype, device: torch.device) -> float:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
+    keep_freed_memory()  # as captioning-train does
     torch.manual_seed(0)
     device = torch.device(args.device)
     features = torch.randn(args.batch, args.feature_dim)  # (B, D)

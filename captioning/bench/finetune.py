@@ -15,6 +15,7 @@ import torch
 
 from captioning.bench.common import best_time
 from captioning.config import TrainerOptions
+from captioning.cpus import keep_freed_memory
 from captioning.data.collate import CaptionBatch
 from captioning.engine import train_one_epoch
 from captioning.models import CaptionDecoder, DecoderConfig, build_encoder
@@ -34,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
+    keep_freed_memory()  # as captioning-train does
     torch.manual_seed(0)
     encoder = build_encoder(args.encoder, image_size=args.image_size)
     decoder = CaptionDecoder(DecoderConfig(vocab_size=args.vocab, feature_dim=encoder.out_dim))

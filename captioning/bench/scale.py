@@ -24,6 +24,7 @@ import torch
 
 from captioning.bench.eval import DEFAULT_CAPTIONS
 from captioning.config import TrainerOptions
+from captioning.cpus import keep_freed_memory
 from captioning.data.coco import load_coco_captions
 from captioning.data.convert import read_flickr8k_numbered
 from captioning.data.splits import SplitData
@@ -76,6 +77,7 @@ def timed(fn):
 
 
 def run(args: argparse.Namespace) -> list[dict]:
+    keep_freed_memory()  # as captioning-train does
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
