@@ -81,4 +81,5 @@ def test_keep_freed_memory_serves_activations_from_the_heap_and_keeps_them():
 
     default, kept = malloc_stats("default"), malloc_stats("keep")
     assert default["mmapped"] >= 30 << 20 and default["heap_kept"] < 30 << 20
-    assert kept["mmapped"] == 0 and kept["heap_kept"] >= 60 << 20  # a and a * 2, both kept after they are freed
+    # a and a * 2 kept after they are freed: the heap grew by 60 MiB, less what free space it already had
+    assert kept["mmapped"] == 0 and kept["heap_kept"] >= 45 << 20
