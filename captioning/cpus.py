@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import math
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -62,7 +63,7 @@ def set_threads(threads: int | None = None) -> tuple[int, str]:
 
 def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 << 20) -> bool:
     """Let glibc's malloc keep freed blocks of up to `mmap_threshold` bytes for reuse, instead of returning them to
-    the kernel; returns whether it could (False without glibc: macOS, musl).
+    the kernel; returns whether it could (False without glibc: macOS, Windows, musl).
 
     A CNN allocates the same activations, a few MB each, for every batch. By default glibc serves a large block
     with mmap and unmaps it when freed, and gives the top of its heap back once more than its trim threshold is
@@ -72,6 +73,8 @@ def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 
     per image at batch 4 with glibc's defaults, 17.8 ms with these. Forked processes (DataLoader workers) inherit
     the setting.
     """
+    if not sys.platform.startswith("linux"):
+        return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (AttributeError, OSError):

@@ -307,6 +307,11 @@ def test_while_workers_run_the_cnn_the_caller_runs_on_the_threads_they_leave(pho
         assert seen == {1} and torch.get_num_threads() == 2  # 2 CPUs' threads, 1 left by the worker; then back
         seen = {torch.get_num_threads() for _ in encoded_batches(encoder, dataset, batch_size=2, num_workers=0)}
         assert seen == {2}  # no worker: the caller runs the CNN itself, on every thread
+        batches = encoded_batches(encoder, dataset, batch_size=2, num_workers=1)
+        next(batches)
+        assert torch.get_num_threads() == 1
+        batches.close()  # a caller that stops early (an unreadable image in Captioner.caption) closes it
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
 

@@ -1,7 +1,9 @@
 """The CPUs a job may use (affinity mask, cgroup quota) and the thread count that follows."""
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 
 import pytest
 import torch
@@ -66,17 +68,22 @@ print(json.dumps({"mmapped": mmapped, "heap_kept": libc.mallinfo2().arena - befo
 """
 
 
-@pytest.mark.skipif(not hasattr(__import__("ctypes").CDLL(None), "mallinfo2"), reason="glibc 2.33+ only")
+GLIBC_MALLOC = sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "mallinfo2")  # glibc 2.33+
+
+
+@pytest.mark.skipif(not GLIBC_MALLOC, reason="glibc's malloc only (Linux)")
 def test_keep_freed_memory_serves_activations_from_the_heap_and_keeps_them():
     """glibc's own statistics in fresh processes: by default a 30 MiB block is mapped for itself and unmapped when
     freed (the next batch page-faults it back in: `captioning-bench allocator`); kept, it comes from the heap and
     stays there for the next batch. (Page-fault counts vary with the kernel's memory reclaim; these do not.)"""
     import json
     import subprocess
-    import sys
+
+    from captioning.bench.allocator import default_malloc_env
 
     def malloc_stats(mode: str) -> dict:
-        run = subprocess.run([sys.executable, "-c", FREED_BLOCKS, mode], capture_output=True, text=True, check=True)
+        run = subprocess.run([sys.executable, "-c", FREED_BLOCKS, mode], capture_output=True, text=True, check=True,
+                             env=default_malloc_env())
         return json.loads(run.stdout)
 
     default, kept = malloc_stats("default"), malloc_stats("keep")

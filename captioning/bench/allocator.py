@@ -4,12 +4,14 @@ A DataLoader worker's CNN (the encoder's inference copy, channels_last, inferenc
 random images at each of --batch-sizes, once with glibc's malloc as it comes and once after
 `captioning.cpus.keep_freed_memory()`. A malloc setting cannot be undone, so every measurement runs in a
 fresh process of its own; the configurations take turns over --repeats rounds and the fastest counts. Page
-faults (minor: memory the kernel hands back zeroed) are counted over the timed batches.
+faults (minor: memory the kernel hands back zeroed) are counted over the timed batches. Linux with glibc only.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -17,9 +19,17 @@ import time
 
 import torch
 
+from captioning.io import InputError
 from captioning.precision import autocast, resolve_precision
 
 MALLOC = {"glibc defaults": False, "keep_freed_memory": True}
+
+
+def default_malloc_env() -> dict[str, str]:
+    """This process's environment without what changes glibc's malloc (a preloaded allocator, MALLOC_* settings,
+    tunables): a child started with it runs glibc's defaults."""
+    return {k: v for k, v in os.environ.items()
+            if k not in ("LD_PRELOAD", "GLIBC_TUNABLES") and not k.startswith("MALLOC_")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +65,8 @@ def measure(encoder: str, image_size: int, batch: int, images: int, precision: s
 
 
 def run(args: argparse.Namespace) -> list[dict]:
+    if not (sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "mallopt")):
+        raise InputError("this benchmark compares glibc's malloc settings: it needs Linux with glibc")
     precisions = list(dict.fromkeys(resolve_precision(p, torch.device("cpu"))[0] for p in args.precisions))
     configs = [(p, b, m) for p in precisions for b in args.batch_sizes for m in MALLOC]
     best: dict[tuple, dict] = {}
@@ -62,7 +74,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         for precision, batch, malloc in configs:
             spec = dict(encoder=args.encoder, image_size=args.image_size, batch=batch, images=args.images,
                         precision=precision, keep=MALLOC[malloc])
-            out = subprocess.run([sys.executable, "-m", __name__, json.dumps(spec)], capture_output=True, text=True)
+            out = subprocess.run([sys.executable, "-m", __name__, json.dumps(spec)], capture_output=True, text=True,
+                                 env=default_malloc_env())
             if out.returncode:
                 raise RuntimeError(f"measurement {spec} failed:\n{out.stderr[-2000:]}")
             result = json.loads(out.stdout.strip().splitlines()[-1])

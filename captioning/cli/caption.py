@@ -21,6 +21,7 @@ from captioning.io import InputError
 
 
 def caption_folder(cfg: DictConfig) -> list[dict]:
+    from contextlib import closing
     from dataclasses import asdict
 
     import math
@@ -81,20 +82,21 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
     rows: list[dict] = [{} for _ in paths]
     attention: dict[int, tuple] = {}
     chunks = in_chunks(batches, cfg.batch_size)  # the CNN's batches suit the CNN; beam search wants large ones
-    for n, (indices, features, bad) in enumerate(progress(chunks, total=math.ceil(len(paths) / cfg.batch_size),
-                                                          desc="caption", unit="batch", mode=cfg.progress)):
-        for i, error in bad:
-            rows[i] = {"file_name": name(paths[i]), "error": error}
-        if features is None:
-            continue
-        described = captioner.describe_features(features, seed=cfg.seed + n, with_attention=cfg.attention,
-                                                precision=precision, **decode)
-        for i, d in zip(indices, described):
-            rows[i] = {"file_name": name(paths[i]), "caption": d["caption"], "score": round(d["score"], 4)}
-            if "captions" in d:  # decode.num_return > 1: the best first, as in "caption"
-                rows[i].update(captions=d["captions"], scores=[round(x, 4) for x in d["scores"]])
-            if cfg.attention:
-                attention[i] = (d["words"], d["attention"])
+    with closing(batches):  # closed at once on an error: the threads come back
+        for n, (indices, features, bad) in enumerate(progress(chunks, total=math.ceil(len(paths) / cfg.batch_size),
+                                                              desc="caption", unit="batch", mode=cfg.progress)):
+            for i, error in bad:
+                rows[i] = {"file_name": name(paths[i]), "error": error}
+            if features is None:
+                continue
+            described = captioner.describe_features(features, seed=cfg.seed + n, with_attention=cfg.attention,
+                                                    precision=precision, **decode)
+            for i, d in zip(indices, described):
+                rows[i] = {"file_name": name(paths[i]), "caption": d["caption"], "score": round(d["score"], 4)}
+                if "captions" in d:  # decode.num_return > 1: the best first, as in "caption"
+                    rows[i].update(captions=d["captions"], scores=[round(x, 4) for x in d["scores"]])
+                if cfg.attention:
+                    attention[i] = (d["words"], d["attention"])
     rows += [{"file_name": name(path), "error": reason} for path, reason in problems]
     if references is not None:
         print(score_against(rows, references))

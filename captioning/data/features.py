@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import closing
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -91,7 +92,8 @@ def encoded_batches(encoder: nn.Module, dataset: ImageFolderDataset, *, batch_si
     on batches from pinned memory. The default batch (DEFAULT_BATCH) is 4 images on CPU, measured
     faster than 8, 16 or 32, and 64 on CUDA. The process and its workers keep freed memory for the
     next batch (`keep_freed_memory`). While workers run the CNN, the calling process runs on the
-    threads they leave (at least one), so that its own work between batches does not stall theirs.
+    threads they leave (at least one), so that its own work between batches does not stall theirs;
+    they come back when the iteration ends or the generator is closed (use `contextlib.closing`).
     """
     keep_freed_memory()
     device = torch.device(device)
@@ -154,7 +156,7 @@ def extract_features(encoder: nn.Module, paths: Sequence[str | os.PathLike], *, 
     batches = encoded_batches(encoder, ImageFolderDataset(paths, encoder.transform), batch_size=batch_size,
                               num_workers=num_workers, device=device, precision=precision,
                               encode_in_workers=encode_in_workers)
-    with progress_bar(total=len(paths), desc=desc, unit="img", mode=progress) as bar:
+    with progress_bar(total=len(paths), desc=desc, unit="img", mode=progress) as bar, closing(batches):
         for indices, batch, bad in batches:
             if batch is not None:
                 feats = batch.cpu()  # (B, D) or (B, L, D)

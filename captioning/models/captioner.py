@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -105,7 +105,7 @@ class Captioner(nn.Module):
                                   num_workers=num_workers if len(images) > DEFAULT_BATCH["cpu"] else 0,
                                   precision=precision)
         captions: list[str] = []
-        with _evaluating(self.encoder):
+        with _evaluating(self.encoder), closing(batches):  # closed at once on an error: the threads come back
             for n, (_, features, bad) in enumerate(in_chunks(batches, batch_size)):
                 if bad:
                     i, reason = bad[0]
