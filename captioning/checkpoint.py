@@ -7,7 +7,6 @@ other file and no download; `train_state` lets a run resume; `run_config` record
 from __future__ import annotations
 
 import json
-import pickle  # only for the exception torch.load(weights_only=True) raises on a refused file: nothing is unpickled
 import warnings
 import zipfile
 from pathlib import Path
@@ -50,7 +49,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             written_by_torch_save = f.read(4) == b"PK\x03\x04"  # torch.save writes a zip archive
         if not written_by_torch_save:
             why = "it is not a file written by torch.save"
-        elif isinstance(e, pickle.UnpicklingError) and zipfile.is_zipfile(path):
+        elif type(e).__name__ == "UnpicklingError" and zipfile.is_zipfile(path):  # weights_only's refusal
             why = "it holds Python objects other than tensors and plain data, which this project never loads"
         else:
             why = f"the file is damaged (truncated or changed after it was written): {type(e).__name__}"
