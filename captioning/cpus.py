@@ -15,6 +15,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -73,10 +74,18 @@ def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 
     per image at batch 4 with glibc's defaults, 17.8 ms with these. Forked processes (DataLoader workers) inherit
     the setting.
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (AttributeError, OSError):
+    mallopt = glibc_mallopt()
+    if mallopt is None:
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
+
+
+def glibc_mallopt() -> Callable[[int, int], int] | None:
+    """The C library's mallopt on Linux, else None (macOS and Windows have none; ctypes.CDLL(None) raises on
+    Windows). musl's accepts the call and changes nothing (it returns 0)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError):
+        return None

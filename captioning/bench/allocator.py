@@ -9,7 +9,6 @@ faults (minor: memory the kernel hands back zeroed) are counted over the timed b
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import resource
@@ -19,6 +18,7 @@ import time
 
 import torch
 
+from captioning.cpus import glibc_mallopt
 from captioning.io import InputError
 from captioning.precision import autocast, resolve_precision
 
@@ -49,7 +49,7 @@ def measure(encoder: str, image_size: int, batch: int, images: int, precision: s
     from captioning.models.inference import inference_copy
 
     if keep and not keep_freed_memory():
-        raise RuntimeError("this C library has no mallopt (not glibc)")
+        raise RuntimeError("keep_freed_memory changed nothing: this C library's malloc is not glibc's")
     torch.set_num_threads(1)
     cnn = inference_copy(build_encoder(encoder).eval()).to(memory_format=torch.channels_last)
     x = torch.randn(batch, 3, image_size, image_size).contiguous(memory_format=torch.channels_last)
@@ -65,7 +65,7 @@ def measure(encoder: str, image_size: int, batch: int, images: int, precision: s
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    if not (sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "mallopt")):
+    if glibc_mallopt() is None:
         raise InputError("this benchmark compares glibc's malloc settings: it needs Linux with glibc")
     precisions = list(dict.fromkeys(resolve_precision(p, torch.device("cpu"))[0] for p in args.precisions))
     configs = [(p, b, m) for p in precisions for b in args.batch_sizes for m in MALLOC]
