@@ -48,7 +48,6 @@ def test_threads_asked_then_omp_num_threads_then_the_cpus(monkeypatch):
         torch.set_num_threads(before)
 
 
-
 FREED_BLOCKS = """
 import ctypes, json, sys, torch
 from captioning.cpus import keep_freed_memory
@@ -68,7 +67,7 @@ print(json.dumps({"mmapped": mmapped, "heap_kept": libc.mallinfo2().arena - befo
 """
 
 
-GLIBC_MALLOC = sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "mallinfo2")  # glibc 2.33+
+GLIBC_MALLOC = cpus.glibc_mallopt() is not None and hasattr(ctypes.CDLL(None), "mallinfo2")  # glibc 2.33+
 
 
 @pytest.mark.skipif(not GLIBC_MALLOC, reason="glibc's malloc only (Linux)")
