@@ -27,9 +27,12 @@ EXECUTED = ["01_quickstart.ipynb", "02_rnn_vs_lstm.ipynb", "03_attention.ipynb"]
 
 
 @pytest.mark.parametrize("name", EXECUTED)
-def test_notebook_runs_top_to_bottom(name: str, monkeypatch):
+def test_notebook_runs_top_to_bottom(name: str, monkeypatch, tmp_path):
     path = NOTEBOOKS / name
     monkeypatch.setenv("CAPTIONING_NOTEBOOK_QUICK", "1")  # the kernel inherits it: the notebooks' smaller sizes
+    # The notebooks keep their work folder (mkdtemp) for the reader to look at; under the test's own
+    # tmp_path it goes with pytest's old runs instead of adding ~100 MB to /tmp on every test run.
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
     nb = nbformat.read(path, as_version=4)
     # "python3" resolves to this interpreter: jupyter_client swaps a bare `python` in the kernel
     # command for sys.executable, so the kernel sees the same venv (and package) as the tests.
@@ -38,3 +41,4 @@ def test_notebook_runs_top_to_bottom(name: str, monkeypatch):
     assert not errors
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "Traceback" not in text
+    assert any(tmp_path.iterdir()), "the notebook's work folder was meant to be made under TMPDIR"
