@@ -1,6 +1,7 @@
 """The notebooks run top to bottom (so they never rot) and are stored without outputs."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -41,4 +42,6 @@ def test_notebook_runs_top_to_bottom(name: str, monkeypatch, tmp_path):
     assert not errors
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "Traceback" not in text
-    assert any(tmp_path.iterdir()), "the notebook's work folder was meant to be made under TMPDIR"
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    for prefix in re.findall(r'mkdtemp\(prefix="([^"]+)"\)', code):
+        assert list(tmp_path.glob(f"{prefix}*")), f"{name}: its work folder {prefix}* was not made under TMPDIR"
