@@ -33,7 +33,8 @@ def train(run_dir: Path, data: Path, launcher: list[str], *overrides: str) -> su
             "trainer.tensorboard=false", "trainer.precision=fp32", "optim.optimizer.lr=0.01", "optim.scheduler=constant",
             "optim.warmup_steps=0",
             "decode.max_len=8", f"hydra.run.dir={run_dir}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # TMPDIR: torchrun's own torchelastic_* folders go with the test's tmp_path instead of staying in /tmp.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(run_dir.parent)}
     proc = subprocess.run(args, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc

@@ -224,7 +224,9 @@ def sandbox(tmp_path_factory, flickr8k_release, reference_data) -> dict:
         wrapper = shims / program
         wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{REPO / "tests" / "readme_shim.py"}" {program} "$@"\n')
         wrapper.chmod(0o755)
-    env = {**os.environ, "HOME": str(home), "PATH": f"{shims}{os.pathsep}{os.environ['PATH']}",
+    (root / "tmp").mkdir()  # TMPDIR: what the commands leave there (torchrun's folders) goes with the sandbox
+    env = {**os.environ, "HOME": str(home), "TMPDIR": str(root / "tmp"),
+           "PATH": f"{shims}{os.pathsep}{os.environ['PATH']}",
            "README_REAL_BIN": str(Path(sys.executable).parent), "README_SHIM_VENV": str(shims.parent),
            "README_REAL_MAKE": shutil.which("make"), "PYTHONUNBUFFERED": "1", "HEAD_NODE": "localhost"}
     return {"root": root, "env": env}
