@@ -135,6 +135,20 @@ def test_output_inside_input_folder_is_not_captioned_again(tmp_path, photos, che
     assert not any(n.startswith("captions_out/") for n in names)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_phone_photo_tagged_sideways_is_captioned_and_shown_upright(tmp_path, checkpoint, capsys, workers):
+    photos = tmp_path / "phone"
+    photos.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # EXIF Orientation "rotate 90 clockwise to view": stored 60 x 30, seen 30 x 60
+    Image.new("RGB", (60, 30), "orange").save(photos / "IMG_0001.jpg", exif=exif)
+    rows, _ = caption_inprocess(capsys, f"checkpoint={checkpoint}", f"images={photos}", f"output={tmp_path / 'out'}",
+                               workers=workers)
+    assert "caption" in rows[0]
+    (thumb,) = (tmp_path / "out" / "thumbs").iterdir()
+    assert Image.open(thumb).size[0] < Image.open(thumb).size[1]  # portrait, as every photo viewer shows it
+
+
 def render(page: Path, tmp_path: Path) -> tuple[Image.Image, str]:
     """A headless Chromium screenshot of `page` and the DOM it built."""
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

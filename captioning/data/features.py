@@ -3,7 +3,7 @@
 With a frozen encoder every epoch would push the same images through the same CNN, so we
 compute the (N, D) feature matrix once and reuse it across epochs and runs. The cache key
 covers everything that changes the numbers: the encoder's spec (name, weights,
-preprocessing), the numeric precision, the annotation file's bytes (which images, in which
+preprocessing), the numeric precision, how images are read (`images.READER`), the annotation file's bytes (which images, in which
 order) and the images directory.
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from captioning.cpus import keep_freed_memory
 from captioning.data.coco import CocoCaptions, id_list
 from captioning.data.folder import ImageFolderDataset, collate_folder
+from captioning.data.images import READER
 from captioning.io import InputError, atomic_path
 from captioning.models.inference import inference_copy
 from captioning.precision import autocast, resolve_precision
@@ -34,6 +35,7 @@ def cache_path(encoder_spec: dict, coco: CocoCaptions, cache_dir: str | os.PathL
     h = hashlib.sha256()
     h.update(json.dumps(encoder_spec, sort_keys=True, default=str).encode())
     h.update(precision.encode())
+    h.update(READER.encode())
     h.update(Path(coco.path).read_bytes())
     h.update(str(Path(coco.images_dir).resolve()).encode())
     grid = encoder_spec.get("output") == "grid"

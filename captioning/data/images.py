@@ -3,8 +3,12 @@ gallery all use, so a file is read the same way everywhere, the conversion to a 
 
 `open_image` decodes the whole file at once (a truncated file fails here, not half-way through a batch),
 refuses images over Pillow's decompression-bomb limit (a 20000 x 20000 PNG would need 1.2 GB), and
-returns 8-bit RGB. High-bit-depth greyscale (16-bit PNGs open as mode I;16 or I) is scaled to 8 bits:
-Pillow's own convert("RGB") clips every value above 255, which turns an ordinary 16-bit photo white.
+returns 8-bit RGB as a viewer shows the image (`to_rgb`):
+- upright: a camera's EXIF orientation tag is applied (phones store most photos sideways and tag them),
+- high-bit-depth greyscale (16-bit PNGs open as mode I;16 or I) scaled to 8 bits: Pillow's own
+  convert("RGB") clips every value above 255, which turns an ordinary 16-bit photo white,
+- transparency composited onto white: convert("RGB") drops the alpha channel, which shows whatever colour
+  the transparent pixels happen to hold (black, mostly) as if it were the picture.
 """
 from __future__ import annotations
 
@@ -14,12 +18,16 @@ from typing import Iterable
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 from captioning.io import InputError, atomic_path
 
 ImageLike = str | os.PathLike | Image.Image
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # integer greyscale, 0..65535
+WITH_ALPHA = ("RGBA", "RGBa", "LA", "La", "PA")
+# What open_image makes of a file, as part of the feature cache's key: a cache made by an earlier reader
+# (one that ignored EXIF orientation and transparency) is not reused.
+READER = "upright, 16-bit scaled, on white"
 
 
 class ImageError(InputError):
@@ -63,10 +71,15 @@ def _reason(e: BaseException) -> str:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB; 16-bit greyscale scaled down by 257 (65535 -> 255) instead of clipped."""
+    """8-bit RGB as a viewer shows it: EXIF orientation applied, 16-bit greyscale scaled down by 257
+    (65535 -> 255) instead of clipped, transparent pixels composited onto white."""
+    if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+        image = ImageOps.exif_transpose(image)
     if image.mode in SIXTEEN_BIT:
         values = np.asarray(image, dtype=np.float64)
         image = Image.fromarray((np.clip(values, 0, 65535) / 257).round().astype(np.uint8), mode="L")
+    if image.mode in WITH_ALPHA or "transparency" in image.info:  # alpha, or a palette / colour-key transparency
+        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
