@@ -196,6 +196,19 @@ def test_every_readme_command_is_covered():
     assert not stale, f"COVERAGE entries no longer in README: {stale}"
 
 
+def test_the_configuration_table_names_real_fields():
+    """Each row of the Configuration table that names a schema lists only fields the schema has."""
+    import captioning.config as schemas
+
+    rows = [line for line in README.read_text(encoding="utf-8").splitlines()
+            if line.startswith("| `") and "schema `" in line]
+    assert len(rows) >= 2
+    for row in rows:
+        fields = set(vars(getattr(schemas, re.search(r"schema `(\w+)`", row)[1]))["__dataclass_fields__"])
+        listed = set(re.findall(r"`([a-z_0-9]+)`", row.split("fields", 1)[1]))
+        assert listed and listed <= fields, f"{row[:40]}...: not fields: {sorted(listed - fields)}"
+
+
 def test_comment_and_continuation_parsing():
     text = "```bash\ncaptioning-x a=1 \\\n    b='#not' # note\n# only a comment\n\n```\n```python\nx = 1\n```\n"
     assert readme_commands(text) == ["captioning-x a=1 b='#not'"]
