@@ -10,8 +10,9 @@ read it before their heavy imports.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from dataclasses import dataclass, field, fields
+from difflib import get_close_matches
+from typing import Any, List, Mapping, Optional, TypeVar
 
 from captioning.io import InputError
 
@@ -26,6 +27,25 @@ PRECISION_SETTINGS = ("auto", *PRECISIONS)  # auto: bf16 where the device has na
 NONFINITE_POLICIES = ("stop", "skip")
 SELECTION_METRICS = ("cider", "bleu4")
 SCST_BASELINES = ("greedy", "mean")
+
+
+Options = TypeVar("Options")
+
+
+def unknown_options(schema: type, values: Mapping[str, Any], group: str) -> list[str]:
+    """One message per key of `values` that `schema` has no field for, naming the likely one. Hydra refuses
+    `trainer.max_epoch=1` itself, but `+trainer.max_epoch=1` (what its own message suggests) adds the key."""
+    names = [f.name for f in fields(schema)]
+    return [f"{group}.{key} is not an option of {group}" + "".join(
+        f" (did you mean {group}.{m}?)" for m in get_close_matches(key, names, 1)) for key in values if key not in names]
+
+
+def options_from(schema: type[Options], values: Mapping[str, Any], group: str) -> Options:
+    """schema(**values), a key it has no field for refused in one InputError line (`unknown_options`)."""
+    unknown = unknown_options(schema, values, group)
+    if unknown:
+        raise InputError("; ".join(unknown))
+    return schema(**values)
 
 
 def check(*options) -> None:
@@ -189,7 +209,8 @@ class TrainerOptions:
 
     def __post_init__(self):
         if isinstance(self.scheduled_sampling, dict):  # from a plain config dict
-            self.scheduled_sampling = ScheduledSamplingOptions(**self.scheduled_sampling)
+            self.scheduled_sampling = options_from(ScheduledSamplingOptions, self.scheduled_sampling,
+                                                   "trainer.scheduled_sampling")
 
     def problems(self) -> list[str]:
         """One message per option whose value cannot work (checked before any long work starts)."""

@@ -24,7 +24,8 @@ import torch
 
 from captioning import distributed, engine, interrupt
 from captioning.checkpoint import load_checkpoint
-from captioning.config import AugmentOptions, DecodeOptions, DecoderOptions, SCSTOptions, TrainerOptions
+from captioning.config import (AugmentOptions, DecodeOptions, DecoderOptions, SCSTOptions, TrainerOptions,
+                               unknown_options)
 from captioning.cpus import keep_freed_memory, set_threads
 from captioning.data.features import cache_path, cached_features
 from captioning.data.splits import SplitData, check_images, load_splits, split_names
@@ -56,11 +57,15 @@ def build_model(cfg: dict, vocab: Vocabulary, decoder: dict | None = None) -> tu
 
 def check_config(cfg: dict) -> TrainerOptions:
     """Every option that cannot work, as one InputError, before anything is read."""
-    opts = TrainerOptions(**cfg["trainer"])
-    scst = SCSTOptions(**cfg["scst"])
-    problems = [*opts.problems(), *DecoderOptions(**cfg["decoder"]).problems(),
-                *DecodeOptions(**cfg["decode"]).problems(), *(scst.problems() if scst.enabled else []),
-                *finetune_problems(cfg["encoder"]), *AugmentOptions(**cfg["dataset"].get("augment", {})).problems()]
+    groups = [(TrainerOptions, cfg["trainer"], "trainer"), (SCSTOptions, cfg["scst"], "scst"),
+              (DecoderOptions, cfg["decoder"], "decoder"), (DecodeOptions, cfg["decode"], "decode"),
+              (AugmentOptions, cfg["dataset"].get("augment", {}), "dataset.augment")]
+    unknown = [problem for group in groups for problem in unknown_options(*group)]
+    if unknown:  # `+group.key=...` overrides: the schemas cannot be built with them
+        raise InputError("; ".join(unknown))
+    opts, scst, decoder, decode, augment = (schema(**values) for schema, values, _ in groups)
+    problems = [*opts.problems(), *decoder.problems(), *decode.problems(), *(scst.problems() if scst.enabled else []),
+                *finetune_problems(cfg["encoder"]), *augment.problems()]
     if scst.enabled and not (opts.init_from or opts.resume):
         problems.append("scst.enabled: SCST starts from a trained captioner; set trainer.init_from=CHECKPOINT "
                         "(e.g. runs/xe/checkpoints/best.pt)")

@@ -18,7 +18,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from captioning.cli._conf import CONF_DIR
-from captioning.config import DecodeOptions, DecoderOptions, TrainerOptions, check
+from captioning.config import DecodeOptions, DecoderOptions, TrainerOptions, check, options_from
+from captioning.io import InputError
 from captioning.data.splits import split_names
 from captioning.models import build_encoder
 from captioning.text import Vocabulary
@@ -128,3 +129,11 @@ def test_the_sweep_objective_is_validation_not_test(monkeypatch, tmp_path):
     HydraConfig.instance().set_config(cfg)
     del cfg["hydra"]
     assert train_cli.run.__wrapped__(cfg) == 0.25
+
+
+def test_a_key_the_schema_lacks_is_refused_naming_the_likely_one():
+    with pytest.raises(InputError, match=r"^decode\.beams is not an option of decode \(did you mean decode\.beam_size\?\)$"):
+        options_from(DecodeOptions, {"beams": 3}, "decode")
+    with pytest.raises(InputError, match=r"trainer\.scheduled_sampling\.prob is not an option"):
+        TrainerOptions(scheduled_sampling={"prob": 0.5})
+    assert options_from(DecodeOptions, {"beam_size": 3}, "decode") == DecodeOptions(beam_size=3)

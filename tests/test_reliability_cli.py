@@ -91,6 +91,15 @@ def test_a_wrongly_typed_option_names_the_key_without_a_traceback(tmp_path, shap
     assert "trainer.batch_size" in proc.stderr and "'abc'" in proc.stderr
 
 
+def test_an_added_key_that_is_no_option_is_one_line_with_the_likely_one(tmp_path, shapes):
+    """Hydra's message for `trainer.max_epoch=1` suggests `+trainer.max_epoch=1`, which it then lets through."""
+    line = one_error_line(train(tmp_path, shapes, "+trainer.max_epoch=1", "+decoder.dropout=0.5", "hydra.run.dir=run",
+                                check=False))
+    assert "trainer.max_epoch is not an option of trainer (did you mean trainer.max_epochs?)" in line, line
+    assert "decoder.dropout is not an option of decoder (did you mean decoder.embed_dropout?)" in line, line
+    assert not (tmp_path / "cache").exists()  # refused before the feature pass
+
+
 def empty_split(shapes: Path, split: str) -> None:
     path = shapes / f"captions_{split}.json"
     data = json.loads(path.read_text())

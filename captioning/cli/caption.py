@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from captioning.cli._conf import CONF_DIR
 from captioning.cli.common import fail, require, run_entry_point, user_errors
-from captioning.config import DecodeOptions, check
+from captioning.config import DecodeOptions, check, options_from
 from captioning.io import InputError
 
 
@@ -36,7 +36,7 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
     from captioning.progress import progress
     from captioning.precision import resolve_device, resolve_precision
 
-    options = DecodeOptions(**cfg.decode)
+    options = options_from(DecodeOptions, cfg.decode, "decode")
     check(options)  # before any image is read
     problems = [f"{name} must be at least {low}, got {cfg[name]}"
                 for name, low in (("batch_size", 1), ("num_workers", 0)) if cfg[name] < low]
