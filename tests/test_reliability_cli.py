@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 import signal
 import stat
 import subprocess
@@ -248,9 +249,14 @@ def test_ctrl_c_and_sigterm_save_and_say_where(tmp_path, shapes, signum, status)
     assert proc.returncode == status and "Traceback" not in err, err
     last = tmp_path / "run" / "checkpoints" / "last.pt"
     assert f"interrupted by {signal.Signals(signum).name} at step" in err and f"saved {last}" in err
-    resumed = train(tmp_path, shapes, "trainer.batch_size=2", "trainer.max_epochs=2", "trainer.resume=auto",
-                    "hydra.run.dir=run")
-    assert "BLEU-4" in resumed.stdout
+    # the command it prints continues the run (with fewer epochs than the 500 asked for, to end the test)
+    command = shlex.split(err.split("continue with: ")[1].splitlines()[0])
+    assert command[0] == "captioning-train" and f"trainer.resume={last}" in command and "trainer.batch_size=2" in command
+    command = [str(BIN / command[0]), *("trainer.max_epochs=2" if a == "trainer.max_epochs=500" else a
+                                        for a in command[1:])]
+    resumed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0 and "BLEU-4" in resumed.stdout, resumed.stderr
+    assert (tmp_path / "run" / "metrics.json").is_file()  # in the same run directory
 
 
 def test_eval_output_that_is_a_folder_is_one_line(tmp_path, shapes):

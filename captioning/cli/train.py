@@ -10,6 +10,7 @@ BLEU-4, `trainer.select_on`): sweeps must never tune on the test split.
 from __future__ import annotations
 
 import os
+import shlex
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -43,6 +44,13 @@ def _summary(metrics: dict, run_dir: str) -> str:
     return "\n".join(lines)
 
 
+def _resume_command(checkpoint: str, run_dir: str) -> str:
+    """This run's command line (a sweep job's own values included) with trainer.resume and its run directory."""
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("trainer.resume=", "hydra.run.dir="))]
+    command = shlex.join(["captioning-train", *overrides, f"trainer.resume={checkpoint}", f"hydra.run.dir={run_dir}"])
+    return command + (" (with the same launcher, e.g. torchrun)" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "")
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def run(cfg: DictConfig) -> float:
     require(cfg, EXAMPLE)
@@ -62,8 +70,8 @@ def run(cfg: DictConfig) -> float:
     except Interrupted as e:
         if e.checkpoint is None:
             stop(f"interrupted by {e} before training started: nothing to resume", 128 + e.signum)
-        stop(f"interrupted by {e} at {e.where}: saved {e.checkpoint}; continue with "
-             f"trainer.resume={e.checkpoint} (and the same hydra.run.dir, or a new one)", 128 + e.signum)
+        stop(f"interrupted by {e} at {e.where}: saved {e.checkpoint}; continue with: "
+             f"{_resume_command(e.checkpoint, run_dir)}", 128 + e.signum)
     if os.environ.get("RANK", "0") == "0":  # under torchrun every process returns the same metrics
         print(_summary(metrics, run_dir))
     return metrics["best_val_score"]  # the sweep objective: validation (trainer.select_on), never test
