@@ -84,11 +84,18 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2)
     atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n", errors="backslashreplace")
 
 
+def not_there(path: Path, folder: bool = False) -> str:
+    """Why `path` is not the file (or folder) asked for: "not found", or which it is instead."""
+    if not path.exists():
+        return "not found"
+    return "is a file, not a folder" if folder else "is a folder, not a file"
+
+
 def read_text(path: str | os.PathLike, what: str = "text file") -> str:
     """A UTF-8 text file, decompressed on the fly when its name ends in .xz or .gz."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{what} not found: {path}")
+        raise InputError(f"{what} {not_there(path)}: {path}")
     opener = {".xz": lzma.open, ".gz": gzip.open}.get(path.suffix, open)
     try:
         with opener(path, "rt", encoding="utf-8") as f:
@@ -103,7 +110,7 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     """Load JSON, raising InputError that names the file (and line/column when malformed)."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{what} not found: {path}")
+        raise InputError(f"{what} {not_there(path)}: {path}")
     try:
         with path.open(encoding="utf-8") as f:
             return json.load(f)

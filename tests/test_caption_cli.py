@@ -109,6 +109,8 @@ def test_error_cases(tmp_path, photos, checkpoint, capsys):
         caption_inprocess(capsys, f"checkpoint={checkpoint}", f"images={empty}", f"output={tmp_path / 'o1'}")
     with pytest.raises(InputError, match="images folder not found"):
         caption_inprocess(capsys, f"checkpoint={checkpoint}", f"images={tmp_path / 'nope'}", f"output={tmp_path / 'o1'}")
+    with pytest.raises(InputError, match="images folder is a file, not a folder: .*a.png"):  # one photo, not a folder
+        caption_inprocess(capsys, f"checkpoint={checkpoint}", f"images={photos / 'a.png'}", f"output={tmp_path / 'o1'}")
     old = tmp_path / "old.pt"
     torch.save({"format_version": 0, "model_config": {}, "model": {}}, old)
     with pytest.raises(InputError, match="format 0"):

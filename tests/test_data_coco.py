@@ -131,6 +131,8 @@ def test_image_file_dataset(split):
 def test_missing_file(tmp_path):
     with pytest.raises(InputError, match="not found.*nope.json"):
         load_coco_captions(tmp_path / "nope.json")
+    with pytest.raises(InputError, match="is a folder, not a file"):  # a folder given for the annotations
+        load_coco_captions(tmp_path)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -166,6 +168,8 @@ def test_missing_image_files(tmp_path):
     assert str(path) in str(e.value)
     with pytest.raises(InputError, match="images directory .*elsewhere.* not found"):
         load_coco_captions(path, tmp_path / "elsewhere")
+    with pytest.raises(InputError, match="images directory .*captions.json .* is a file, not a folder"):
+        load_coco_captions(path, path)
     # without the check the split loads, and the missing file is reported when it is read
     split = load_coco_captions(path, tmp_path / "images", check_images=False)
     vocab = Vocabulary.build([["a"]])

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from captioning.cli._conf import CONF_DIR
 from captioning.cli.common import fail, require, run_entry_point, user_errors
 from captioning.config import DecodeOptions, check, options_from
-from captioning.io import InputError
+from captioning.io import InputError, not_there
 
 
 def caption_folder(cfg: DictConfig) -> list[dict]:
@@ -49,7 +49,7 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
     precision, why = resolve_precision(cfg.precision, device)
     root, out_dir = Path(cfg.images).expanduser(), Path(cfg.output).expanduser()
     if not root.is_dir():
-        raise InputError(f"images folder not found: {root}")
+        raise InputError(f"images folder {not_there(root, folder=True)}: {root}")
     if out_dir.is_file():
         raise InputError(f"output={out_dir} is a file; give a folder for captions.json, captions.csv and index.html")
     references = None

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pycocotools.coco import COCO
 
-from captioning.io import InputError, read_json
+from captioning.io import InputError, not_there, read_json
 
 WHAT = "annotations file"
 
@@ -133,7 +133,7 @@ def load_coco_captions(annotations: str | os.PathLike, images_dir: str | os.Path
     coco = CocoCaptions(path, images, api, captions)
     if images is not None and check_images:
         if not images.is_dir():
-            raise InputError(f"images directory {images} (for {WHAT} {path}) not found")
+            raise InputError(f"images directory {images} (for {WHAT} {path}) {not_there(images, folder=True)}")
         missing = [f"{i} ({coco.file_names[i]})" for i in coco.image_ids if not coco.image_path(i).is_file()]
         if missing:
             raise InputError(f"{WHAT} {path}: {len(missing)} image files missing from {images}: "
