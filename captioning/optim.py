@@ -78,6 +78,17 @@ def learning_rate_problems(optim_cfg: dict) -> list[str]:
     return problems
 
 
+def warmup_warning(optim_cfg: dict, total_steps: int, steps_per_epoch: int) -> str | None:
+    """Said when the warm-up takes half the run or more: a small dataset at the default batch size (40 images of
+    5 captions are 2 steps an epoch at 128) never leaves the first, tiny learning rates, and learns nothing."""
+    warmup = optim_cfg["warmup_steps"]
+    if not warmup or 2 * warmup < total_steps:
+        return None
+    return (f"the learning-rate warm-up (optim.warmup_steps={warmup}) takes {min(warmup, total_steps)} of this run's "
+            f"{total_steps} optimizer steps ({steps_per_epoch} an epoch): for data this small, lower "
+            f"trainer.batch_size or optim.warmup_steps")
+
+
 def _settings(optim_cfg: dict, total_steps: int, steps_per_epoch: int) -> tuple:
     return (optim_cfg["scheduler"], total_steps, steps_per_epoch, optim_cfg["warmup_steps"], optim_cfg["min_lr_ratio"],
             optim_cfg["decay_every"], optim_cfg["decay_rate"], optim_cfg["plateau_patience"])

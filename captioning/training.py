@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
@@ -34,7 +35,7 @@ from captioning.finetune import cache_spec, finetune_problems, image_splits, pre
 from captioning.io import InputError, atomic_write_json, remove_stale_temp_files
 from captioning.models import Captioner, DecoderConfig, build_decoder, build_encoder
 from captioning.optim import (build_optimizer, learning_rate_problems, param_groups, reconfigure, schedule_problems,
-                              validated)
+                              validated, warmup_warning)
 from captioning.precision import resolve_device, resolve_precision, warn_if_slow
 from captioning.run_state import (TrainState, check_resumable, check_same_model, restore, resume_path,
                                   save_run_checkpoint)
@@ -157,6 +158,8 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
     train_loader = splits["train"].loader(scst.enabled, local_batch, opts.num_workers, vocab.pad_id, sampler)
     steps_per_epoch = math.ceil(len(train_loader) / opts.accumulate)
     total_steps = opts.max_steps or opts.max_epochs * steps_per_epoch
+    if main and (message := warmup_warning(cfg["optim"], total_steps, steps_per_epoch)):
+        warnings.warn(message)
     params = param_groups(model, cfg["optim"].get("encoder_lr"))
     optimizer, scheduler = build_optimizer(cfg["optim"], params, make_optimizer, total_steps, steps_per_epoch)
     state = TrainState()

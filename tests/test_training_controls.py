@@ -9,7 +9,7 @@ from captioning.data.collate import collate_captions
 from captioning.engine import train_one_epoch
 from captioning.io import InputError
 from captioning.models import CaptionDecoder, DecoderConfig
-from captioning.optim import build_optimizer, reconfigure, validated
+from captioning.optim import build_optimizer, reconfigure, validated, warmup_warning
 from captioning.run_state import TrainState
 
 CPU = torch.device("cpu")
@@ -83,6 +83,15 @@ def test_step_decay_and_warmup():
     assert lrs(schedule("step", warmup_steps=4), 4) == pytest.approx([0.25, 0.5, 0.75, 1.0])
     cosine = lrs(schedule("cosine"), 17)
     assert cosine[0] == 1.0 and cosine[8] == pytest.approx(0.55) and cosine[16] == pytest.approx(0.1)
+
+
+def test_a_warmup_that_takes_half_the_run_is_said():
+    """40 images x 5 captions at the default batch 128 and warm-up 50: 2 steps an epoch, 6 in 3 epochs."""
+    message = warmup_warning({"warmup_steps": 50}, total_steps=6, steps_per_epoch=2)
+    assert "warm-up (optim.warmup_steps=50) takes 6 of this run's 6 optimizer steps (2 an epoch)" in message
+    assert "trainer.batch_size" in message
+    assert warmup_warning({"warmup_steps": 50}, total_steps=101, steps_per_epoch=2) is None
+    assert warmup_warning({"warmup_steps": 0}, total_steps=6, steps_per_epoch=2) is None
 
 
 def test_plateau_decays_after_patience_epochs_without_progress_and_resumes():
