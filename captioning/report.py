@@ -1,7 +1,7 @@
 """One table (and one plot) from the runs of Hydra sweeps: what `captioning-report` prints.
 
 Every run directory below the given folders that holds a metrics.json is read with its
-.hydra/overrides.yaml. Runs that differ only in `seed=` form one row: the mean and spread (sample
+.hydra/overrides.yaml (a run without metrics.json, failed or still running, is named and left out). Runs that differ only in `seed=` form one row: the mean and spread (sample
 standard deviation, "±") over the seeds of the scores (BLEU-4 and CIDEr-D unless told) on validation, at the
 epoch each run kept whatever it selected on, and on every test split, with the number of trainable parameters
 and the training time. Runs of a second stage (SCST) start from their seed's checkpoint: `trainer.init_from`
@@ -19,19 +19,27 @@ BASELINES = {"knn": "k-NN: nearest training image's caption", "knn_consensus": "
 
 
 def read_runs(folders: list[Path]) -> list[dict]:
-    """[{"dir", "overrides": {key: value}, "metrics"}] for every finished run below `folders`."""
+    """[{"dir", "overrides": {key: value}, "metrics"}] for every run below `folders` (a folder with Hydra's
+    .hydra/overrides.yaml or a metrics.json); "metrics" is None for a run that has not finished (it failed, or
+    is still running): it takes no row, but its overrides still tell the finished runs apart."""
     runs = []
     for folder in folders:
         if not Path(folder).is_dir():
             raise InputError(f"sweep folder not found: {folder}")
-        for metrics in sorted(Path(folder).rglob("metrics.json")):
-            overrides = metrics.parent / ".hydra" / "overrides.yaml"
+        found = {m.parent for m in Path(folder).rglob("metrics.json")}
+        found |= {o.parent.parent for o in Path(folder).rglob("overrides.yaml") if o.parent.name == ".hydra"}
+        for run_dir in sorted(found):
+            overrides, metrics = run_dir / ".hydra" / "overrides.yaml", run_dir / "metrics.json"
             pairs = _read_overrides(overrides) if overrides.is_file() else []
-            runs.append({"dir": metrics.parent, "overrides": dict(p.split("=", 1) for p in pairs if "=" in p),
-                         "metrics": read_json(metrics, what="run metrics")})
-    if not runs:
+            runs.append({"dir": run_dir, "overrides": dict(p.split("=", 1) for p in pairs if "=" in p),
+                         "metrics": read_json(metrics, what="run metrics") if metrics.is_file() else None})
+    if not finished(runs):
         raise InputError(f"no finished runs (metrics.json) below {', '.join(map(str, folders))}")
     return runs
+
+
+def finished(runs: list[dict]) -> list[dict]:
+    return [r for r in runs if r["metrics"] is not None]
 
 
 def _read_overrides(path: Path) -> list[str]:
@@ -60,10 +68,12 @@ def val_at_kept_epoch(metrics: dict, score: str = "cider") -> float:
 
 
 def table(runs: list[dict], scores: tuple[str, ...] = ("bleu4", "cider")) -> tuple[str, list[dict]]:
-    """The markdown table and its rows as data: one row per setting (seeds pooled), then the baselines."""
+    """The markdown table and its rows as data: one row per setting (seeds pooled), then the baselines. The
+    settings are told apart by the overrides that differ between any of `runs`, finished or not."""
     ignore = {"seed", "trainer.init_from", "hydra.sweep.dir", "hydra.run.dir", "trainer.tensorboard"}
     keys = sorted({k for r in runs for k in r["overrides"] if k not in ignore})
     differing = [k for k in keys if len({r["overrides"].get(k, "default") for r in runs}) > 1]
+    runs = finished(runs)
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         groups.setdefault(tuple(r["overrides"].get(k, "default") for k in differing), []).append(r)
@@ -101,6 +111,7 @@ def label(row: dict) -> str:
 
 def plot(rows: list[dict], runs: list[dict], path: Path) -> Path:
     """CIDEr-D of every setting (mean, with the seeds' spread) on validation and each test split, the baselines as lines."""
+    runs = finished(runs)
     import matplotlib
 
     matplotlib.use("Agg")

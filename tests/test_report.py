@@ -54,3 +54,17 @@ def test_no_runs_is_one_error_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main([str(tmp_path / "empty")])
     assert e.value.code == 1 and capsys.readouterr().err.startswith("error: no finished runs")
+
+
+def test_a_failed_run_is_named_and_still_tells_the_finished_ones_apart(tmp_path, capsys):
+    fake_run(tmp_path / "cells" / "0", ["decoder.cell=rnn"], 1.0, 2.0)
+    failed = tmp_path / "cells" / "1" / ".hydra"  # a job that stopped on a bad value: Hydra's files, no metrics
+    failed.mkdir(parents=True)
+    (failed / "overrides.yaml").write_text("- decoder.cell=transfomer\n")
+    main([str(tmp_path / "cells")])
+    out, err = capsys.readouterr()
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    assert rows[1].startswith("| decoder.cell=rnn | 1 |")  # not "defaults": the sweep varied decoder.cell
+    assert not any("transfomer" in row for row in rows)
+    assert "1 runs, 1 settings" in err and f"left out 1 runs without metrics.json (failed, or still running): " \
+                                             f"{tmp_path / 'cells' / '1'}" in err

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot", type=Path, help="the plot's PNG (default: next to --output, else report.png in the "
                                                   "first sweep folder)")
     args = parser.parse_args(argv)
-    from captioning.report import NAMES, plot, read_runs, table  # matplotlib only after the arguments parsed
+    from captioning.report import NAMES, finished, plot, read_runs, table  # matplotlib after the arguments
 
     try:
         runs = read_runs(args.sweeps)
@@ -39,7 +39,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.output:
         atomic_write_text(args.output, text + "\n")
     where = args.plot or (args.output.with_suffix(".png") if args.output else args.sweeps[0] / "report.png")
-    print(f"\n{len(runs)} runs, {len(rows)} settings; plot: {plot(rows, runs, where)}", file=sys.stderr)
+    done = finished(runs)
+    print(f"\n{len(done)} runs, {len(rows)} settings; plot: {plot(rows, runs, where)}", file=sys.stderr)
+    if len(done) < len(runs):
+        print(f"left out {len(runs) - len(done)} runs without metrics.json (failed, or still running): "
+              + ", ".join(str(r["dir"]) for r in runs if r["metrics"] is None), file=sys.stderr)
 
 
 if __name__ == "__main__":
