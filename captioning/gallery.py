@@ -149,4 +149,18 @@ def write_outputs(rows: list[dict], images_root: Path, out_dir: Path, thumbnail_
     page = PAGE.format(title=shown(title), summary=html.escape(summary_line(rows)),
                        figures="\n".join(figures), failures=failed)
     atomic_write_text(paths["html"], page)
+    _remove_stale(out_dir, {Thumbnails.path(n) for n, r in enumerate(rows) if "caption" in r}
+                  | {Path(m) for r in rows for m in r.get("attention_maps", [])})
     return paths
+
+
+def _remove_stale(out_dir: Path, written: set[Path]) -> None:
+    """Thumbnails and attention maps an earlier run wrote into this folder that this run's gallery does not show
+    (it captioned fewer images, or shorter captions): only files named as this module names them."""
+    for pattern in ("thumbs/" + "[0-9]" * 6 + ".jpg", "attention/" + "[0-9]" * 6 + "/[0-9][0-9].png"):
+        for path in out_dir.glob(pattern):
+            if path.relative_to(out_dir) not in written:
+                path.unlink()
+    for folder in out_dir.glob("attention/" + "[0-9]" * 6):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()

@@ -151,6 +151,16 @@ def test_a_phone_photo_tagged_sideways_is_captioned_and_shown_upright(tmp_path, 
     assert Image.open(thumb).size[0] < Image.open(thumb).size[1]  # portrait, as every photo viewer shows it
 
 
+def test_a_second_run_into_the_same_folder_leaves_only_its_own_thumbnails(tmp_path, photos, checkpoint, capsys):
+    out = tmp_path / "out"
+    (out / "thumbs").mkdir(parents=True)
+    (out / "thumbs" / "mine.jpg").write_bytes(b"a file of the user's")
+    caption_inprocess(capsys, f"checkpoint={checkpoint}", f"images={photos}", f"output={out}")
+    assert len(list((out / "thumbs").glob("0*.jpg"))) == 4
+    caption_inprocess(capsys, f"checkpoint={checkpoint}", f"images={photos / 'nested'}", f"output={out}")
+    assert sorted(p.name for p in (out / "thumbs").iterdir()) == ["000000.jpg", "000001.jpg", "mine.jpg"]
+
+
 def render(page: Path, tmp_path: Path) -> tuple[Image.Image, str]:
     """A headless Chromium screenshot of `page` and the DOM it built."""
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
