@@ -69,6 +69,24 @@ def test_sweep_makes_one_run_per_value(tmp_path, tiny_shapes):
     assert cells == {"rnn", "lstm"}
 
 
+def test_a_sweep_value_that_cannot_work_stops_the_sweep_before_its_first_job(tmp_path, tiny_shapes):
+    sweep = tmp_path / "sweep"
+    args = [str(BIN / "captioning-train"), "-m", f"dataset.root={tiny_shapes}", "encoder=small_cnn",
+            "trainer.max_epochs=1", "decoder.cell=rnn,lstm,transfomer", "+decode.beams=1,2", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: 6 of the sweep's 6 jobs cannot run, so none was started: job 0 (decoder.cell=rnn "
+                           "+decode.beams=1): decode.beams is not an option of decode"), line
+    assert "job 5 (decoder.cell=transfomer +decode.beams=2): decode.beams" in line
+    assert not sweep.exists()  # no job started
+    half = subprocess.run(args[:5] + ["decoder.cell=rnn,lstm", "decoder.hidden_dim=0,16"] + args[-1:],
+                          capture_output=True, text=True, timeout=120)
+    assert half.returncode == 1 and "2 of the sweep's 4 jobs cannot run" in half.stderr, half.stderr
+    assert "job 0 (decoder.cell=rnn decoder.hidden_dim=0)" in half.stderr and "hidden_dim=16)" not in half.stderr
+    assert not sweep.exists()
+
+
 def test_missing_annotations_is_a_clear_error(tmp_path):
     args = [str(BIN / "captioning-train"), f"dataset.root={tmp_path / 'nowhere'}", "encoder=small_cnn",
             f"hydra.run.dir={tmp_path / 'run'}"]
