@@ -50,3 +50,25 @@ def test_training_log_in_a_file_has_lines_not_bars(tmp_path, mode, bar_expected)
     assert ("%|" in text) == bar_expected  # tqdm's bar
     if not bar_expected:
         assert "epoch 1: 15/15 batch (100%)" in text and "features captions_train.json: 24/24 img (100%)" in text
+
+
+def test_the_run_log_keeps_lines_and_each_bar_as_last_drawn(tmp_path):
+    """copy_output_to (train.log): every printed line, a bar's final state once, nothing of an erased bar."""
+    import sys
+
+    from tqdm import tqdm
+
+    from captioning.cli.common import copy_output_to
+
+    with copy_output_to(tmp_path / "train.log"):
+        print("precision fp32")
+        for _ in tqdm(range(3), desc="erased", leave=False, mininterval=0, file=sys.stderr):
+            pass
+        for _ in tqdm(range(3), desc="kept", mininterval=0, file=sys.stderr):
+            pass
+        print("warning: a", file=sys.stderr)
+        sys.stdout.write("epoch 1 ")  # a line written in pieces is one line
+        sys.stdout.write("done\nunfinished")
+    lines = (tmp_path / "train.log").read_text().splitlines()
+    assert lines[0] == "precision fp32" and lines[1].startswith("kept: 100%") and "3/3" in lines[1]
+    assert lines[2:] == ["warning: a", "epoch 1 done", "unfinished"]

@@ -56,6 +56,10 @@ def test_run_writes_checkpoints_metrics_and_captions(tmp_path, tiny_shapes):
     assert {r["image_id"] for r in results} == test_ids
     assert all(isinstance(r["caption"], str) for r in results)
     assert "BLEU-4" in proc.stdout and str(run) in proc.stdout
+    log = (run / "train.log").read_text()  # what the run printed, kept beside its outputs
+    assert [line for line in proc.stdout.splitlines() if line.startswith(("precision", "epoch ", "| test |"))] == \
+        [line for line in log.splitlines() if line.startswith(("precision", "epoch ", "| test |"))]
+    assert len([line for line in log.splitlines() if line.startswith("epoch ")]) == 2 and "best validation" in log
     state = load_checkpoint(run / "checkpoints/last.pt")["train_state"]
     assert (state["epoch"], state["batch"], len(state["history"])) == (3, 0, 2)  # two epochs done, the third next
 

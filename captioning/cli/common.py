@@ -5,10 +5,12 @@ ends with `error: ...` on stderr and exit status 1, never a traceback; bugs stil
 """
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from contextlib import contextmanager
-from typing import Callable, Iterator, NoReturn
+from pathlib import Path
+from typing import Callable, Iterator, NoReturn, TextIO
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -63,3 +65,53 @@ def run_entry_point(run: Callable[[], object]) -> None:
         run()
     except KeyboardInterrupt:
         stop("interrupted (Ctrl-C)", 130)
+
+
+class _Tee:
+    """A stream that writes to `stream` (the terminal: everything, as before) and appends whole lines to `log`.
+    A progress bar redraws its line after each '\r': the log gets the line as last drawn, when it ends, and no
+    blank line for a bar that erased itself (`bars`: the stream the bars draw on, stderr)."""
+
+    def __init__(self, stream: TextIO, log: TextIO, bars: bool = False):
+        self.stream, self.log, self.line, self.bars = stream, log, "", bars
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        *done, line = (self.line + text).split("\n")
+        self.line = line[max(line.rfind("\r"), 0):]  # a bar's last frame (from its '\r'), not every one before
+        lines = [kept for line in done if (kept := self.last_frame(line)) is not None]
+        if lines:
+            self.log.write("".join(f"{line}\n" for line in lines))
+            self.log.flush()
+        return len(text)
+
+    def last_frame(self, line: str) -> str | None:
+        """The line as last drawn; None for what a bar leaves when it closes (tqdm's leave=False erases it)."""
+        last = line.rsplit("\r", 1)[-1]
+        return None if (self.bars or "\r" in line) and not last.strip() else last
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name: str):  # isatty, fileno, encoding...: the terminal's
+        return getattr(self.stream, name)
+
+
+@contextmanager
+def copy_output_to(path: Path) -> Iterator[None]:
+    """What this process prints (stdout and stderr: settings, epochs, warnings, errors, the summary) is also
+    appended to `path`, line by line, for as long as the block runs. Under torchrun: rank 0's only."""
+    if os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8", errors="backslashreplace") as log:
+        saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log, bars=True)
+        try:
+            yield
+        finally:
+            for tee in (sys.stdout, sys.stderr):
+                if (line := tee.last_frame(tee.line)):
+                    log.write(line + "\n")
+            sys.stdout, sys.stderr = saved

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -18,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from captioning.cli._conf import CONF_DIR
-from captioning.cli.common import fail, require, run_entry_point, stop, user_errors
+from captioning.cli.common import copy_output_to, fail, require, run_entry_point, stop, user_errors
 
 EXAMPLE = ("captioning-train dataset=coco dataset.train.annotations=data/coco/captions_train.json "
            "dataset.train.images=data/coco/images (and the same for val and test)")
@@ -62,18 +63,19 @@ def run(cfg: DictConfig) -> float:
     run_dir = HydraConfig.get().runtime.output_dir
     plain = OmegaConf.to_container(cfg, resolve=True)
     make_optimizer = instantiate(cfg.optim.optimizer)  # a partial: parameters come at run time
-    try:
-        with user_errors():
-            metrics = train(plain, run_dir, make_optimizer)
-    except Diverged as e:
-        fail(str(e))
-    except Interrupted as e:
-        if e.checkpoint is None:
-            stop(f"interrupted by {e} before training started: nothing to resume", 128 + e.signum)
-        stop(f"interrupted by {e} at {e.where}: saved {e.checkpoint}; continue with: "
-             f"{_resume_command(e.checkpoint, run_dir)}", 128 + e.signum)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun every process returns the same metrics
-        print(_summary(metrics, run_dir))
+    with copy_output_to(Path(run_dir) / "train.log"):
+        try:
+            with user_errors():
+                metrics = train(plain, run_dir, make_optimizer)
+        except Diverged as e:
+            fail(str(e))
+        except Interrupted as e:
+            if e.checkpoint is None:
+                stop(f"interrupted by {e} before training started: nothing to resume", 128 + e.signum)
+            stop(f"interrupted by {e} at {e.where}: saved {e.checkpoint}; continue with: "
+                 f"{_resume_command(e.checkpoint, run_dir)}", 128 + e.signum)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every process returns the same metrics
+            print(_summary(metrics, run_dir))
     return metrics["best_val_score"]  # the sweep objective: validation (trainer.select_on), never test
 
 
