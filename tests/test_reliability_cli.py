@@ -100,6 +100,10 @@ def test_an_added_key_that_is_no_option_is_one_line_with_the_likely_one(tmp_path
     assert "trainer.max_epoch is not an option of trainer (did you mean trainer.max_epochs?)" in line, line
     assert "decoder.dropout is not an option of decoder (did you mean decoder.embed_dropout?)" in line, line
     assert not (tmp_path / "cache").exists()  # refused before the feature pass
+    line = one_error_line(train(tmp_path, shapes, "+seeds=3", "+vocab.min_cout=5", "hydra.run.dir=run", check=False))
+    assert sorted(line.removeprefix("error: ").split("; ")) == [
+        "seeds is not an option of captioning-train (did you mean seed?)",
+        "vocab.min_cout is not an option of captioning-train (did you mean vocab.min_count?)"]
 
 
 def empty_split(shapes: Path, split: str) -> None:

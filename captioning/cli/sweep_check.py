@@ -3,8 +3,8 @@
 Hydra composes each job's config when the job starts, so a value that cannot work in the last job of a sweep
 (`-m decoder.cell=rnn,lstm,transfomer`) would stop the sweep only after the jobs before it have trained. This
 callback (conf/train.yaml, `hydra.callbacks`) composes every job's config up front, as Hydra's basic sweeper
-will, and runs the same checks a single run makes (`captioning.training.check_config`): one `error:` line
-naming each job that cannot work, and no job starts. Other sweepers (Optuna) choose values as they go: their
+will, and runs the same checks a single run makes (`added_keys`, `captioning.training.check_config`): one
+`error:` line naming each job that cannot work, and no job starts. Other sweepers (Optuna) choose values as they go: their
 jobs are checked one by one as they start.
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ class CheckSweep(Callback):
             return
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
+        from captioning.cli.train import added_keys
         from captioning.training import check_config  # torch: only once a sweep is sure to run
 
         loader = GlobalHydra.instance().config_loader()
@@ -42,6 +43,8 @@ class CheckSweep(Callback):
             plain = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
                      for k, v in cfg.items() if k != "hydra"}
             try:
+                if extra := added_keys(cfg):
+                    raise InputError("; ".join(extra))
                 check_config(plain)
             except InputError as e:
                 values = " ".join(o for o in job if o.split("=", 1)[0] in swept)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from difflib import get_close_matches
 from pathlib import Path
 
 import hydra
@@ -45,6 +46,29 @@ def _summary(metrics: dict, run_dir: str) -> str:
     return "\n".join(lines)
 
 
+def added_keys(cfg: DictConfig) -> list[str]:
+    """One message per key that no config of captioning-train has, outside the groups with schemas (which
+    `config.unknown_options` checks): `+seeds=3` or `+vocab.min_cout=5` would otherwise be ignored in silence."""
+    base = OmegaConf.load(Path(CONF_DIR) / "train.yaml")
+    groups = [next(iter(entry)) for entry in base.defaults if not isinstance(entry, str)]
+    known = {key: base[key] for key in base if key not in ("defaults", "hydra")}
+    problems = []
+    for key in cfg:
+        if key in groups or key == "hydra":
+            continue
+        if key not in known:
+            problems.append(_not_an_option(key, [*known, *groups]))
+        elif isinstance(known[key], DictConfig) and isinstance(cfg[key], DictConfig):
+            problems += [_not_an_option(f"{key}.{sub}", [f"{key}.{k}" for k in known[key]])
+                         for sub in cfg[key] if sub not in known[key]]
+    return problems
+
+
+def _not_an_option(key: str, names: list[str]) -> str:
+    return f"{key} is not an option of captioning-train" + "".join(
+        f" (did you mean {m}?)" for m in get_close_matches(key, names, 1))
+
+
 def _resume_command(checkpoint: str, run_dir: str) -> str:
     """This run's command line (a sweep job's own values included) with trainer.resume and its run directory."""
     overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("trainer.resume=", "hydra.run.dir="))]
@@ -55,6 +79,8 @@ def _resume_command(checkpoint: str, run_dir: str) -> str:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def run(cfg: DictConfig) -> float:
     require(cfg, EXAMPLE)
+    if problems := added_keys(cfg):
+        fail("; ".join(problems))
     from captioning.training import train  # heavy imports after Hydra has parsed the command line
 
     from captioning.engine import Diverged
