@@ -35,9 +35,13 @@ Options = TypeVar("Options")
 def unknown_options(schema: type, values: Mapping[str, Any], group: str) -> list[str]:
     """One message per key of `values` that `schema` has no field for, naming the likely one. Hydra refuses
     `trainer.max_epoch=1` itself, but `+trainer.max_epoch=1` (what its own message suggests) adds the key."""
-    names = [f.name for f in fields(schema)]
-    return [f"{group}.{key} is not an option of {group}" + "".join(
-        f" (did you mean {group}.{m}?)" for m in get_close_matches(key, names, 1)) for key in values if key not in names]
+    names = [f"{group}.{f.name}" for f in fields(schema)]
+    return [not_an_option(f"{group}.{key}", names, group) for key in values if f"{group}.{key}" not in names]
+
+
+def not_an_option(key: str, names: list[str], of: str) -> str:
+    """"KEY is not an option of OF", with the closest of `names` if one is close."""
+    return f"{key} is not an option of {of}" + "".join(f" (did you mean {m}?)" for m in get_close_matches(key, names, 1))
 
 
 def options_from(schema: type[Options], values: Mapping[str, Any], group: str) -> Options:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shlex
-from difflib import get_close_matches
 from pathlib import Path
 
 import hydra
@@ -21,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from captioning.cli._conf import CONF_DIR
 from captioning.cli.common import copy_output_to, fail, require, run_entry_point, stop, user_errors
+from captioning.config import not_an_option
 
 EXAMPLE = ("captioning-train dataset=coco dataset.train.annotations=data/coco/captions_train.json "
            "dataset.train.images=data/coco/images (and the same for val and test)")
@@ -57,16 +57,11 @@ def added_keys(cfg: DictConfig) -> list[str]:
         if key in groups or key == "hydra":
             continue
         if key not in known:
-            problems.append(_not_an_option(key, [*known, *groups]))
+            problems.append(not_an_option(key, [*known, *groups], "captioning-train"))
         elif isinstance(known[key], DictConfig) and isinstance(cfg[key], DictConfig):
-            problems += [_not_an_option(f"{key}.{sub}", [f"{key}.{k}" for k in known[key]])
+            problems += [not_an_option(f"{key}.{sub}", [f"{key}.{k}" for k in known[key]], "captioning-train")
                          for sub in cfg[key] if sub not in known[key]]
     return problems
-
-
-def _not_an_option(key: str, names: list[str]) -> str:
-    return f"{key} is not an option of captioning-train" + "".join(
-        f" (did you mean {m}?)" for m in get_close_matches(key, names, 1))
 
 
 def _resume_command(checkpoint: str, run_dir: str) -> str:
