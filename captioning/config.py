@@ -41,7 +41,8 @@ def unknown_options(schema: type, values: Mapping[str, Any], group: str) -> list
 
 def not_an_option(key: str, names: list[str], of: str) -> str:
     """"KEY is not an option of OF", with the closest of `names` if one is close."""
-    return f"{key} is not an option of {of}" + "".join(f" (did you mean {m}?)" for m in get_close_matches(key, names, 1))
+    likely = get_close_matches(key, names, 1)
+    return f"{key} is not an option of {of}" + (f" (did you mean {likely[0]}?)" if likely else "")
 
 
 def options_from(schema: type[Options], values: Mapping[str, Any], group: str) -> Options:

@@ -1,12 +1,12 @@
 """One table (and one plot) from the runs of Hydra sweeps: what `captioning-report` prints.
 
 Every run directory below the given folders that holds a metrics.json is read with its
-.hydra/overrides.yaml (a run without metrics.json, failed or still running, is named and left out). Runs that differ only in `seed=` form one row: the mean and spread (sample
-standard deviation, "±") over the seeds of the scores (BLEU-4 and CIDEr-D unless told) on validation, at the
-epoch each run kept whatever it selected on, and on every test split, with the number of trainable parameters
-and the training time. Runs of a second stage (SCST) start from their seed's checkpoint: `trainer.init_from`
-is pooled like the seed. The retrieval baselines, which do not depend on the seed, come last as rows of their
-own. Rows are sorted by validation CIDEr-D.
+.hydra/overrides.yaml (a run without metrics.json, failed or still running, is named and left out). Runs that
+differ only in `seed=` form one row: the mean and spread (sample standard deviation, "±") over the seeds of the
+scores (BLEU-4 and CIDEr-D unless told) on validation, at the epoch each run kept whatever it selected on, and on
+every test split, with the number of trainable parameters and the training time. Runs of a second stage (SCST)
+start from their seed's checkpoint: `trainer.init_from` is pooled like the seed. The retrieval baselines, which do
+not depend on the seed, come last as rows of their own. Rows are sorted by validation CIDEr-D.
 """
 from __future__ import annotations
 

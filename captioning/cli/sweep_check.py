@@ -4,8 +4,8 @@ Hydra composes each job's config when the job starts, so a value that cannot wor
 (`-m decoder.cell=rnn,lstm,transfomer`) would stop the sweep only after the jobs before it have trained. This
 callback (conf/train.yaml, `hydra.callbacks`) composes every job's config up front, as Hydra's basic sweeper
 will, and runs the same checks a single run makes (`added_keys`, `captioning.training.check_config`): one
-`error:` line naming each job that cannot work, and no job starts. Other sweepers (Optuna) choose values as they go: their
-jobs are checked one by one as they start.
+`error:` line naming each job that cannot work, and no job starts. Other sweepers (Optuna) choose values as they
+go: their jobs are checked one by one as they start.
 """
 from __future__ import annotations
 
