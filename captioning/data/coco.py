@@ -100,6 +100,12 @@ class CocoCaptions:
         """All captions of every image: the references BLEU compares generated captions with."""
         return {i: list(cs) for i, cs in self.captions.items()}
 
+    def require_images_dir(self) -> None:
+        """InputError unless the images folder is there (and is a folder), naming the annotations file."""
+        if not self.images_dir.is_dir():
+            raise InputError(f"images directory {self.images_dir} (for {WHAT} {self.path}) "
+                             f"{not_there(self.images_dir, folder=True)}")
+
     def __repr__(self) -> str:
         n = sum(len(c) for c in self.captions.values())
         return f"CocoCaptions({str(self.path)!r}, images={len(self)}, captions={n})"
@@ -132,8 +138,7 @@ def load_coco_captions(annotations: str | os.PathLike, images_dir: str | os.Path
     images = None if images_dir is None else Path(images_dir)
     coco = CocoCaptions(path, images, api, captions)
     if images is not None and check_images:
-        if not images.is_dir():
-            raise InputError(f"images directory {images} (for {WHAT} {path}) {not_there(images, folder=True)}")
+        coco.require_images_dir()
         missing = [f"{i} ({coco.file_names[i]})" for i in coco.image_ids if not coco.image_path(i).is_file()]
         if missing:
             raise InputError(f"{WHAT} {path}: {len(missing)} image files missing from {images}: "

@@ -10,7 +10,7 @@ from captioning.data.coco import CocoCaptions, id_list, load_coco_captions
 from captioning.data.collate import collate_captions
 from captioning.data.datasets import CaptionDataset
 from captioning.data.images import check_image_files
-from captioning.io import InputError, not_there
+from captioning.io import InputError
 from captioning.text import Vocabulary
 
 SPLITS = ("train", "val", "test")
@@ -45,9 +45,7 @@ def load_splits(dataset: dict) -> dict[str, CocoCaptions]:
 def check_images(coco: CocoCaptions) -> None:
     """InputError listing every image of the split that is missing, empty, not an image or too large
     (headers only: seconds for thousands of files), so a bad file fails the run before the first epoch."""
-    if not coco.images_dir.is_dir():
-        raise InputError(f"images directory {coco.images_dir} (for annotations file {coco.path}) "
-                         f"{not_there(coco.images_dir, folder=True)}")
+    coco.require_images_dir()
     problems = check_image_files(coco.image_path(i) for i in coco.image_ids)
     if problems:
         raise InputError(f"annotations file {coco.path}: {len(problems)} of {len(coco)} images in {coco.images_dir} "
