@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from captioning.io import InputError, atomic_path
+from captioning.io import InputError, atomic_path, existing_file
 from captioning.text import Vocabulary
 
 FORMAT_VERSION = 1
@@ -36,9 +36,7 @@ def save_checkpoint(path: str | Path, *, model_state: dict, vocab: Vocabulary, m
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load and check a checkpoint; InputError names the file and what is wrong with it."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"checkpoint not found: {path}")
+    path = existing_file(path, "checkpoint")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses
             warnings.simplefilter("ignore")

@@ -91,11 +91,17 @@ def not_there(path: Path, folder: bool = False) -> str:
     return "is a file, not a folder" if folder else "is a folder, not a file"
 
 
-def read_text(path: str | os.PathLike, what: str = "text file") -> str:
-    """A UTF-8 text file, decompressed on the fly when its name ends in .xz or .gz."""
+def existing_file(path: str | os.PathLike, what: str) -> Path:
+    """`path` as a Path; InputError naming `what` unless it is a file."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{what} {not_there(path)}: {path}")
+    return path
+
+
+def read_text(path: str | os.PathLike, what: str = "text file") -> str:
+    """A UTF-8 text file, decompressed on the fly when its name ends in .xz or .gz."""
+    path = existing_file(path, what)
     opener = {".xz": lzma.open, ".gz": gzip.open}.get(path.suffix, open)
     try:
         with opener(path, "rt", encoding="utf-8") as f:
@@ -108,9 +114,7 @@ def read_text(path: str | os.PathLike, what: str = "text file") -> str:
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     """Load JSON, raising InputError that names the file (and line/column when malformed)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what} {not_there(path)}: {path}")
+    path = existing_file(path, what)
     try:
         with path.open(encoding="utf-8") as f:
             return json.load(f)

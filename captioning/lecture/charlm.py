@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captioning.data.coco import load_coco_captions
-from captioning.io import InputError, atomic_path
+from captioning.io import InputError, atomic_path, existing_file, read_text
 from captioning.lecture.tbptt import batchify, carry_forward, chunks
 from captioning.models.cells import State, build_recurrent
 
@@ -162,13 +162,7 @@ def load_text(text_file: str | None = None, annotations: str | None = None, max_
     """The training text: a UTF-8 text file, or the captions of a COCO annotations file joined by
     newlines (`text_file` wins when both are given); cut to the first `max_chars` characters."""
     if text_file:
-        path = Path(text_file)
-        if not path.is_file():
-            raise InputError(f"text file not found: {path}")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise InputError(f"text file {path} is not UTF-8 text: {e}") from e
+        text = read_text(text_file, "text file")
     elif annotations:
         if not Path(annotations).is_file():
             raise InputError(f"captions file not found: {annotations} (the shapes demo writes it: "
@@ -193,9 +187,7 @@ def save_lm(path: str | Path, model: CharLM, vocab: CharVocab, history: list[dic
 
 
 def load_lm(path: str | Path, map_location: str = "cpu") -> tuple[CharLM, CharVocab, list[dict]]:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"LM checkpoint not found: {path}")
+    path = existing_file(path, "LM checkpoint")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:

@@ -23,7 +23,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from captioning.data.images import to_rgb, to_tensor
-from captioning.io import InputError
+from captioning.io import InputError, existing_file
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -240,9 +240,8 @@ def build_encoder(name: str = "efficientnet_lite0", pretrained: bool = True, wei
     `grid`: annotation vectors (B, L, D) instead of the pooled feature (B, D).
     """
     if weights is not None:
-        weights = str(weights)
-        if not Path(weights).is_file():
-            raise InputError(f"encoder weights not found: {weights}")
+        weights = str(weights)  # as given: it is part of the encoder's spec (the feature cache's key)
+        existing_file(weights, "encoder weights")
     weights_id = _file_id(weights) if weights is not None else None
     if name == "efficientnet_lite0":
         trunk, out_dim = efficientnet_lite0(pretrained, weights), 1280
