@@ -9,6 +9,7 @@ running. COVERAGE says which, for each command: a command added to README withou
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -204,7 +205,7 @@ def test_the_configuration_table_names_real_fields():
             if line.startswith("| `") and "schema `" in line]
     assert len(rows) >= 2
     for row in rows:
-        fields = set(vars(getattr(schemas, re.search(r"schema `(\w+)`", row)[1]))["__dataclass_fields__"])
+        fields = {f.name for f in dataclasses.fields(getattr(schemas, re.search(r"schema `(\w+)`", row)[1]))}
         listed = set(re.findall(r"`([a-z_0-9]+)`", row.split("fields", 1)[1]))
         assert listed and listed <= fields, f"{row[:40]}...: not fields: {sorted(listed - fields)}"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from functools import lru_cache
 from pathlib import Path
 
 import hydra
@@ -46,12 +47,18 @@ def _summary(metrics: dict, run_dir: str) -> str:
     return "\n".join(lines)
 
 
+@lru_cache(maxsize=1)
+def _train_yaml() -> tuple[list[str], dict]:
+    """conf/train.yaml's groups and its other keys (read once: a sweep checks every job with them)."""
+    base = OmegaConf.load(Path(CONF_DIR) / "train.yaml")
+    groups = [next(iter(entry)) for entry in base.defaults if not isinstance(entry, str)]
+    return groups, {key: base[key] for key in base if key not in ("defaults", "hydra")}
+
+
 def added_keys(cfg: DictConfig) -> list[str]:
     """One message per key that no config of captioning-train has, outside the groups with schemas (which
     `config.unknown_options` checks): `+seeds=3` or `+vocab.min_cout=5` would otherwise be ignored in silence."""
-    base = OmegaConf.load(Path(CONF_DIR) / "train.yaml")
-    groups = [next(iter(entry)) for entry in base.defaults if not isinstance(entry, str)]
-    known = {key: base[key] for key in base if key not in ("defaults", "hydra")}
+    groups, known = _train_yaml()
     problems = []
     for key in cfg:
         if key in groups or key == "hydra":

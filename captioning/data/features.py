@@ -3,8 +3,8 @@
 With a frozen encoder every epoch would push the same images through the same CNN, so we
 compute the (N, D) feature matrix once and reuse it across epochs and runs. The cache key
 covers everything that changes the numbers: the encoder's spec (name, weights,
-preprocessing), the numeric precision, how images are read (`images.READER`), the annotation file's bytes (which images, in which
-order) and the images directory.
+preprocessing), the numeric precision, how images are read (`images.READER`), the annotation
+file's bytes (which images, in which order) and the images directory.
 """
 from __future__ import annotations
 
