@@ -40,7 +40,7 @@ class RunLog:
         atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
 
     def plot_curves(self) -> Path:
-        """curves.png: train/val loss, val BLEU-4 and val CIDEr-D per epoch (with SCST's reward and baseline)."""
+        """curves.png: train/val loss, val BLEU-4 and val CIDEr-D per epoch (with SCST's reward, baseline and advantage)."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -59,7 +59,8 @@ class RunLog:
         ax_cider.plot(epochs, [r.get("val_cider") for r in self.history], marker="o", color="C3", label="val")
         if scst:
             for key, label, colour in [("train_reward", "train: sampled captions' reward", "C4"),
-                                       ("train_baseline", "train: baseline", "C5")]:
+                                       ("train_baseline", "train: baseline", "C5"),
+                                       ("train_advantage", "train: advantage (reward - baseline)", "C6")]:
                 ax_cider.plot(epochs, [r.get(key) for r in self.history], marker=".", color=colour, label=label)
             ax_cider.legend(fontsize="small")
         ax_cider.set(xlabel="epoch", ylabel="CIDEr-D", title="validation CIDEr-D" + (" and SCST rewards" if scst else ""))

@@ -90,5 +90,9 @@ class SCSTObjective:
         logp, entropy = sequence_logprobs(decoder, repeated, drawn, v.bos_id, v.eos_id, o.temperature)
         advantage = (rewards - baseline).view(-1)  # (B*K,)
         loss = -(advantage * logp).mean()
+        # The advantage's mean and the share of samples it reinforces tell a stalled run apart: with the greedy
+        # baseline and samples far worse than the greedy caption, every advantage is negative and the policy only
+        # learns what not to say (the mean baseline's advantages centre on 0 by construction).
         return loss, len(logp), {"reward": rewards.mean().item(), "baseline": baseline.mean().item(),
-                                 "entropy": entropy.mean().item()}
+                                 "advantage": advantage.mean().item(),
+                                 "positive": (advantage > 0).float().mean().item(), "entropy": entropy.mean().item()}

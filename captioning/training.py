@@ -229,7 +229,8 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
                 log.log_epoch(row)
                 skipped = f"  ({state.skipped} non-finite steps skipped)" if state.skipped else ""
                 if scst.enabled:
-                    skipped += f"  reward {row['train_reward']:.3f} (baseline {row['train_baseline']:.3f})"
+                    skipped += (f"  reward {row['train_reward']:.3f} (baseline {row['train_baseline']:.3f}, "
+                                f"{100 * row['train_positive']:.0f}% of samples above it)")
                 print(f"epoch {state.epoch:3d}  step {state.step:6d}  train loss {row['train_loss']:.3f}  "
                       f"val loss {val['loss']:.3f}  val BLEU-4 {val['bleu4']:.4f}  CIDEr-D {val['cider']:.3f}"
                       f"{'  *' if improved else ''}{skipped}",

@@ -93,7 +93,24 @@ def test_mean_baseline_gives_no_gradient_when_every_sample_is_rewarded_alike():
     loss, _, extras = objective(decoder, None, batch)
     loss.backward()
     assert loss.item() == 0.0 and extras["reward"] == extras["baseline"] == 3.0
+    assert extras["advantage"] == 0.0 and extras["positive"] == 0.0
     assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in decoder.parameters())
+
+
+def test_samples_worse_than_the_greedy_caption_all_get_a_negative_advantage_and_the_log_says_so():
+    """The stall of the greedy baseline where sampling is far worse than argmax: no sample is reinforced."""
+    calls = []
+
+    def reward(captions, ids):  # the samples first, then the greedy captions
+        calls.append(len(captions))
+        return torch.full((len(captions),), 1.0 if len(calls) == 1 else 5.0)
+
+    objective = SCSTObjective(SCSTOptions(samples=4, baseline="greedy", max_len=MAX_LEN), VOCAB, reward,
+                              torch.device("cpu"))
+    batch = CaptionBatch(torch.randn(3, 4), torch.zeros(3, 2, dtype=torch.long), torch.tensor([2] * 3), torch.arange(3))
+    _, n, extras = objective(toy_decoder(), None, batch)
+    assert calls == [12, 3] and n == 12
+    assert (extras["reward"], extras["baseline"], extras["advantage"], extras["positive"]) == (1.0, 5.0, -4.0, 0.0)
 
 
 def test_scst_learns_the_best_caption_of_each_image():
@@ -166,7 +183,8 @@ def run(root, name: str, *overrides: str) -> dict:
 def test_scst_stage_from_a_checkpoint_logs_rewards_and_resumes_exactly(xe_checkpoint):
     root, xe = xe_checkpoint, f"trainer.init_from={xe_checkpoint / 'xe' / 'checkpoints' / 'best.pt'}"
     full = run(root, "full", "+experiment=scst", xe, "trainer.max_epochs=2", "optim.optimizer.lr=0.01")
-    assert all({"train_reward", "train_baseline", "train_entropy", "val_cider"} <= set(e) for e in full["epochs"])
+    assert all({"train_reward", "train_baseline", "train_advantage", "train_positive", "train_entropy", "val_cider"} <= set(e)
+               for e in full["epochs"])
     assert [e["step"] for e in full["epochs"]] == [4, 8]  # 16 images / 4: one step per 4 images, not per caption
     header = (root / "full" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"train_reward", "train_baseline", "train_entropy", "val_cider"} <= set(header)
