@@ -5,7 +5,8 @@ Every run directory below the given folders that holds a metrics.json is read wi
 differ only in `seed=` form one row: the mean and spread (sample standard deviation, "±") over the seeds of the
 scores (BLEU-4 and CIDEr-D unless told) on validation, at the epoch each run kept whatever it selected on, and on
 every test split, with the number of trainable parameters and the training time. Runs of a second stage (SCST)
-start from their seed's checkpoint: `trainer.init_from` is pooled like the seed. The retrieval baselines, which do
+start from their seed's checkpoint: `trainer.init_from` is pooled like the seed, and so is `trainer.resume` (a
+finished run resumed into a new directory scores its best checkpoint again, e.g. with other `decode.*` options). The retrieval baselines, which do
 not depend on the seed, come last as rows of their own. Rows are sorted by validation CIDEr-D.
 """
 from __future__ import annotations
@@ -70,7 +71,7 @@ def val_at_kept_epoch(metrics: dict, score: str = "cider") -> float:
 def table(runs: list[dict], scores: tuple[str, ...] = ("bleu4", "cider")) -> tuple[str, list[dict]]:
     """The markdown table and its rows as data: one row per setting (seeds pooled), then the baselines. The
     settings are told apart by the overrides that differ between any of `runs`, finished or not."""
-    ignore = {"seed", "trainer.init_from", "hydra.sweep.dir", "hydra.run.dir", "trainer.tensorboard"}
+    ignore = {"seed", "trainer.init_from", "trainer.resume", "hydra.sweep.dir", "hydra.run.dir", "trainer.tensorboard"}
     keys = sorted({k for r in runs for k in r["overrides"] if k not in ignore})
     differing = [k for k in keys if len({r["overrides"].get(k, "default") for r in runs}) > 1]
     runs = finished(runs)

@@ -50,6 +50,9 @@ TINY_BENCH = {
     "data": ["--repeats", "1", "--batch", "8", "--hidden", "16", "--embed", "8"],
 }
 TINY_SHAPES = ["--train", "24", "--val", "6", "--test", "6"]
+# The icons set from the committed 300-icon slice of the same tarballs (tests/data/icons), offline.
+TINY_ICONS = ["--pngs", "tests/data/icons/icons-png-slice-3.48.0.tgz", "--metadata",
+              "tests/data/icons/icons-slice-3.48.0.tgz", "--val", "40", "--test", "40", "--shifted", "30"]
 
 
 def call(args: list[str]) -> int:
@@ -99,6 +102,8 @@ def python(args: list[str]) -> int:
         args = [*args, "--dry-run"]
     elif args and args[0].endswith("make_shapes.py"):
         args = [*args, *TINY_SHAPES]
+    elif args and args[0].endswith("make_icons.py"):
+        args = [*args, *TINY_ICONS]
     return call([sys.executable, *args])
 
 

@@ -57,6 +57,7 @@ COVERAGE = {
     "captioning-train -m decoder.cell=rnn,lstm hydra.sweep.dir=multirun/cells": RUN,
     "captioning-report multirun/cells --output multirun/cells/report.md": RUN,
     "python datasets/make_shapes.py --out data/shapes_shifted --distractors 2 --shifted-style outline": RUN,
+    "python datasets/make_icons.py --out data/icons": RUN,  # from the slice in tests/data/icons, offline
     "captioning-baseline dataset=shapes_shifted 'k=[1,5,10,25]'": RUN,
     "captioning-baseline dataset=shapes_shifted split=test_shifted 'k=[1,5,10,25]'": RUN,
     **{f"captioning-train -m dataset=shapes_shifted seed=0,1,2 {factor} trainer.tensorboard=false "

@@ -49,6 +49,17 @@ def test_seeds_are_pooled_and_rows_sorted_by_validation(tmp_path, capsys):
     assert (tmp_path / "study.png").stat().st_size > 1000
 
 
+def test_runs_scored_again_from_each_seeds_checkpoint_pool_like_the_seed(tmp_path, capsys):
+    for seed in (0, 1):  # a finished run resumed into a new directory: its best.pt scored with other decode options
+        for beam in (1, 3):
+            fake_run(tmp_path / "decode" / f"b{beam}s{seed}", ["dataset=icons", f"decode.beam_size={beam}", f"seed={seed}",
+                                                               f"trainer.resume=runs/s{seed}/checkpoints/last.pt"],
+                     1.0, 2.0 + beam + seed)
+    main([str(tmp_path / "decode")])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[:2] for row in rows[1:3]] == [["| decode.beam_size=1", "2"], ["| decode.beam_size=3", "2"]]
+
+
 def test_no_runs_is_one_error_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit) as e:
