@@ -190,7 +190,7 @@ class ScheduledSamplingOptions:
 class TrainerOptions:
     """How `captioning-train` trains (`captioning.training.train`): limits, batching, device, numerics, resuming."""
 
-    max_epochs: int = 15
+    max_epochs: int = 50                  # a cap: early stopping (patience) ends most runs well before it
     max_steps: Optional[int] = None       # stop after this many optimizer steps
     max_minutes: Optional[float] = None   # stop after this much wall-clock training time
     batch_size: int = 128                 # the global batch: under torchrun each of W processes takes batch_size / W
@@ -201,7 +201,7 @@ class TrainerOptions:
     threads: Optional[int] = None         # CPU threads; null: the CPUs this process may use (affinity, cgroup quota)
     grad_clip: Optional[float] = 5.0      # clip the global gradient norm to this; null: no clipping
     label_smoothing: float = 0.0
-    patience: int = 4                     # early stopping: epochs without a better validation score
+    patience: int = 5                     # early stopping: epochs without a better validation score
     select_on: str = "cider"              # the validation score that picks best.pt and stops early: cider | bleu4
     nonfinite: str = "stop"               # a NaN/inf loss or gradient: stop the run (non-zero exit) | skip the step
     resume: Optional[str] = None          # a checkpoint to continue from (runs/X/checkpoints/last.pt), or auto:
@@ -269,7 +269,8 @@ class SCSTOptions:
 
     enabled: bool = False
     samples: int = 5               # captions drawn per image
-    baseline: str = "greedy"       # greedy: the greedy caption's reward | mean: the other samples' mean reward
+    baseline: str = "mean"         # mean: the other samples' mean reward (leave-one-out) | greedy: the greedy
+                                   # caption's reward, which stalls where samples are far worse than argmax
     temperature: float = 1.0       # sampling: softmax(logits / temperature)
     top_k: Optional[int] = None    # sampling: from the k most likely words only
     max_len: int = 20              # tokens per sampled caption, <end> included

@@ -8,8 +8,14 @@ frequencies from the training references), and descend
     L = -1/(B K) sum_{v, k} (r(w^k) - b) * sum_t log p(w^k_t | w^k_<t, v)
 
 whose expected gradient is -grad E[r] for any b that does not depend on the sample drawn. The baseline
-b is the reward of the greedy caption ("self-critical": a sample is reinforced only if it beats what
-the model would say at test time) or the mean reward of the image's other K - 1 samples.
+b is the mean reward of the image's other K - 1 samples (the default: Luo 2020, "A better variant of
+self-critical sequence training"), or the reward of the greedy caption (Rennie et al.'s "self-critical":
+a sample is reinforced only if it beats what the model would say at test time). Both are unbiased; they
+differ in what a step does where the samples are far worse than the greedy caption, as after
+cross-entropy training on references that disagree (the icons set: a name, or a category with tags).
+There every greedy advantage r - b is negative: each step only pushes down what was sampled, and the
+mass goes anywhere, not to better captions. The leave-one-out advantages centre on zero, so the better
+half of each image's samples is pushed up.
 
 The samples are drawn without dropout, and their log-probabilities come from one teacher-forced pass over
 the sampled captions, also without dropout: the policy that drew them is the one being differentiated.
