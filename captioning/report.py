@@ -71,7 +71,8 @@ def val_at_kept_epoch(metrics: dict, score: str = "cider") -> float:
 def table(runs: list[dict], scores: tuple[str, ...] = ("bleu4", "cider")) -> tuple[str, list[dict]]:
     """The markdown table and its rows as data: one row per setting (seeds pooled), then the baselines. The
     settings are told apart by the overrides that differ between any of `runs`, finished or not."""
-    ignore = {"seed", "trainer.init_from", "trainer.resume", "hydra.sweep.dir", "hydra.run.dir", "trainer.tensorboard"}
+    ignore = {"seed", "trainer.init_from", "trainer.resume", "hydra.sweep.dir", "hydra.run.dir", "trainer.tensorboard",
+              "trainer.progress"}  # how a run shows progress or logs does not change what it computes
     keys = sorted({k for r in runs for k in r["overrides"] if k not in ignore})
     differing = [k for k in keys if len({r["overrides"].get(k, "default") for r in runs}) > 1]
     runs = finished(runs)
