@@ -60,6 +60,35 @@ COVERAGE = {
     "python datasets/make_icons.py --out data/icons": RUN,  # from the slice in tests/data/icons, offline
     "captioning-baseline dataset=shapes_shifted 'k=[1,5,10,25]'": RUN,
     "captioning-baseline dataset=shapes_shifted split=test_shifted 'k=[1,5,10,25]'": RUN,
+    "captioning-baseline dataset=icons split=test_shifted 'k=[1,5,10,25]'": RUN,
+    # The icons / shapes_shifted study (README "Beating retrieval"): 3-seed sweeps of full runs, composed here
+    **{f"captioning-train -m dataset={data} seed=0,1,2 {factor}trainer.threads=1 trainer.tensorboard=false hydra.sweep.dir=multirun/{name}": COMPOSE
+       for data, factor, name in [
+           ("icons", "trainer.max_epochs=15 trainer.patience=4 decode=greedy ", "icons_old_default"),
+           ("icons", "", "icons_default"),
+           ("shapes_shifted", "trainer.max_epochs=50 trainer.patience=5 decode=greedy ", "shapes_budget50"),
+           ("shapes_shifted", "", "shapes_default")]},
+    **{f"for s in 0 1 2; do captioning-train dataset=icons seed=$s "
+       f"trainer.resume=multirun/icons_default/$s/checkpoints/last.pt {option} trainer.threads=1 trainer.tensorboard=false "
+       f"hydra.run.dir=multirun/icons_decode/{name}_s$s; done": COMPOSE
+       for option, name in [("decode=greedy", "greedy"), ("decode.length_penalty=none", "no_penalty")]},
+    **{f"captioning-train -m dataset=icons seed=0 {factor} trainer.threads=1 trainer.tensorboard=false hydra.sweep.dir=multirun/{name}": COMPOSE
+       for factor, name in [
+           ("decoder.feature_norm=l2,layernorm decode=greedy trainer.max_epochs=15 trainer.patience=4", "screen_norm"),
+           ("trainer.max_epochs=50 trainer.patience=5 decode=greedy", "screen_budget"),
+           ("decoder.hidden_dim=1024 decoder.embed_dim=512 trainer.max_epochs=50 trainer.patience=5 decode=greedy",
+            "screen_big")]},
+    "captioning-report multirun/icons_old_default multirun/icons_default --output icons_budget.md": COMPOSE,
+    "captioning-train -m dataset=icons +experiment=scst seed=0 "
+    "trainer.init_from=multirun/screen_budget/0/checkpoints/best.pt scst.baseline=greedy,mean "
+    "optim.optimizer.lr=5e-5,5e-4 decode=greedy trainer.threads=1 trainer.tensorboard=false hydra.sweep.dir=multirun/screen_scst": COMPOSE,
+    **{f"for s in 0 1 2; do captioning-train dataset={data} +experiment=scst seed=$s "
+       f"trainer.init_from=multirun/{data.split('_')[0]}_default/$s/checkpoints/best.pt trainer.threads=1 trainer.tensorboard=false "
+       f"hydra.run.dir=multirun/{data.split('_')[0]}_scst/$s; done": COMPOSE for data in ("shapes_shifted", "icons")},
+    "captioning-report multirun/shapes_default multirun/shapes_scst --output shapes_scst.md": COMPOSE,
+    "captioning-report multirun/icons_default multirun/icons_decode --output icons_decode.md": COMPOSE,
+    "captioning-report multirun/shapes_budget50 multirun/shapes_default --output shapes_budget.md": COMPOSE,
+    "captioning-report multirun/screen_budget multirun/screen_big multirun/screen_norm --output screen.md": COMPOSE,
     **{f"captioning-train -m dataset=shapes_shifted seed=0,1,2 {factor} trainer.tensorboard=false "
        f"hydra.sweep.dir=multirun/{name}": COMPOSE  # the study: 24 full training runs (each composed here)
        for factor, name in [("decoder.feature_norm=none,l2,layernorm", "feature_norm"),
