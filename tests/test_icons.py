@@ -75,8 +75,10 @@ def test_same_seed_same_set_another_seed_another_split(icon_set, tmp_path):
     assert make_icons(tmp_path / "again", *SLICE_ARGS, "--val", "40", "--test", "40", "--shifted", "30").returncode == 0
     for s in ("train", "val", "test", "test_shifted"):
         assert (tmp_path / "again" / f"captions_{s}.json").read_bytes() == (icon_set / f"captions_{s}.json").read_bytes()
-    assert make_icons(tmp_path / "other", *SLICE_ARGS, "--val", "40", "--test", "40", "--seed", "1").returncode == 0
-    assert names(split(tmp_path / "other", "test")) != names(split(icon_set, "test"))
+    assert make_icons(tmp_path / "again", *SLICE_ARGS, "--val", "40", "--test", "40", "--seed", "1").returncode == 0
+    assert names(split(tmp_path / "again", "test")) != names(split(icon_set, "test"))
+    demo = {p.name for p in (tmp_path / "again" / "demo_images").iterdir()}  # rerun in place: only this seed's icons
+    assert len(demo) == 8 and demo <= names(split(tmp_path / "again", "test"))
 
 
 def test_a_tarball_that_is_not_one_is_one_line(tmp_path):

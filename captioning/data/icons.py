@@ -165,9 +165,11 @@ def make_icons_dataset(root: str | os.PathLike, pngs: Path, metadata: Path, n_va
                          f"Tabler Icons {VERSION} (MIT), split {split} ({members[0][0] if members else ''}), "
                          f"seed {seed}")
     demo = root / "demo_images"
-    demo.mkdir(exist_ok=True)
-    for _, name in splits["test"][:demo_images]:
-        shutil.copyfile(root / "images" / "test" / f"{name}.png", demo / f"{name}.png")
+    shutil.rmtree(demo, ignore_errors=True)  # a rerun with another seed keeps only its own test icons here
+    demo.mkdir()
+    for style, name in splits["test"][:demo_images]:
+        with atomic_path(demo / f"{name}.png") as tmp:
+            tmp.write_bytes(images[style, name])
     with atomic_path(root / LICENCE_FILE) as tmp:
         tmp.write_text(licence)
     return paths
