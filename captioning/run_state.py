@@ -81,6 +81,11 @@ def resume_path(resume: str | None, run_dir: Path) -> Path | None:
     return Path(resume) if resume else None
 
 
+def started_from(ckpt: dict | None) -> str | None:
+    """The trainer.init_from of the run a checkpoint comes from (None: it started from the pretrained CNN)."""
+    return ((ckpt or {}).get("run_config") or {}).get("trainer", {}).get("init_from")
+
+
 def check_same_model(path: Path, ckpt: dict, model_config: dict, action: str = "resume from") -> None:
     """InputError naming the checkpoint and every size or kind that differs from this run's model."""
     saved, ours = asdict(DecoderConfig.from_dict(ckpt["model_config"]["decoder"])), model_config["decoder"]

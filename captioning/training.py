@@ -38,7 +38,7 @@ from captioning.optim import (build_optimizer, learning_rate_problems, param_gro
                               validated, warmup_warning)
 from captioning.precision import resolve_device, resolve_precision, warn_if_slow
 from captioning.run_state import (TrainState, check_resumable, check_same_model, restore, resume_path,
-                                  save_run_checkpoint)
+                                  save_run_checkpoint, started_from)
 from captioning.scst import CiderReward, SCSTObjective
 from captioning.runlog import RunLog
 from captioning.text import Vocabulary, tokenize
@@ -108,18 +108,23 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
     names = split_names(cfg["dataset"])
     resume = resume_path(opts.resume, run_dir)
     ckpt = load_checkpoint(resume) if resume is not None else None
-    init = load_checkpoint(opts.init_from) if opts.init_from else None  # its weights, vocabulary and decoder
+    init_from = opts.init_from or started_from(ckpt)  # a resumed run caches its features as it began: from init
+    if init_from and not opts.init_from and not Path(init_from).is_file():
+        raise InputError(f"cannot resume {resume}: its run started from {init_from} (trainer.init_from), which is "
+                         f"not there any more; give its new place as trainer.init_from=...")
+    init = load_checkpoint(init_from) if init_from else None  # its weights, vocabulary and decoder
+    cfg = {**cfg, "trainer": {**cfg["trainer"], "init_from": init_from}}  # as the run was started, in its checkpoints
     if ckpt is not None or init is not None:
         vocab = Vocabulary.from_dict((ckpt or init)["vocab"])
     else:
         vocab = Vocabulary.build((tokenize(c) for cs in cocos["train"].captions.values() for c in cs),
                                  min_count=cfg["vocab"]["min_count"], max_size=cfg["vocab"]["max_size"])
     model, model_config = build_model(cfg, vocab, decoder=init["model_config"]["decoder"] if init else None)
+    if init is not None:  # also when resuming: the features below are those of the CNN the run started with
+        check_same_model(Path(init_from), init, model_config, action="start from")
+        model.load_state_dict(init["model"])
     if ckpt is not None:
         check_resumable(resume, ckpt, model_config)
-    elif init is not None:
-        check_same_model(Path(opts.init_from), init, model_config, action="start from")
-        model.load_state_dict(init["model"])
     encoder, enc = model.encoder, cfg["encoder"]
     cached, finetune_from = not enc["trainable"], enc.get("finetune_from_epoch")  # features: all run, or until then
     feature_spec = cache_spec(encoder, init["model_config"]["encoder"] if init is not None else None)

@@ -293,3 +293,25 @@ def test_features_of_a_fine_tuned_cnn_are_cached_apart(shapes, tmp_path):
     run(shapes, tmp_path / "next", "trainer.max_epochs=1", f"trainer.init_from={tmp_path / 'tuned/checkpoints/last.pt'}")
     new = set(cache.iterdir()) - pretrained
     assert len(new) == 3 and all('"trained in a run"' in torch.load(p, weights_only=True)["encoder"] for p in new)
+
+
+def test_a_run_started_from_a_fine_tuned_cnn_resumes_on_that_cnns_features(shapes, tmp_path):
+    """Resumed (with or without trainer.init_from on the command line), the run reads the cache of the CNN it
+    started from, and rebuilds exactly those features when the cache is gone, never the pretrained CNN's."""
+    cache = shapes / "cache"
+    run(shapes, tmp_path / "tuned", "trainer.max_epochs=2", "encoder.finetune_from_epoch=2", "optim.encoder_lr=1e-2")
+    init = f"trainer.init_from={tmp_path / 'tuned/checkpoints/last.pt'}"
+    before = set(cache.iterdir())
+    run(shapes, tmp_path / "next", "trainer.max_epochs=1", init)
+    tuned = set(cache.iterdir()) - before
+    saved = {p: torch.load(p, weights_only=True) for p in tuned}
+    run(shapes, tmp_path / "next", "trainer.max_epochs=2", init, "trainer.resume=auto")
+    assert set(cache.iterdir()) - before == tuned
+    for p in tuned:
+        p.unlink()
+    resumed = run(shapes, tmp_path / "moved", "trainer.max_epochs=3",
+                  f"trainer.resume={tmp_path / 'next/checkpoints/last.pt'}")  # init_from taken from the checkpoint
+    assert set(cache.iterdir()) - before == tuned
+    assert all(torch.equal(torch.load(p, weights_only=True)["features"], saved[p]["features"]) for p in tuned)
+    assert load_checkpoint(tmp_path / "moved/checkpoints/last.pt")["run_config"]["trainer"]["init_from"] == \
+        init.split("=", 1)[1] and len(resumed["epochs"]) == 3
