@@ -106,6 +106,14 @@ def greedy(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int = 0,
                      with_attention, rules)
 
 
+def keep_top_k(logits: Tensor, top_k: int | None) -> Tensor:
+    """The logits (..., V) with every word below the k-th most likely at -inf (None: unchanged)."""
+    if top_k is None:
+        return logits
+    kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
 def sample(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int = 0, max_len: int = D.max_len,
            temperature: float = D.temperature, top_k: int | None = D.top_k, top_p: float | None = D.top_p,
            generator: torch.Generator | None = None, with_attention: bool = False,
@@ -120,9 +128,7 @@ def sample(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int = 0,
 
     def choose(logp: Tensor) -> Tensor:
         logits = logp / temperature
-        if top_k is not None:
-            kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
+        logits = keep_top_k(logits, top_k)
         if top_p is not None:  # drop a word when the more likely words before it already reach top_p
             probs, order = logits.softmax(-1).sort(-1, descending=True)
             outside = probs.cumsum(-1) - probs >= top_p

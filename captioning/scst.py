@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from captioning.config import SCSTOptions
 from captioning.data.collate import CaptionBatch
-from captioning.decoding import greedy, sample
+from captioning.decoding import greedy, keep_top_k, sample
 from captioning.metrics.cider import CiderD, similarity
 from captioning.text import Vocabulary, tokenize
 
@@ -52,17 +52,24 @@ class CiderReward:
 
 
 def sequence_logprobs(decoder: nn.Module, features: Tensor, ids: Tensor, bos_id: int, eos_id: int,
-                      temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+                      temperature: float = 1.0, top_k: int | None = None) -> tuple[Tensor, Tensor]:
     """sum_t log p(w_t | w_<t, v) of each sampled caption (N,), with gradient, and the mean entropy of the
-    sampling distribution over its tokens (N,): one teacher-forced pass over <start> + ids (N, L)."""
+    sampling distribution over its tokens (N,): one teacher-forced pass over <start> + ids (N, L).
+
+    p is the distribution the words were drawn from: softmax(logits / temperature) over the top_k words
+    (REINFORCE's gradient is that of the sampling policy's log-probability, not of the full softmax's)."""
     captions = torch.cat([ids.new_full((len(ids), 1), bos_id), ids], 1)
-    logp = (decoder(features, captions).float() / temperature).log_softmax(-1)  # (N, L, V)
+    logits = decoder(features, captions).float() / temperature  # (N, L, V)
+    if top_k is not None:  # the drawn word stays in even if this pass's rounding puts it just outside the top k
+        drawn = torch.zeros_like(logits, dtype=torch.bool).scatter_(2, ids[..., None], True)
+        logits = torch.where(drawn, logits, keep_top_k(logits, top_k))
+    logp = logits.log_softmax(-1)
     # Every drawn token counts up to and including the first <end> (the sampler may draw any token, <pad>
     # included: position, not token, says where a caption ends).
     is_end = (ids == eos_id).long()
-    mask = ((is_end.cumsum(1) - is_end) == 0).float()
-    token_logp = logp.gather(2, ids[..., None])[..., 0] * mask
-    entropy = -(logp.exp() * logp).sum(-1) * mask
+    mask = (is_end.cumsum(1) - is_end) == 0
+    token_logp = torch.where(mask, logp.gather(2, ids[..., None])[..., 0], 0.0)  # after <end>: maybe -inf
+    entropy = torch.where(mask, -torch.special.xlogy(logp.exp(), logp.exp()).sum(-1), 0.0)  # 0 log 0 = 0
     return token_logp.sum(1), entropy.sum(1) / mask.sum(1).clamp(min=1)
 
 
@@ -79,10 +86,10 @@ class SCSTObjective:
                  ) -> tuple[Tensor, int, dict[str, float]]:
         o, v, K = self.opts, self.vocab, self.opts.samples
         policy = getattr(decoder, "module", decoder)  # sample with the bare model; DDP wraps the graded pass
-        images = batch.images.to(self.device, non_blocking=True)
+        # Cached features: SCST trains the decoder alone (training.check_config refuses a CNN to train).
+        features = batch.images.to(self.device, non_blocking=True)  # (B, D)
         decoder.eval()  # no dropout: see the module docstring
         with torch.no_grad():
-            features = images if encoder is None else encoder(images)  # (B, D)
             repeated = features.repeat_interleave(K, 0)  # (B*K, D)
             drawn = sample(policy, repeated, v.bos_id, v.eos_id, v.pad_id, o.max_len, o.temperature, o.top_k).ids
         image_ids = batch.image_ids.repeat_interleave(K).tolist()
@@ -93,7 +100,7 @@ class SCSTObjective:
             baseline = self.reward(self._text(best), batch.image_ids.tolist()).to(self.device)[:, None]  # (B, 1)
         else:  # the mean of the other samples' rewards
             baseline = (rewards.sum(1, keepdim=True) - rewards) / (K - 1)  # (B, K)
-        logp, entropy = sequence_logprobs(decoder, repeated, drawn, v.bos_id, v.eos_id, o.temperature)
+        logp, entropy = sequence_logprobs(decoder, repeated, drawn, v.bos_id, v.eos_id, o.temperature, o.top_k)
         advantage = (rewards - baseline).view(-1)  # (B*K,)
         loss = -(advantage * logp).mean()
         # The advantage's mean and the share of samples it reinforces tell a stalled run apart: with the greedy

@@ -56,6 +56,10 @@ def build_model(cfg: dict, vocab: Vocabulary, decoder: dict | None = None) -> tu
     return Captioner(encoder, build_decoder(dec_cfg), vocab), {"encoder": encoder.spec, "decoder": asdict(dec_cfg)}
 
 
+SCST_NEEDS_INIT = ("scst.enabled: SCST starts from a trained captioner; set trainer.init_from=CHECKPOINT "
+                   "(e.g. runs/xe/checkpoints/best.pt)")
+
+
 def check_config(cfg: dict) -> TrainerOptions:
     """Every option that cannot work, as one InputError, before anything is read."""
     groups = [(TrainerOptions, cfg["trainer"], "trainer"), (SCSTOptions, cfg["scst"], "scst"),
@@ -68,8 +72,11 @@ def check_config(cfg: dict) -> TrainerOptions:
     problems = [*opts.problems(), *decoder.problems(), *decode.problems(), *(scst.problems() if scst.enabled else []),
                 *finetune_problems(cfg["encoder"]), *augment.problems()]
     if scst.enabled and not (opts.init_from or opts.resume):
-        problems.append("scst.enabled: SCST starts from a trained captioner; set trainer.init_from=CHECKPOINT "
-                        "(e.g. runs/xe/checkpoints/best.pt)")
+        problems.append(SCST_NEEDS_INIT)
+    if scst.enabled and trains_encoder(cfg["encoder"]):  # its captions are sampled from features, without gradient
+        problems.append("scst.enabled trains the decoder alone: drop encoder.trainable and "
+                        "encoder.finetune_from_epoch (to use a fine-tuned CNN, start from its run: "
+                        "trainer.init_from=RUN/checkpoints/best.pt caches that CNN's features)")
     problems += schedule_problems(cfg["optim"]) + learning_rate_problems(cfg["optim"])
     if opts.batch_size > 0 and opts.batch_size % distributed.world_size():
         problems.append(f"trainer.batch_size={opts.batch_size} is the global batch: it must divide evenly over "
@@ -108,6 +115,13 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
     names = split_names(cfg["dataset"])
     resume = resume_path(opts.resume, run_dir)
     ckpt = load_checkpoint(resume) if resume is not None else None
+    scst = SCSTOptions(**cfg["scst"])
+    if scst.enabled and ckpt is None and not opts.init_from:  # trainer.resume=auto found no last.pt
+        raise InputError(f"{SCST_NEEDS_INIT}: trainer.resume={opts.resume} found no checkpoint in {ckpt_dir}")
+    if ckpt is not None and bool((ckpt.get("run_config") or {}).get("scst", {}).get("enabled")) != scst.enabled:
+        raise InputError(f"cannot resume {resume} with scst.enabled={scst.enabled}: its run trained with "
+                         f"{'SCST' if not scst.enabled else 'cross-entropy'}; start a new stage from its weights with "
+                         f"trainer.init_from={resume}")
     init_from = opts.init_from or started_from(ckpt)  # a resumed run caches its features as it began: from init
     if init_from and not opts.init_from and not Path(init_from).is_file():
         raise InputError(f"cannot resume {resume}: its run started from {init_from} (trainer.init_from), which is "
@@ -151,7 +165,7 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
               if cached else image_splits(cocos, vocab, encoder, cfg))
 
     local_batch = opts.batch_size // world
-    scst, objective = SCSTOptions(**cfg["scst"]), None
+    objective = None
     if scst.enabled:  # one item per image (its references are the reward's), rewarded with CIDEr-D
         reward = CiderReward({i: cocos["train"].captions[i] for i in cocos["train"].image_ids})
         objective = SCSTObjective(scst, vocab, reward, device)

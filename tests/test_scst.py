@@ -16,6 +16,8 @@ from captioning.cli._conf import CONF_DIR
 from captioning.config import SCSTOptions
 from captioning.data.collate import CaptionBatch
 from captioning.data.shapes import make_shapes_dataset
+from captioning.decoding import keep_top_k
+from captioning.io import InputError
 from captioning.models import CaptionDecoder, DecoderConfig
 from captioning.scst import CiderReward, SCSTObjective, sequence_logprobs
 from captioning.text import Vocabulary
@@ -48,31 +50,40 @@ def every_caption() -> torch.Tensor:
     return torch.tensor([s + [VOCAB.pad_id] * (MAX_LEN - len(s)) for s in done])
 
 
-def expected_reward(decoder: CaptionDecoder, feature: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
-    """J = sum over all captions of p(caption) r(caption), exactly (the sampled distribution sums to 1)."""
-    logp, _ = sequence_logprobs(decoder, feature.expand(len(captions), -1), captions, VOCAB.bos_id, VOCAB.eos_id)
+def expected_reward(decoder: CaptionDecoder, feature: torch.Tensor, captions: torch.Tensor,
+                    top_k: int | None = None) -> torch.Tensor:
+    """J = sum over all captions of p(caption) r(caption), exactly: p(w_t) = softmax over the top_k words at each
+    step, as the sampler draws, written out here (sequence_logprobs scores drawn captions, not every caption)."""
+    inputs = torch.cat([captions.new_full((len(captions), 1), VOCAB.bos_id), captions], 1)
+    logp = keep_top_k(decoder(feature.expand(len(captions), -1), inputs).float(), top_k).log_softmax(-1)
+    is_end = (captions == VOCAB.eos_id).long()
+    counted = (is_end.cumsum(1) - is_end) == 0  # up to and including the first <end>
+    caption_logp = torch.where(counted, logp.gather(2, captions[..., None])[..., 0], 0.0).sum(1)
     texts = [" ".join(VOCAB.decode(row)) for row in captions.tolist()]
-    return (logp.exp() * count_a(texts, None)).sum(), logp.exp().sum()
+    return (caption_logp.exp() * count_a(texts, None)).sum(), caption_logp.exp().sum()
 
 
-def test_the_loss_is_the_reinforce_estimator_sign_and_size():
-    decoder, feature = toy_decoder(), torch.randn(1, 4)
+# top_k: the gradient of the truncated distribution drawn from (seed 20: "a" is among the 2 likeliest words); the
+# full softmax's gradient of the truncated samples points the wrong way there with the greedy baseline (+0.56).
+@pytest.mark.parametrize("top_k, seed, baseline", [(None, 0, "mean"), (2, 20, "mean"), (2, 20, "greedy")])
+def test_the_loss_is_the_reinforce_estimator_sign_and_size(top_k, seed, baseline):
+    decoder, feature = toy_decoder(seed), torch.randn(1, 4)
     captions = every_caption()
     with torch.no_grad():
-        j, total = expected_reward(decoder, feature, captions)
+        j, total = expected_reward(decoder, feature, captions, top_k)
     assert total.item() == pytest.approx(1.0, abs=1e-5)  # the enumeration is the whole distribution
     param = decoder.out.bias
     eps, index = 1e-3, VOCAB.stoi["a"]
     with torch.no_grad():  # central finite difference of J in one parameter
         param[index] += eps
-        j_plus, _ = expected_reward(decoder, feature, captions)
+        j_plus, _ = expected_reward(decoder, feature, captions, top_k)
         param[index] -= 2 * eps
-        j_minus, _ = expected_reward(decoder, feature, captions)
+        j_minus, _ = expected_reward(decoder, feature, captions, top_k)
         param[index] += eps
     dj = (j_plus - j_minus).item() / (2 * eps)
 
-    # The SCST loss on many samples (mean baseline: unbiased) estimates -dJ/dtheta.
-    objective = SCSTObjective(SCSTOptions(samples=20000, baseline="mean", max_len=MAX_LEN), VOCAB, count_a,
+    # The SCST loss on many samples (either baseline: unbiased) estimates -dJ/dtheta.
+    objective = SCSTObjective(SCSTOptions(samples=20000, baseline=baseline, max_len=MAX_LEN, top_k=top_k), VOCAB, count_a,
                               torch.device("cpu"))
     batch = CaptionBatch(feature, torch.zeros(1, 2, dtype=torch.long), torch.tensor([2]), torch.tensor([0]))
     torch.manual_seed(1)
@@ -195,3 +206,31 @@ def test_scst_stage_from_a_checkpoint_logs_rewards_and_resumes_exactly(xe_checkp
     assert [e["train_reward"] for e in resumed["epochs"]] == [e["train_reward"] for e in full["epochs"]]
     a, b = (load_checkpoint(root / d / "checkpoints" / "last.pt")["model"] for d in ("full", "run"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["encoder.trainable=true"], r"scst.enabled trains the decoder alone: drop encoder.trainable"),
+    (["encoder.finetune_from_epoch=2"], r"scst.enabled trains the decoder alone: .*trainer.init_from=RUN"),
+])
+def test_scst_refuses_a_cnn_to_train(xe_checkpoint, overrides, message):
+    """SCST's captions are sampled from the features without gradient: a CNN to train would silently stay as it is."""
+    xe = f"trainer.init_from={xe_checkpoint / 'xe' / 'checkpoints' / 'best.pt'}"
+    with pytest.raises(InputError, match=message):
+        run(xe_checkpoint, "refused", "+experiment=scst", xe, *overrides)
+    assert not (xe_checkpoint / "refused").exists()
+
+
+def test_scst_resume_auto_with_nothing_to_resume_and_no_init_is_refused(xe_checkpoint, tmp_path):
+    with pytest.raises(InputError, match=r"SCST starts from a trained captioner.*trainer.resume=auto found no "
+                                         r"checkpoint in"):
+        run(xe_checkpoint, "empty", "+experiment=scst", "trainer.resume=auto")
+    assert not (xe_checkpoint / "empty" / "checkpoints").exists()
+
+
+def test_a_run_is_not_resumed_under_the_other_objective(xe_checkpoint):
+    """Resuming cross-entropy's last.pt with SCST counted its steps against SCST's and trained nothing."""
+    last = xe_checkpoint / "xe" / "checkpoints" / "last.pt"
+    with pytest.raises(InputError, match=rf"cannot resume {last} with scst.enabled=True: its run trained with "
+                                         rf"cross-entropy; start a new stage from its weights with "
+                                         rf"trainer.init_from={last}"):
+        run(xe_checkpoint, "xe", "+experiment=scst", "trainer.max_epochs=3", f"trainer.resume={last}")
