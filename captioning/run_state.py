@@ -26,11 +26,26 @@ from captioning.io import InputError, atomic_path
 from captioning.models.decoder import DecoderConfig
 
 # Decoder fields that change the shapes or names of the weights; the rest are hyper-parameters.
-ARCHITECTURE = ("embed_dim", "hidden_dim", "num_layers", "cell", "impl", "inject", "feature_norm", "vocab_size",
-                "feature_dim")
-# Settings a resumed run takes from the checkpoint (the optimizer's state holds its learning rate and
-# moments; the vocabulary fixes the output layer); every other setting comes from the command line.
-FROM_CHECKPOINT = ("optim.", "vocab.")
+ARCHITECTURE = ("embed_dim", "hidden_dim", "num_layers", "cell", "impl", "inject", "feature_norm", "attention_dim",
+                "attention_gate", "vocab_size", "feature_dim")
+
+
+def from_checkpoint(key: str) -> bool:
+    """Whether a resumed run takes this setting from the checkpoint: the optimizer's state holds its
+    hyper-parameters (learning rates, the CNN's too) and moments, the vocabulary fixes the output layer. Every
+    other setting comes from the command line: the optimizer's class and the schedule among them."""
+    if key == "optim.encoder_lr":
+        return True
+    return key.startswith(("optim.optimizer.", "vocab.")) and not key.endswith(("._target_", "._partial_"))
+
+
+def decoder_from(init_decoder: dict, options: dict) -> tuple[dict, list[str]]:
+    """The decoder options of a run started from a checkpoint (trainer.init_from): its sizes and kinds
+    (ARCHITECTURE), this run's hyper-parameters (dropout, alpha_c); and each option the checkpoint overrode."""
+    saved = asdict(DecoderConfig.from_dict(init_decoder))
+    taken = {k: saved[k] for k in ARCHITECTURE if k in options}
+    changed = [f"decoder.{k}={v} (not {options[k]})" for k, v in taken.items() if v != options[k]]
+    return {**options, **taken}, changed
 
 
 @dataclass
@@ -122,8 +137,8 @@ def changed_settings(path: Path, saved_cfg: dict | None, cfg: dict) -> str | Non
     keys = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k) and k != "trainer.resume")
     if not keys:
         return None
-    kept = [f"{k}={before.get(k)} (not {now.get(k)})" for k in keys if k.startswith(FROM_CHECKPOINT)]
-    new = [f"{k}={now.get(k)} (was {before.get(k)})" for k in keys if not k.startswith(FROM_CHECKPOINT)]
+    kept = [f"{k}={before.get(k)} (not {now.get(k)})" for k in keys if from_checkpoint(k)]
+    new = [f"{k}={now.get(k)} (was {before.get(k)})" for k in keys if not from_checkpoint(k)]
     parts = ([f"taken from the checkpoint: {', '.join(kept)}"] if kept else []) + \
             ([f"taken from this command line: {', '.join(new)}"] if new else [])
     return f"resuming from {path} with changed settings; " + "; ".join(parts)

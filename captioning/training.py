@@ -17,6 +17,7 @@ import math
 import random
 import time
 import warnings
+from collections import Counter
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
@@ -28,6 +29,7 @@ from captioning.checkpoint import load_checkpoint
 from captioning.config import (AugmentOptions, DecodeOptions, DecoderOptions, SCSTOptions, TrainerOptions,
                                unknown_options)
 from captioning.cpus import keep_freed_memory, set_threads
+from captioning.data.coco import CocoCaptions
 from captioning.data.features import cache_path, cached_features
 from captioning.data.splits import SplitData, check_images, load_splits, split_names
 from captioning.engine import Diverged
@@ -37,17 +39,16 @@ from captioning.models import Captioner, DecoderConfig, build_decoder, build_enc
 from captioning.optim import (build_optimizer, learning_rate_problems, param_groups, reconfigure, schedule_problems,
                               validated, warmup_warning)
 from captioning.precision import resolve_device, resolve_precision, warn_if_slow
-from captioning.run_state import (TrainState, check_resumable, check_same_model, restore, resume_path,
-                                  save_run_checkpoint, started_from)
+from captioning.run_state import (TrainState, check_resumable, check_same_model, decoder_from, restore,
+                                  resume_path, save_run_checkpoint, started_from)
 from captioning.scst import CiderReward, SCSTObjective
 from captioning.runlog import RunLog
 from captioning.text import Vocabulary, tokenize
 
 
-def build_model(cfg: dict, vocab: Vocabulary, decoder: dict | None = None) -> tuple[Captioner, dict]:
-    """The captioner a run's config describes (a pretrained encoder with its weights), and its model_config;
-    `decoder`: another checkpoint's DecoderConfig (trainer.init_from) instead of cfg.decoder."""
-    enc, options = cfg["encoder"], cfg["decoder"] if decoder is None else decoder
+def build_model(cfg: dict, vocab: Vocabulary) -> tuple[Captioner, dict]:
+    """The captioner a run's config describes (a pretrained encoder with its weights), and its model_config."""
+    enc, options = cfg["encoder"], cfg["decoder"]
     encoder = build_encoder(enc["name"], pretrained=enc["pretrained"], weights=enc["weights"],
                             trainable=trains_encoder(enc), image_size=enc["image_size"],
                             grid=options.get("inject") == "attention")  # attention reads the grid
@@ -133,7 +134,15 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
     else:
         vocab = Vocabulary.build((tokenize(c) for cs in cocos["train"].captions.values() for c in cs),
                                  min_count=cfg["vocab"]["min_count"], max_size=cfg["vocab"]["max_size"])
-    model, model_config = build_model(cfg, vocab, decoder=init["model_config"]["decoder"] if init else None)
+    if init is not None:  # its sizes, this command line's dropout: the run's config says what the model is
+        decoder, overridden = decoder_from(init["model_config"]["decoder"], cfg["decoder"])
+        cfg = {**cfg, "decoder": decoder}
+        if main and ckpt is None:  # said when the run starts, not at every resume
+            if overridden:
+                warnings.warn(f"trainer.init_from={init_from}: the decoder is the checkpoint's: {', '.join(overridden)}")
+            if message := unknown_words(vocab, cocos["train"], init_from):
+                warnings.warn(message)
+    model, model_config = build_model(cfg, vocab)
     if init is not None:  # also when resuming: the features below are those of the CNN the run started with
         check_same_model(Path(init_from), init, model_config, action="start from")
         model.load_state_dict(init["model"])
@@ -287,6 +296,19 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
         log.plot_curves()
         log.close()
     return metrics
+
+
+def unknown_words(vocab: Vocabulary, train: CocoCaptions, source: str, at_most: float = 0.01) -> str | None:
+    """A warning when more than `at_most` of the training captions' tokens are not in a checkpoint's vocabulary
+    (they train as <unk>): new data under an old vocabulary."""
+    counts = Counter(w for captions in train.captions.values() for c in captions for w in tokenize(c))
+    missing = {w: n for w, n in counts.items() if w not in vocab.stoi}
+    share = sum(missing.values()) / max(1, sum(counts.values()))
+    if share <= at_most:
+        return None
+    examples = ", ".join(w for w, _ in Counter(missing).most_common(5))
+    return (f"{100 * share:.1f}% of the training captions' words are not in the vocabulary of {source} and train as "
+            f"<unk> ({len(missing)} words, most often: {examples}); a new vocabulary needs a new run")
 
 
 def _what(enc: dict) -> str:

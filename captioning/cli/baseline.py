@@ -19,7 +19,7 @@ from captioning.cli.common import require, run_entry_point, user_errors
 
 def knn_scores(cfg: DictConfig) -> dict:
     from captioning.baselines import NearestNeighbourCaptioner
-    from captioning.data.features import cache_path, cached_features
+    from captioning.data.features import cache_path, cached_features, pooled
     from captioning.data.splits import check_images, load_splits, split_names
     from captioning.engine import caption_scores
     from captioning.io import InputError, atomic_write_json
@@ -50,10 +50,11 @@ def knn_scores(cfg: DictConfig) -> dict:
                                          num_workers=cfg.encoder.num_workers, device=device,
                                          precision=precision, progress=cfg.progress)
     train, target = cocos["train"], cocos[cfg.split]
-    knn = NearestNeighbourCaptioner(features["train"], [train.captions[i] for i in train.image_ids])
+    # An attention checkpoint's encoder gives a grid: retrieval compares its mean, the pooled feature
+    knn = NearestNeighbourCaptioner(pooled(features["train"]), [train.captions[i] for i in train.image_ids])
     report = {}
     for k in ks:
-        captions = dict(zip(target.image_ids, knn.caption(features[cfg.split], k=k)))
+        captions = dict(zip(target.image_ids, knn.caption(pooled(features[cfg.split]), k=k)))
         report[f"knn{k}"] = caption_scores(captions, target.references())
         if cfg.output:
             atomic_write_json(Path(cfg.output) / f"{cfg.split}_knn{k}_captions.json",
