@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import json
 import math
 from pathlib import Path
 from typing import Collection
@@ -54,6 +55,12 @@ def summary_line(rows: list[dict]) -> str:
 def shown(text: str) -> str:
     """HTML-escaped text, with the bytes of a file name that is not UTF-8 shown as \\xNN escapes."""
     return html.escape(text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
+
+
+def inert(cell: object) -> object:
+    """A CSV cell a spreadsheet shows as text: one that starts like a formula (=, +, -, @, tab, CR) gets a leading
+    apostrophe (OWASP's advice against CSV injection); captions.json keeps every string as it is."""
+    return f"'{cell}" if isinstance(cell, str) and cell.startswith(("=", "+", "-", "@", "\t", "\r")) else cell
 
 
 def _details(row: dict) -> str:
@@ -127,7 +134,7 @@ def write_outputs(rows: list[dict], images_root: Path, out_dir: Path, thumbnail_
     writer = csv.DictWriter(buf, fieldnames=["file_name", "caption", "score", "bleu4", "cider", "error"],
                             lineterminator="\n", extrasaction="ignore")  # references: in the JSON only
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: inert(v) for k, v in row.items()} for row in rows)
     atomic_write_text(paths["csv"], buf.getvalue(), errors="surrogateescape")
 
     figures, failures, thumbnails = [], [], Thumbnails(out_dir, thumbnail_size)
@@ -154,13 +161,21 @@ def write_outputs(rows: list[dict], images_root: Path, out_dir: Path, thumbnail_
     return paths
 
 
+MANIFEST = "written.json"  # the thumbnails and attention maps this tool wrote into the folder
+
+
 def _remove_stale(out_dir: Path, written: set[Path]) -> None:
     """Thumbnails and attention maps an earlier run wrote into this folder that this run's gallery does not show
-    (it captioned fewer images, or shorter captions): only files named as this module names them."""
-    for pattern in ("thumbs/" + "[0-9]" * 6 + ".jpg", "attention/" + "[0-9]" * 6 + "/[0-9][0-9].png"):
-        for path in out_dir.glob(pattern):
-            if path.relative_to(out_dir) not in written:
-                path.unlink()
-    for folder in out_dir.glob("attention/" + "[0-9]" * 6):
-        if folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
+    (it captioned fewer images, or shorter captions): only files that run's manifest lists, never a file of the
+    user's named like ours. Then this run's manifest."""
+    manifest = out_dir / MANIFEST
+    try:
+        earlier = {Path(p) for p in json.loads(manifest.read_text())["files"]}
+    except (OSError, ValueError, KeyError, TypeError):  # none (a new folder) or not ours: remove nothing
+        earlier = set()
+    for path in sorted(earlier - written):
+        if ".." not in path.parts and not path.is_absolute():
+            (out_dir / path).unlink(missing_ok=True)
+            if path.parent.parent == Path("attention") and not any((out_dir / path.parent).iterdir()):
+                (out_dir / path.parent).rmdir()
+    atomic_write_json(manifest, {"files": sorted(p.as_posix() for p in written)})

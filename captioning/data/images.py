@@ -94,7 +94,8 @@ def open_image(image: ImageLike) -> Image.Image:
             with Image.open(image) as im:
                 im.load()
                 return to_rgb(im)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning) as e:  # missing, truncated, corrupt
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning,
+            Image.DecompressionBombError) as e:  # missing, truncated, corrupt, or over 2x the pixel limit
         raise _error(image, _reason(e)) from None
 
 
