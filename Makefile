@@ -21,7 +21,7 @@ test: install
 # The main job: synthetic data -> feature cache -> training -> test BLEU (re-scored by captioning-eval) -> caption a folder.
 demo: install
 	$(PY) datasets/make_shapes.py --out data/shapes --train 3000 --val 300 --test 300 --seed 0
-	$(VENV)/bin/captioning-train +experiment=demo hydra.run.dir=$(DEMO)
+	$(VENV)/bin/captioning-train +experiment=demo hydra.run.dir=$(DEMO) trainer.overwrite=true
 	$(VENV)/bin/captioning-eval annotations=data/shapes/captions_test.json results=$(DEMO)/test_captions.json output=$(DEMO)/test_scores.json
 	$(VENV)/bin/captioning-caption checkpoint=$(DEMO)/checkpoints/best.pt images=data/shapes/demo_images output=$(DEMO)/gallery
 

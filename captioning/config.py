@@ -208,6 +208,8 @@ class TrainerOptions:
                                           # this run directory's last.pt if there is one
     init_from: Optional[str] = None       # start from this checkpoint's weights, vocabulary and decoder (a new run:
                                           # fresh optimizer and history), e.g. SCST after cross-entropy training
+    overwrite: bool = False               # a new run into a directory that holds another run's checkpoints replaces
+                                          # them (false: refused, naming trainer.resume=auto and this option)
     scheduled_sampling: ScheduledSamplingOptions = field(default_factory=ScheduledSamplingOptions)  # off by default
     tensorboard: bool = True
     progress: Any = "auto"                # auto: a bar on a terminal, a line every 30 s in a log file; true | false

@@ -33,10 +33,22 @@ def read_runs(folders: list[Path]) -> list[dict]:
             overrides, metrics = run_dir / ".hydra" / "overrides.yaml", run_dir / "metrics.json"
             pairs = _read_overrides(overrides) if overrides.is_file() else []
             runs.append({"dir": run_dir, "overrides": dict(p.split("=", 1) for p in pairs if "=" in p),
-                         "metrics": read_json(metrics, what="run metrics") if metrics.is_file() else None})
+                         "metrics": _read_metrics(metrics) if metrics.is_file() else None})
     if not finished(runs):
         raise InputError(f"no finished runs (metrics.json) below {', '.join(map(str, folders))}")
     return runs
+
+
+REQUIRED = ("select_on", "best_val_score", "best_epoch", "test")  # what every finished captioning-train run writes
+
+
+def _read_metrics(path: Path) -> dict:
+    metrics = read_json(path, what="run metrics")
+    missing = [k for k in REQUIRED if k not in metrics] if isinstance(metrics, dict) else list(REQUIRED)
+    if missing:
+        raise InputError(f"{path} is not the metrics.json of a finished captioning-train run (it has no "
+                         f"{', '.join(missing)}): move it out of the sweep folder, or run that run again")
+    return metrics
 
 
 def finished(runs: list[dict]) -> list[dict]:
@@ -72,7 +84,7 @@ def table(runs: list[dict], scores: tuple[str, ...] = ("bleu4", "cider")) -> tup
     """The markdown table and its rows as data: one row per setting (seeds pooled), then the baselines. The
     settings are told apart by the overrides that differ between any of `runs`, finished or not."""
     ignore = {"seed", "trainer.init_from", "trainer.resume", "hydra.sweep.dir", "hydra.run.dir", "trainer.tensorboard",
-              "trainer.progress"}  # how a run shows progress or logs does not change what it computes
+              "trainer.progress", "trainer.overwrite"}  # how a run shows progress or logs does not change what it computes
     keys = sorted({k for r in runs for k in r["overrides"] if k not in ignore})
     differing = [k for k in keys if len({r["overrides"].get(k, "default") for r in runs}) > 1]
     runs = finished(runs)

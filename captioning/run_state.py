@@ -114,12 +114,24 @@ def check_same_model(path: Path, ckpt: dict, model_config: dict, action: str = "
         raise InputError(f"cannot {action} {path}: it is a different model ({'; '.join(diffs)})")
 
 
-def check_resumable(path: Path, ckpt: dict, model_config: dict) -> None:
-    """check_same_model, and that the checkpoint holds a training state of this version to continue from."""
+def check_resumable(path: Path, ckpt: dict, model_config: dict, batch_size: int) -> None:
+    """check_same_model, that the checkpoint holds a training state of this version to continue from, and that a
+    mid-epoch one continues with its batch size (its count of batches trained says where the epoch stands)."""
     check_same_model(path, ckpt, model_config)
-    if "batch" not in (ckpt.get("train_state") or {}):
+    ts = ckpt.get("train_state") or {}
+    if "batch" not in ts:
         raise InputError(f"cannot resume from {path}: it holds no training state of this version "
                          f"(load_captioner still reads it)")
+    saved = ((ckpt.get("run_config") or {}).get("trainer") or {}).get("batch_size", batch_size)
+    if ts["batch"] and not _finished_epoch(ts) and saved != batch_size:
+        raise InputError(f"cannot resume {path} in the middle of epoch {ts['epoch']} with trainer.batch_size="
+                         f"{batch_size}: it trained {ts['batch']} batches of {saved}; resume with "
+                         f"trainer.batch_size={saved} (another batch size can start at the next epoch's checkpoint)")
+
+
+def _finished_epoch(ts: dict) -> bool:
+    """best.pt is written at the end of its epoch, before the next one starts: its epoch is in the history."""
+    return bool(ts.get("history")) and ts["history"][-1]["epoch"] == ts["epoch"]
 
 
 def _flatten(cfg: dict, prefix: str = "") -> dict:
@@ -165,6 +177,8 @@ def restore(path: Path, ckpt: dict, run_dir: Path, model: torch.nn.Module, optim
             torch.cuda.set_rng_state_all(ts["cuda_rng"])
     state = TrainState(**{k: ts[k] for k in ("epoch", "batch", "step", "loss_sum", "tokens", "skipped", "extras",
                                              "history") if k in ts})
+    if _finished_epoch(ts):  # trainer.resume=.../best.pt: continue after its epoch
+        state.next_epoch()
     best_here, best_there = run_dir / "checkpoints" / "best.pt", path.parent / "best.pt"
     best = best_there if best_there.is_file() else best_here
     if copy_best and best_there.is_file() and best_there.resolve() != best_here.resolve():

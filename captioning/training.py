@@ -116,6 +116,10 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
     names = split_names(cfg["dataset"])
     resume = resume_path(opts.resume, run_dir)
     ckpt = load_checkpoint(resume) if resume is not None else None
+    held = [p.name for p in (ckpt_dir / "best.pt", ckpt_dir / "last.pt") if p.is_file()]
+    if ckpt is None and held and not opts.overwrite:
+        raise InputError(f"{ckpt_dir} holds another run's checkpoints ({', '.join(held)}): continue that run with "
+                         f"trainer.resume=auto, or replace them with trainer.overwrite=true")
     scst = SCSTOptions(**cfg["scst"])
     if scst.enabled and ckpt is None and not opts.init_from:  # trainer.resume=auto found no last.pt
         raise InputError(f"{SCST_NEEDS_INIT}: trainer.resume={opts.resume} found no checkpoint in {ckpt_dir}")
@@ -147,7 +151,7 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
         check_same_model(Path(init_from), init, model_config, action="start from")
         model.load_state_dict(init["model"])
     if ckpt is not None:
-        check_resumable(resume, ckpt, model_config)
+        check_resumable(resume, ckpt, model_config, opts.batch_size)
     encoder, enc = model.encoder, cfg["encoder"]
     cached, finetune_from = not enc["trainable"], enc.get("finetune_from_epoch")  # features: all run, or until then
     feature_spec = cache_spec(encoder, init["model_config"]["encoder"] if init is not None else None)
@@ -286,10 +290,14 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
         model.load_state_dict(load_checkpoint(best)["model"])
     distributed.broadcast_module_(model)  # every rank tests rank 0's best weights
     trained = [p for p in model.parameters() if p.requires_grad]
+    try:
+        tests = engine.score_tests(model, splits, features, cfg, device, run_dir if main else None)
+    except interrupt.Interrupted as e:  # training is over: last.pt says so, and a resume scores the tests again
+        e.checkpoint, e.where = ckpt_dir / "last.pt", "the test scoring (training had finished)"
+        raise
     metrics = {"select_on": opts.select_on, "best_val_score": state.best_score, "best_epoch": state.best_epoch,
                "parameters": sum(p.numel() for p in trained), "precision": precision, "threads": threads,
-               "train_seconds": sum(row.get("train_seconds", 0.0) for row in state.history),
-               **engine.score_tests(model, splits, features, cfg, device, run_dir if main else None),
+               "train_seconds": sum(row.get("train_seconds", 0.0) for row in state.history), **tests,
                "epochs": state.history}
     if main:
         atomic_write_json(run_dir / "metrics.json", metrics)

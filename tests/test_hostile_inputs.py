@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from captioning.cli.report import main as report_main
+from captioning.data.coco import load_coco_captions
+from captioning.data.features import cached_features
+from captioning.data.shapes import make_shapes_dataset
+from captioning.io import InputError
+from captioning.models import build_encoder
 from test_caption_cli import caption_inprocess, checkpoint  # noqa: F401 - checkpoint: an untrained captioner
+from test_report import fake_run
+from test_resume import run, shapes  # noqa: F401 - shapes: the tiny dataset of the training runs
 
 
 @pytest.mark.parametrize("side", [12000, 14000])  # 144 Mpx: Pillow warns (over 1x its limit); 196 Mpx: it raises
@@ -35,3 +46,74 @@ def test_captions_csv_never_starts_a_cell_with_a_formula(tmp_path, checkpoint, c
         cells = {r["file_name"] for r in csv.DictReader(f)}
     assert cells == {"'=HYPERLINK(1).png", "'+1.png", "'-2.png", "'@SUM(A1).png", "plain.png"}
     assert {r["file_name"] for r in json.loads((out / "captions.json").read_text())} == set(names)  # as they are
+
+
+def test_a_new_run_into_a_directory_with_checkpoints_is_refused_unless_told(shapes, tmp_path):  # noqa: F811
+    run(shapes, tmp_path, "trainer.max_epochs=1")
+    before = (tmp_path / "checkpoints" / "best.pt").read_bytes()
+    with pytest.raises(InputError, match=r"checkpoints holds another run's checkpoints \(best.pt, last.pt\): continue "
+                                         r"that run with trainer.resume=auto, or replace them with trainer.overwrite=true"):
+        run(shapes, tmp_path, "trainer.max_epochs=1", "seed=1")
+    assert (tmp_path / "checkpoints" / "best.pt").read_bytes() == before  # nothing was touched
+    replaced = run(shapes, tmp_path, "trainer.max_epochs=1", "seed=1", "trainer.overwrite=true")
+    assert len(replaced["epochs"]) == 1 and (tmp_path / "checkpoints" / "best.pt").read_bytes() != before
+
+
+@pytest.fixture()
+def tiny_coco(tmp_path):
+    make_shapes_dataset(tmp_path / "shapes", n_train=6, n_val=1, n_test=1, seed=0, image_size=32, demo_images=0)
+    return load_coco_captions(tmp_path / "shapes" / "captions_train.json", tmp_path / "shapes" / "images" / "train")
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def flip_a_bit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10  # one bit in the middle of the file, as a failing disk or a bad copy leaves it
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("grid", [False, True])
+@pytest.mark.parametrize("damage, why", [(truncate, r"\d+ bytes where \d+ were written"),
+                                         (flip_a_bit, "its SHA-256 differs from the one written with it")])
+def test_a_damaged_feature_cache_is_named_and_rebuilt(tiny_coco, tmp_path, grid, damage, why):
+    encoder = build_encoder("small_cnn", image_size=32, grid=grid)
+    cache = tmp_path / "cache"
+    options = dict(num_workers=0, progress=False, precision="fp32")
+    first = torch.as_tensor(np.asarray(cached_features(encoder, tiny_coco, cache, **options), dtype=np.float32))
+    (path,) = [p for p in cache.iterdir() if p.suffix in (".pt", ".npy")]
+    assert json.loads((cache / f"{path.name}.sha256").read_text())["size"] == path.stat().st_size
+    damage(path)
+    with pytest.raises(InputError, match=rf"feature cache {path} is damaged \({why}\); delete it and run again"):
+        cached_features(encoder, tiny_coco, cache, build=False, **options)
+    with pytest.warns(UserWarning, match=rf"feature cache {path} is damaged \({why}\): rebuilding it"):
+        again = cached_features(encoder, tiny_coco, cache, **options)
+    assert torch.equal(torch.as_tensor(np.asarray(again, dtype=np.float32)), first)
+
+
+def test_a_cache_from_before_checksums_is_adopted_if_it_loads(tiny_coco, tmp_path):
+    encoder, cache = build_encoder("small_cnn", image_size=32), tmp_path / "cache"
+    first = cached_features(encoder, tiny_coco, cache, num_workers=0, progress=False, precision="fp32")
+    (checksum,) = cache.glob("*.sha256")
+    checksum.unlink()
+    assert torch.equal(cached_features(encoder, tiny_coco, cache, precision="fp32"), first) and checksum.is_file()
+    (path,) = cache.glob("*.pt")
+    checksum.unlink()
+    truncate(path)
+    with pytest.warns(UserWarning, match=r"is damaged \(it does not load: \w+\): rebuilding it"):
+        cached_features(encoder, tiny_coco, cache, num_workers=0, progress=False, precision="fp32")
+
+
+@pytest.mark.parametrize("content", ["{}", "[]", '{"select_on": "cider"}'])
+def test_captioning_report_names_a_metrics_file_that_is_not_a_runs(tmp_path, capsys, content):
+    fake_run(tmp_path / "sweep" / "0", ["decoder.cell=rnn"], 1.0, 2.0)
+    (tmp_path / "sweep" / "1").mkdir()
+    (tmp_path / "sweep" / "1" / "metrics.json").write_text(content)
+    with pytest.raises(SystemExit) as e:
+        report_main([str(tmp_path / "sweep")])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: {tmp_path / 'sweep' / '1' / 'metrics.json'} is not the metrics.json of a finished "
+                          f"captioning-train run (it has no ")

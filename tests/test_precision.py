@@ -153,6 +153,6 @@ def test_auto_precision_features_are_cached_under_what_it_chose(monkeypatch, enc
     coco = load_coco_captions(annotations, images[0].parent)
     monkeypatch.setattr(precision, "has_fast_bf16", lambda device: False)
     features = cached_features(encoder, coco, tmp_path / "cache", precision="auto", num_workers=0, progress=False)
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == [cache_path(encoder.spec, coco, tmp_path / "cache",
-                                                                           "fp32").name]
+    assert [p.name for p in (tmp_path / "cache").glob("*.pt")] == [cache_path(encoder.spec, coco, tmp_path / "cache",
+                                                                              "fp32").name]
     assert torch.equal(features, cached_features(encoder, coco, tmp_path / "cache", precision="fp32", build=False))

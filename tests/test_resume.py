@@ -287,11 +287,11 @@ def test_features_of_a_fine_tuned_cnn_are_cached_apart(shapes, tmp_path):
     hold the pretrained CNN's features, so this run extracts and keys its own."""
     cache = shapes / "cache"
     run(shapes, tmp_path / "frozen", "trainer.max_epochs=1")
-    pretrained = set(cache.iterdir())
+    pretrained = set(cache.glob("*.pt"))
     run(shapes, tmp_path / "tuned", "trainer.max_epochs=2", "encoder.finetune_from_epoch=2", "optim.encoder_lr=1e-2")
-    assert set(cache.iterdir()) == pretrained  # epoch 1 of the fine-tuning run read the frozen run's features
+    assert set(cache.glob("*.pt")) == pretrained  # epoch 1 of the fine-tuning run read the frozen run's features
     run(shapes, tmp_path / "next", "trainer.max_epochs=1", f"trainer.init_from={tmp_path / 'tuned/checkpoints/last.pt'}")
-    new = set(cache.iterdir()) - pretrained
+    new = set(cache.glob("*.pt")) - pretrained
     assert len(new) == 3 and all('"trained in a run"' in torch.load(p, weights_only=True)["encoder"] for p in new)
 
 
@@ -301,17 +301,56 @@ def test_a_run_started_from_a_fine_tuned_cnn_resumes_on_that_cnns_features(shape
     cache = shapes / "cache"
     run(shapes, tmp_path / "tuned", "trainer.max_epochs=2", "encoder.finetune_from_epoch=2", "optim.encoder_lr=1e-2")
     init = f"trainer.init_from={tmp_path / 'tuned/checkpoints/last.pt'}"
-    before = set(cache.iterdir())
+    before = set(cache.glob("*.pt"))
     run(shapes, tmp_path / "next", "trainer.max_epochs=1", init)
-    tuned = set(cache.iterdir()) - before
+    tuned = set(cache.glob("*.pt")) - before
     saved = {p: torch.load(p, weights_only=True) for p in tuned}
     run(shapes, tmp_path / "next", "trainer.max_epochs=2", init, "trainer.resume=auto")
-    assert set(cache.iterdir()) - before == tuned
+    assert set(cache.glob("*.pt")) - before == tuned
     for p in tuned:
         p.unlink()
     resumed = run(shapes, tmp_path / "moved", "trainer.max_epochs=3",
                   f"trainer.resume={tmp_path / 'next/checkpoints/last.pt'}")  # init_from taken from the checkpoint
-    assert set(cache.iterdir()) - before == tuned
+    assert set(cache.glob("*.pt")) - before == tuned
     assert all(torch.equal(torch.load(p, weights_only=True)["features"], saved[p]["features"]) for p in tuned)
     assert load_checkpoint(tmp_path / "moved/checkpoints/last.pt")["run_config"]["trainer"]["init_from"] == \
         init.split("=", 1)[1] and len(resumed["epochs"]) == 3
+
+
+def test_sigterm_during_the_test_scoring_names_the_finished_run(shapes, tmp_path, monkeypatch):
+    """Not "before training started: nothing to resume": training is over and a resume scores the tests again."""
+    real = REAL_SCORE_SPLIT
+
+    def score_split(model, split, cfg, device, desc):
+        if desc == "test":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(model, split, cfg, device, desc)
+    monkeypatch.setattr(captioning.engine, "score_split", score_split)
+    with pytest.raises(interrupt.Interrupted) as stopped:
+        run(shapes, tmp_path / "run", "trainer.max_epochs=1")
+    assert stopped.value.checkpoint == tmp_path / "run" / "checkpoints" / "last.pt"
+    assert stopped.value.where == "the test scoring (training had finished)"
+    monkeypatch.undo()
+    again = run(shapes, tmp_path / "run", "trainer.max_epochs=1", "trainer.resume=auto")
+    assert len(again["epochs"]) == 1 and "test" in again
+
+
+def test_resuming_from_best_pt_continues_after_its_epoch(shapes, tmp_path, monkeypatch):
+    scripted_validation(monkeypatch, {1: 0.5, 2: 0.4})  # epoch 1 is best.pt
+    run(shapes, tmp_path / "run", "trainer.max_epochs=2")
+    monkeypatch.undo()
+    best = tmp_path / "run" / "checkpoints" / "best.pt"
+    resumed = run(shapes, tmp_path / "again", "trainer.max_epochs=3", f"trainer.resume={best}")
+    assert [e["epoch"] for e in resumed["epochs"]] == [1, 2, 3]
+    assert [e["step"] for e in resumed["epochs"]] == [10, 20, 30]
+
+
+def test_a_mid_epoch_resume_with_another_batch_size_is_refused(shapes, tmp_path, monkeypatch):
+    signal_at_step(monkeypatch, 3)
+    with pytest.raises(interrupt.Interrupted):
+        run(shapes, tmp_path / "run", "trainer.max_epochs=1")
+    monkeypatch.undo()
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    with pytest.raises(InputError, match=rf"cannot resume {last} in the middle of epoch 1 with trainer.batch_size=16: "
+                                         rf"it trained 3 batches of 8; resume with trainer.batch_size=8"):
+        run(shapes, tmp_path / "run", "trainer.max_epochs=1", "trainer.batch_size=16", "trainer.resume=auto")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from contextlib import closing
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -24,7 +25,7 @@ from captioning.cpus import keep_freed_memory
 from captioning.data.coco import CocoCaptions, id_list
 from captioning.data.folder import ImageFolderDataset, collate_folder
 from captioning.data.images import READER
-from captioning.io import InputError, atomic_path
+from captioning.io import InputError, atomic_path, atomic_write_json
 from captioning.models.inference import inference_copy
 from captioning.precision import autocast, resolve_precision
 from captioning.progress import Mode, progress as progress_bar
@@ -182,6 +183,8 @@ def cached_features(encoder: nn.Module, coco: CocoCaptions, cache_dir: str | os.
     pooled ones (N, D) as a float32 tensor, a grid (N, L, D) as a read-only float16 memory map, so a
     training epoch reads it from disk row by row and its resident memory does not grow with the dataset.
 
+    Each cache file is written with its size and SHA-256 beside it (`<file>.sha256`) and checked against them
+    when read: a damaged file (truncated, changed on disk) is rebuilt, with a warning that names it.
     `build=False` only reads (used by non-zero ranks, which wait for rank 0 to build the cache). `spec`: the key's
     encoder spec instead of `encoder.spec` (a run that fine-tunes later reads the frozen encoder's features).
     """
@@ -189,9 +192,16 @@ def cached_features(encoder: nn.Module, coco: CocoCaptions, cache_dir: str | os.
     precision, _ = resolve_precision(precision, torch.device(extract_kwargs.get("device", "cpu")))
     path = cache_path(spec, coco, cache_dir, precision)
     if path.is_file():
-        if path.suffix == ".npy":
-            return np.load(path, mmap_mode="r")
-        return torch.load(path, map_location="cpu", weights_only=True)["features"]
+        features, damage = _read_verified(path, len(coco.image_ids))
+        if damage is None:
+            if build and not _checksum_file(path).is_file():  # written before checksums were: adopted, it loads
+                _write_checksum(path)
+            return features
+        if not build:
+            raise InputError(f"feature cache {path} is damaged ({damage}); delete it and run again to rebuild it")
+        warnings.warn(f"feature cache {path} is damaged ({damage}): rebuilding it")
+        _checksum_file(path).unlink(missing_ok=True)
+        path.unlink()
     if not build:
         raise FileNotFoundError(f"feature cache {path} was not built")
     paths = [coco.image_path(i) for i in coco.image_ids]
@@ -203,7 +213,51 @@ def cached_features(encoder: nn.Module, coco: CocoCaptions, cache_dir: str | os.
             feats = extract_features(encoder, paths, precision=precision, desc=desc, **extract_kwargs)
             torch.save({"features": feats, "image_ids": torch.tensor(coco.image_ids),
                         "encoder": json.dumps(spec, sort_keys=True, default=str)}, tmp)
+    _write_checksum(path)
     return cached_features(encoder, coco, cache_dir, precision=precision, build=False, spec=spec)
+
+
+def _checksum_file(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_checksum(path: Path) -> None:
+    atomic_write_json(_checksum_file(path), {"size": path.stat().st_size, "sha256": _sha256(path)})
+
+
+def _read_verified(path: Path, rows: int) -> tuple[torch.Tensor | np.ndarray | None, str | None]:
+    """The cached features and None, or None and why the file cannot be trusted: its size and SHA-256 against
+    those written with it (none: a cache from before checksums, trusted if it loads), then that it loads with
+    one row per image."""
+    try:
+        written = json.loads(_checksum_file(path).read_text())
+    except FileNotFoundError:
+        written = None
+    except (OSError, ValueError):
+        return None, f"its checksum file {_checksum_file(path).name} is unreadable"
+    if written is not None:
+        if path.stat().st_size != written.get("size"):
+            return None, f"{path.stat().st_size} bytes where {written.get('size')} were written"
+        if _sha256(path) != written.get("sha256"):
+            return None, "its SHA-256 differs from the one written with it"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            features = (np.load(path, mmap_mode="r") if path.suffix == ".npy"
+                        else torch.load(path, map_location="cpu", weights_only=True)["features"])
+    except Exception as e:  # noqa: BLE001 - a damaged zip or .npy fails in many ways; all mean "rebuild it"
+        return None, f"it does not load: {type(e).__name__}"
+    if len(features) != rows:
+        return None, f"{len(features)} rows for {rows} images"
+    return features, None
 
 
 def pooled(features: torch.Tensor | np.ndarray, chunk: int = 1024) -> torch.Tensor:
