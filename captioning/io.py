@@ -9,11 +9,13 @@ such leftovers from another process's write in progress.
 """
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import lzma
 import os
 import re
+import shutil
 import socket
 import tempfile
 from contextlib import contextmanager
@@ -39,20 +41,67 @@ _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())
 _TEMP = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
 
 
+class WriteError(InputError):
+    """A file that could not be written (a full disk, a read-only folder): one line naming it and what is intact."""
+
+
+FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left on the device, or over the user's quota
+DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def write_problem(path: Path, e: BaseException, written: int = 0) -> str | None:
+    """What a failed write of `path` means for the user, or None if `e` is not a disk's or a folder's refusal.
+    torch.save reports any failed write as a RuntimeError of its zip writer (inline_container.cc), without an
+    errno: a disk with less free space than was written is then taken to be full."""
+    torch_writer = isinstance(e, RuntimeError) and ("inline_container" in str(e) or "write failed" in str(e))
+    code = getattr(e, "errno", None) if isinstance(e, OSError) else None
+    if not (torch_writer or code in (*FULL, *DENIED, errno.EFBIG)):
+        return None
+    kept = f"{path} keeps its previous version" if path.is_file() else f"nothing was written to {path}"
+    if code in DENIED:
+        return f"cannot write {path}: its folder is not writable ({os.strerror(code)}); {kept}; choose another folder"
+    if code == errno.EFBIG:
+        return (f"cannot write {path}: it would pass this process's file-size limit (ulimit -f) after "
+                f"{_megabytes(written)}; {kept}")
+    free = shutil.disk_usage(next(p for p in (path, *path.parents) if p.exists())).free
+    if code in FULL or free <= written:
+        return (f"cannot write {path}: the disk is full ({_megabytes(free)} free there; it had written "
+                f"{_megabytes(written)} and needed more); {kept}; free some space and run again")
+    return f"cannot write {path}: {str(e).splitlines()[0]}; {kept}"
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}.{os.getpid()}.", suffix=".tmp")
-    os.close(fd)
+    """Yield a temporary path next to `path`; on success rename it over `path`. A full disk or a read-only folder
+    is a WriteError that names `path` and says what is intact (`path` as it was: the rename never happened)."""
+    path, tmp = Path(path), None
     try:
-        yield Path(tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}.{os.getpid()}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
+        yield tmp
         os.chmod(tmp, NEW_FILE_MODE)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        written = tmp.stat().st_size if tmp is not None and tmp.exists() else 0
+        problem = write_problem(path, e, written)  # while the partial file still takes its space
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if problem is not None:
+            raise WriteError(problem) from None
         raise
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """WriteError now, before long work, if `folder` cannot be made or written to (it is made if missing)."""
+    with atomic_path(Path(folder) / ".write-check") as tmp:
+        tmp.write_bytes(b"")
+    (Path(folder) / ".write-check").unlink()
 
 
 def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:

@@ -3,7 +3,11 @@ nothing already written is lost. Each case here once failed in a hostile run of 
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import resource
+import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +19,9 @@ from captioning.cli.report import main as report_main
 from captioning.data.coco import load_coco_captions
 from captioning.data.features import cached_features
 from captioning.data.shapes import make_shapes_dataset
-from captioning.io import InputError
+from captioning.io import InputError, WriteError, atomic_path
 from captioning.models import build_encoder
-from test_caption_cli import caption_inprocess, checkpoint  # noqa: F401 - checkpoint: an untrained captioner
+from test_caption_cli import BIN, caption_inprocess, checkpoint  # noqa: F401 - checkpoint: an untrained captioner
 from test_report import fake_run
 from test_resume import run, shapes  # noqa: F401 - shapes: the tiny dataset of the training runs
 
@@ -117,3 +121,59 @@ def test_captioning_report_names_a_metrics_file_that_is_not_a_runs(tmp_path, cap
     assert e.value.code == 1 and len(err.strip().splitlines()) == 1
     assert err.startswith(f"error: {tmp_path / 'sweep' / '1' / 'metrics.json'} is not the metrics.json of a finished "
                           f"captioning-train run (it has no ")
+
+
+@pytest.mark.parametrize("error, message", [
+    (OSError(errno.ENOSPC, "No space left on device"), r"the disk is full \([\d.]+ MB free there; it had written "
+                                                       r"0.0 MB and needed more\); {path} keeps its previous version"),
+    (OSError(errno.EROFS, "Read-only file system"), r"its folder is not writable \(Read-only file system\); {path} "
+                                                    r"keeps its previous version; choose another folder"),
+    (RuntimeError("[enforce fail at inline_container.cc:858] . PytorchStreamWriter failed writing file data/0: file "
+                  "write failed"), r"\[enforce fail at inline_container.cc:858\] . PytorchStreamWriter failed "
+                                   r"writing file data/0: file write failed; {path} keeps its previous version"),
+])
+def test_a_refused_write_names_the_file_and_keeps_what_was_there(tmp_path, error, message):
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"the previous checkpoint")
+    with pytest.raises(WriteError, match=f"cannot write {path}: " + message.format(path=path)):
+        with atomic_path(path):
+            raise error
+    assert path.read_bytes() == b"the previous checkpoint" and list(tmp_path.iterdir()) == [path]
+
+
+def test_a_file_size_limit_stops_the_run_with_one_line(tmp_path):
+    """A real refusal from the kernel (RLIMIT_FSIZE: EFBIG for Python's writes, a failed write for torch.save's
+    zip writer): the run stops at its first checkpoint with one line, no traceback."""
+    make_shapes_dataset(tmp_path / "shapes", n_train=16, n_val=4, n_test=4, seed=0, image_size=32, demo_images=0)
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of the process being killed
+        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
+
+    proc = subprocess.run([str(BIN / "captioning-train"), f"dataset.root={tmp_path / 'shapes'}",
+                           f"cache_dir={tmp_path / 'cache'}", "encoder=small_cnn", "encoder.image_size=32",
+                           "encoder.num_workers=0", "decoder.hidden_dim=64", "trainer.batch_size=8",
+                           "trainer.max_epochs=1", "trainer.tensorboard=false", "trainer.progress=false",
+                           f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300,
+                          preexec_fn=limit)
+    best = tmp_path / "run" / "checkpoints" / "best.pt"
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: cannot write {best}: ")
+    assert f"nothing was written to {best}" in proc.stderr and not best.exists()
+
+
+def test_a_read_only_run_directory_is_one_line_before_anything_runs(tmp_path):
+    target = tmp_path / "readonly"
+    target.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(target)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("this machine does not let the tests mount a read-only file system")
+    try:
+        proc = subprocess.run([str(BIN / "captioning-train"), "dataset.root=nowhere",
+                               f"hydra.run.dir={target / 'run'}"], capture_output=True, text=True, timeout=300)
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (f"error: cannot write {target / 'run' / '.write-check'}: its folder is not writable "
+                                   f"(Read-only file system); nothing was written to {target / 'run' / '.write-check'}; "
+                                   f"choose another folder")

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from captioning.cli._conf import CONF_DIR
 from captioning.cli.common import fail, require, run_entry_point, user_errors
 from captioning.config import DecodeOptions, check, options_from
-from captioning.io import InputError, not_there
+from captioning.io import InputError, check_writable, not_there
 
 
 def caption_folder(cfg: DictConfig) -> list[dict]:
@@ -68,6 +68,7 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
     if cfg.attention and captioner.decoder.config.inject != "attention":
         raise InputError(f"attention=true draws an attention decoder's maps; {cfg.checkpoint} was trained with "
                          f"decoder.inject={captioner.decoder.config.inject} (train one with decoder=attention)")
+    check_writable(out_dir)  # a read-only or full folder: now, not after the CNN has seen every image
     threads, threads_why = set_threads(cfg.threads)
     print(f"{len(paths)} images; CNN and decoder in {precision} ({why}); {threads} threads ({threads_why})",
           flush=True)

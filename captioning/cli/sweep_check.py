@@ -5,7 +5,8 @@ Hydra composes each job's config when the job starts, so a value that cannot wor
 callback (conf/train.yaml, `hydra.callbacks`) composes every job's config up front, as Hydra's basic sweeper
 will, and runs the same checks a single run makes (`added_keys`, `captioning.training.check_config`): one
 `error:` line naming each job that cannot work, and no job starts. Other sweepers (Optuna) choose values as they
-go: their jobs are checked one by one as they start.
+go: their jobs are checked one by one as they start. A run's (or sweep's) directory that cannot be written is one
+line too, before Hydra makes it.
 """
 from __future__ import annotations
 
@@ -17,13 +18,17 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from captioning.cli.common import fail
-from captioning.io import InputError
+from captioning.io import InputError, check_writable
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
 class CheckSweep(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _writable(config.hydra.run.dir)  # before Hydra makes it (a read-only folder: its traceback)
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _writable(config.hydra.sweep.dir)
         if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
             return
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -52,3 +57,10 @@ class CheckSweep(Callback):
         if problems:
             fail(f"{len(problems)} of the sweep's {len(jobs)} jobs cannot run, so none was started: "
                  + "; ".join(problems))
+
+
+def _writable(folder: str) -> None:
+    try:
+        check_writable(folder)
+    except InputError as e:
+        fail(str(e))
