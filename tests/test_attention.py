@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from captioning.data.collate import CaptionBatch
 from captioning.decoding import beam_search, greedy
+from captioning.engine import batch_loss
 from captioning.models import AttentionDecoder, DecoderConfig, build_decoder
 from captioning.models.attention import SoftAttention
 
@@ -60,8 +62,30 @@ def test_doubly_stochastic_penalty_counts_only_the_caption():
         alphas.append(decoder.last_alpha)
     alpha = torch.stack(alphas, 1)  # (2, 5, L)
     mask = (captions[:, 1:] != 0).float()[..., None]  # 3 and 2 target steps
-    expected = 2.0 * ((1 - (alpha * mask).sum(1)) ** 2).sum(-1).mean()
+    expected = 2.0 * ((1 - (alpha * mask).sum(1)) ** 2).sum(-1).sum() / 5  # per target word of the batch
     assert decoder.penalty.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_the_penalty_weighs_as_in_xu_et_al():
+    """arctic-captions' capgen.py: cost = mean over captions of (sum_t -log p + alpha_c * penalty). Our loss (a mean
+    per word) times the batch's words per caption is that cost, for any alpha_c."""
+    decoder = make().train()
+    decoder.config.alpha_c = 1.0
+    features, captions = grid(2), torch.tensor([[1, 5, 6, 2, 0, 0], [1, 7, 2, 0, 0, 0]])
+    loss, n = batch_loss(decoder, None, CaptionBatch(features, captions, torch.tensor([4, 3]), torch.arange(2)),
+                         torch.device("cpu"), pad_id=0)
+    logp = decoder(features, captions).log_softmax(-1).gather(2, captions[:, 1:, None])[..., 0]
+    alpha = torch.stack(alphas_of(decoder, features, captions), 1) * (captions[:, 1:] != 0)[..., None]
+    theirs = (-(logp * (captions[:, 1:] != 0)).sum(1) + ((1 - alpha.sum(1)) ** 2).sum(-1)).mean()
+    assert n == 5 and (loss * n / 2).item() == pytest.approx(theirs.item(), rel=1e-5)
+
+
+def alphas_of(decoder: AttentionDecoder, features: torch.Tensor, captions: torch.Tensor) -> list[torch.Tensor]:
+    alphas, state = [], decoder.init_state(features)
+    for t in range(captions.shape[1] - 1):
+        _, state = decoder.step(captions[:, t], state, features)
+        alphas.append(decoder.last_alpha)
+    return alphas
 
 
 def test_batched_beam_search_with_attention_equals_one_image_at_a_time():

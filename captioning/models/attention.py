@@ -13,7 +13,10 @@ and then at every step t the decoder looks again, where its previous state point
     h_t   = RNN([embed(w_{t-1}); beta_t * z_t], h_{t-1})
 
 Training adds the doubly stochastic penalty  lambda * sum_i (1 - sum_t alpha_ti)^2  (`alpha_c`), which asks the
-decoder to look at every part of the image over the whole caption. Because alpha_t depends on h_{t-1}, even
+decoder to look at every part of the image over the whole caption. Xu et al. (arctic-captions, capgen.py) add it
+once per caption to the caption's cross-entropy summed over its words; our loss is the mean per word, so the
+penalty is divided by the same word count (the batch's target tokens): the objective is theirs over the mean
+caption length, and alpha_c = 1 weighs the penalty as theirs does. Because alpha_t depends on h_{t-1}, even
 teacher forcing runs the core one step at a time.
 
 The interface is the other decoder's (init_state, step, reorder_state, forward), so greedy, sampling, batched
@@ -95,7 +98,8 @@ class AttentionDecoder(DecoderBase):
             alphas.append(alpha)
         alpha = torch.stack(alphas, 1)  # (B, T-1, L)
         counted = (captions[:, 1:] != PAD_ID).float()[..., None]  # the caption's steps, <end> included
-        self.penalty = self.config.alpha_c * ((1 - (alpha * counted).sum(1)) ** 2).sum(-1).mean()
+        per_caption = ((1 - (alpha * counted).sum(1)) ** 2).sum(-1)  # (B,)
+        self.penalty = self.config.alpha_c * per_caption.sum() / counted.sum().clamp(min=1)  # per word: see above
         return self.out(self.output_dropout(torch.stack(outs, 1)))
 
     def step(self, tokens: Tensor, state: tuple[Tensor, ...], features: Tensor) -> tuple[Tensor, tuple]:
