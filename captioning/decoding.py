@@ -158,10 +158,9 @@ def beam_search(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int
     """Beam search over (B * K) rows; returns the best `num_return` sequences per image ((B * n, L), image by
     image, best first).
 
-    Keeps the K highest-scoring prefixes, score = sum_t log p(w_t | w_<t, v). A finished
-    beam (ended with <end>) stays in the beam with its score frozen, competing with the
-    unfinished ones. Pruning uses the raw log-prob; among the K final beams the winners
-    maximise score / `length_divisor(length, length_penalty, length_alpha)` (length counts <end>).
+    Keeps the K best prefixes by score / `length_divisor(length, length_penalty, length_alpha)`, score =
+    sum_t log p(w_t | w_<t, v), length counting <end>: the score the final beams are ranked by, at every step. A
+    finished beam (ended with <end>) stays in the beam with its score frozen, competing with the unfinished ones.
 
     With num_return n > 1 the n are distinct captions where the beams hold that many, ranked by that score (the
     scores returned are the mean log p per token, which need not fall in that order).
@@ -201,10 +200,14 @@ def beam_search(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int
         logp = logp.masked_fill(finished[..., None], float("-inf"))
         logp[..., eos_id] = logp[..., eos_id].masked_fill(finished, 0.0)
         cand = scores[..., None] + logp  # (n, K, V)
+        # Pruned by the score the final beams are ranked by (OpenNMT-py's way): with raw log p, short captions that
+        # ended early keep their high scores and crowd out the longer ones a length penalty would have preferred.
+        rank = cand / length_divisor(lengths + (~finished).float(), length_penalty, length_alpha)[..., None]
         if G == 1:
-            scores, idx = cand.view(n, K * V).topk(K, dim=-1)  # (n, K)
+            idx = rank.view(n, K * V).topk(K, dim=-1).indices  # (n, K)
         else:
-            scores, idx = _diverse_topk(cand, finished, G, diversity_lambda)
+            idx = _diverse_topk(rank, finished, G, diversity_lambda)
+        scores = cand.view(n, K * V).gather(1, idx)  # the true log p
         beam, tokens = idx // V, idx % V
         rows = (torch.arange(n, device=device)[:, None] * K + beam).view(-1)  # (n*K,) parent row of each new beam
         seqs = torch.cat([seqs[rows], tokens.view(-1, 1)], 1)
@@ -274,22 +277,21 @@ class _FinalBeams:
         return None if self._attention is None else self._attention[:, :self.longest]
 
 
-def _diverse_topk(cand: Tensor, finished: Tensor, groups: int, diversity_lambda: float) -> tuple[Tensor, Tensor]:
-    """Each group's K / G best continuations, groups in turn, by log p minus diversity_lambda times the number of
-    earlier groups' choices of the same word at this step; returns their true log p (B, K) and flat indices into
-    (K * V)."""
-    B, K, V = cand.shape
+def _diverse_topk(rank: Tensor, finished: Tensor, groups: int, diversity_lambda: float) -> Tensor:
+    """Each group's K / G best continuations, groups in turn, by their rank score (log p, length-penalised) minus
+    diversity_lambda times the number of earlier groups' choices of the same word at this step; returns their flat
+    indices into (K * V), (B, K)."""
+    B, K, V = rank.shape
     size = K // groups
-    chosen = cand.new_zeros(B, V)  # how often each word was chosen at this step by the groups so far
-    kept, picked = [], []
+    chosen = rank.new_zeros(B, V)  # how often each word was chosen at this step by the groups so far
+    picked = []
     for g in range(groups):
-        part = cand[:, g * size:(g + 1) * size]  # (B, K/G, V)
+        part = rank[:, g * size:(g + 1) * size]  # (B, K/G, V)
         penalty = diversity_lambda * chosen[:, None] * (~finished[:, g * size:(g + 1) * size, None]).float()
-        _, idx = (part - penalty).reshape(B, size * V).topk(size, dim=-1)
-        kept.append(part.reshape(B, size * V).gather(1, idx))
+        idx = (part - penalty).reshape(B, size * V).topk(size, dim=-1).indices
         picked.append(idx + g * size * V)
         chosen.scatter_add_(1, idx % V, torch.ones_like(idx, dtype=chosen.dtype))
-    return torch.cat(kept, 1), torch.cat(picked, 1)
+    return torch.cat(picked, 1)
 
 
 def decode(decoder, features: Tensor, method: str = D.method, *, bos_id: int, eos_id: int, pad_id: int = 0,

@@ -189,3 +189,39 @@ def test_images_whose_beams_all_ended_leave_the_batch():
     assert torch.equal(out.ids, torch.nn.utils.rnn.pad_sequence([a.ids[0] for a in alone], batch_first=True))
     assert torch.equal(out.score, torch.cat([a.score for a in alone]))
     assert out.ids[0, 0] == 2 and out.ids.shape[1] == 6 and not (out.ids[1] == 2).any()  # <end> at once; 6 words
+
+
+class StepChain(torch.nn.Module):
+    """A stub decoder whose next-word probabilities depend on the previous word and the step (ids: <pad> <start>
+    <end> a b): "b" ends at once, "a a" may end or go on, and "a a a a <end>" is the best caption per word."""
+    P = {(1, 0): {3: .40, 2: .35, 4: .25}, (4, None): {2: .99}, (3, 1): {3: .80, 2: .05}, (3, 2): {2: .50, 3: .45},
+         (3, 3): {3: .99}, (3, 4): {2: .99}}
+
+    def init_state(self, features):
+        return torch.zeros(len(features), dtype=torch.long)  # the step
+
+    @staticmethod
+    def reorder_state(state, index):
+        return state.index_select(0, index)
+
+    def step(self, tokens, state, features):
+        rows = []
+        for token, t in zip(tokens.tolist(), state.tolist()):
+            p = torch.full((5,), 1e-4)
+            for word, prob in (self.P.get((token, t)) or self.P.get((token, None)) or {2: .99}).items():
+                p[word] = prob
+            rows.append((p / p.sum()).log())
+        return torch.stack(rows), state + 1
+
+
+@pytest.mark.parametrize("beam_size", [2, 3])
+def test_a_length_penalty_prunes_as_it_ranks(beam_size):
+    """Pruned by raw log p, the captions that ended early ("<end>", "b <end>", "a a <end>": high raw scores) crowd
+    "a a a" out of the beam, and the length penalty can only choose among them; pruned by the penalised score
+    (the one the final beams are ranked by) the search finds the best caption per word."""
+    out = beam_search(StepChain(), torch.zeros(1, 1), bos_id=1, eos_id=2, pad_id=0, beam_size=beam_size, max_len=6,
+                      length_penalty="avg", length_alpha=1.0)
+    assert out.ids.tolist() == [[3, 3, 3, 3, 2]]
+    raw = beam_search(StepChain(), torch.zeros(1, 1), bos_id=1, eos_id=2, pad_id=0, beam_size=beam_size, max_len=6,
+                      length_penalty="none")
+    assert raw.ids[0, 0].item() == 2  # without a penalty "<end>" alone is the best caption: log 0.35

@@ -100,7 +100,7 @@ def run(cfg: DictConfig) -> float:
         except Interrupted as e:
             if e.checkpoint is None:
                 stop(f"interrupted by {e} before training started: nothing to resume", 128 + e.signum)
-            stop(f"interrupted by {e} at {e.where}: {e.checkpoint} holds the run; continue with: "
+            stop(f"interrupted by {e} at {e.where}: saved {e.checkpoint}; continue with: "
                  f"{_resume_command(e.checkpoint, run_dir)}", 128 + e.signum)
         if os.environ.get("RANK", "0") == "0":  # under torchrun every process returns the same metrics
             print(_summary(metrics, run_dir))
