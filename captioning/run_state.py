@@ -2,7 +2,7 @@
 
 * `checkpoints/last.pt` holds everything needed to continue exactly: the model, optimizer and scheduler,
   and the `TrainState` (epoch, batches already trained in it, optimizer step, the epoch's partial loss
-  sums, the history, and mid-epoch the random-number state that drives dropout).
+  sums, the history, and mid-epoch every process's random-number state, which drives its dropout).
 * `checkpoints/best.pt` holds the weights with the best validation score, with that score and its epoch.
 
 At the end of an epoch best.pt is written before last.pt: a kill between the two leaves last.pt at the
@@ -74,14 +74,20 @@ class TrainState:
         return {k: v for k, v in asdict(self).items() if k not in ("best_score", "best_epoch")}
 
 
+def rng_states() -> dict:
+    """This process's random-number states (CPU, and its CUDA device's): what drives its dropout masks."""
+    return {"rng": torch.get_rng_state(),
+            **({"cuda_rng": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})}
+
+
 def save_run_checkpoint(path: Path, model: torch.nn.Module, vocab, model_config: dict, optimizer, scheduler,
-                        state: TrainState, run_config: dict, score: float | None = None) -> None:
-    """last.pt (with the RNG state when mid-epoch) or, with `score`, best.pt."""
+                        state: TrainState, run_config: dict, score: float | None = None,
+                        rng_per_rank: list[dict] | None = None) -> None:
+    """last.pt (with the RNG states when mid-epoch: `rng_per_rank`, every process's `rng_states()` in rank
+    order, gathered by the caller; else this process's) or, with `score`, best.pt."""
     train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **state.saved()}
-    if state.batch:  # mid-epoch: dropout masks continue from here
-        train_state["rng"] = torch.get_rng_state()
-        if torch.cuda.is_available():
-            train_state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    if state.batch:  # mid-epoch: dropout masks continue from here, on every rank
+        train_state["rng_per_rank"] = rng_per_rank or [rng_states()]
     if score is not None:
         train_state.update(best_score=score, best_epoch=state.epoch)
     save_checkpoint(path, model_state=model.state_dict(), vocab=vocab, model_config=model_config,
@@ -157,7 +163,7 @@ def changed_settings(path: Path, saved_cfg: dict | None, cfg: dict) -> str | Non
 
 
 def restore(path: Path, ckpt: dict, run_dir: Path, model: torch.nn.Module, optimizer, scheduler, cfg: dict,
-            copy_best: bool) -> TrainState:
+            copy_best: bool, rank: int = 0, world_size: int = 1) -> TrainState:
     """Load a checked checkpoint (`check_resumable`) into model, optimizer and scheduler, warn about changed
     settings, bring best.pt along into `run_dir` (with `copy_best`: rank 0) and return the run's state."""
     message = changed_settings(path, ckpt.get("run_config"), cfg)
@@ -171,10 +177,14 @@ def restore(path: Path, ckpt: dict, run_dir: Path, model: torch.nn.Module, optim
         raise InputError(f"cannot resume {path}: its optimizer state does not fit this run's ({e}); start a new run "
                          f"from its weights with trainer.init_from={path}") from None
     scheduler.load_state_dict(ts["scheduler"])
-    if "rng" in ts:
+    if "rng_per_rank" in ts:  # mid-epoch: each rank's own dropout stream (another world size: rank 0's for all)
+        saved = ts["rng_per_rank"]
+        mine = saved[rank] if len(saved) == world_size else saved[0]
+        torch.set_rng_state(mine["rng"])
+        if "cuda_rng" in mine and torch.cuda.is_available():
+            torch.cuda.set_rng_state(mine["cuda_rng"])
+    elif "rng" in ts:  # written by an earlier version: one process's state
         torch.set_rng_state(ts["rng"])
-        if "cuda_rng" in ts and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ts["cuda_rng"])
     state = TrainState(**{k: ts[k] for k in ("epoch", "batch", "step", "loss_sum", "tokens", "skipped", "extras",
                                              "history") if k in ts})
     if _finished_epoch(ts):  # trainer.resume=.../best.pt: continue after its epoch

@@ -40,7 +40,7 @@ from captioning.optim import (build_optimizer, learning_rate_problems, param_gro
                               validated, warmup_warning)
 from captioning.precision import resolve_device, resolve_precision, warn_if_slow
 from captioning.run_state import (TrainState, check_resumable, check_same_model, decoder_from, restore,
-                                  resume_path, save_run_checkpoint, started_from)
+                                  resume_path, rng_states, save_run_checkpoint, started_from)
 from captioning.scst import CiderReward, SCSTObjective
 from captioning.runlog import RunLog
 from captioning.text import Vocabulary, tokenize
@@ -196,15 +196,17 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
     optimizer, scheduler = build_optimizer(cfg["optim"], params, make_optimizer, total_steps, steps_per_epoch)
     state = TrainState()
     if ckpt is not None:
-        state = restore(resume, ckpt, run_dir, model, optimizer, scheduler, cfg, copy_best=main)
+        state = restore(resume, ckpt, run_dir, model, optimizer, scheduler, cfg, copy_best=main,
+                        rank=distributed.rank(), world_size=world)
         reconfigure(scheduler, cfg["optim"], total_steps, steps_per_epoch)
 
     decoder = distributed.data_parallel(model.decoder, device)
     trained_encoder = None if cached else distributed.data_parallel(model.encoder, device)
     log = RunLog(run_dir, tensorboard=opts.tensorboard, history=state.history) if main else None
 
-    def save(name: str, score: float | None = None) -> None:
-        save_run_checkpoint(ckpt_dir / name, model, vocab, model_config, optimizer, scheduler, state, cfg, score)
+    def save(name: str, score: float | None = None, rng_per_rank: list[dict] | None = None) -> None:
+        save_run_checkpoint(ckpt_dir / name, model, vocab, model_config, optimizer, scheduler, state, cfg, score,
+                            rng_per_rank)
 
     def finished() -> bool:
         if state.batch:  # an interrupted epoch: train what is left of it, then validate
@@ -272,9 +274,10 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
             state.next_epoch()
             if main:
                 save("last.pt")
-    except interrupt.Interrupted as e:
+    except interrupt.Interrupted as e:  # every rank is here, at the same step: each one's dropout stream is saved
+        states = distributed.gather_dict({distributed.rank(): rng_states()})
         if main:
-            save("last.pt")
+            save("last.pt", rng_per_rank=[states[r] for r in range(world)])
         e.checkpoint, e.where = ckpt_dir / "last.pt", f"step {state.step} (epoch {state.epoch}, batch {state.batch})"
         raise
     except Diverged as e:  # nothing was saved since the last finite epoch

@@ -1,11 +1,12 @@
-"""captioning-train that SIGKILLs itself at a chosen point, for tests/test_chaos.py.
+"""captioning-train that SIGKILLs itself at a chosen point, for tests/test_chaos.py, or sends itself SIGTERM.
 
     python chaos_driver.py POINT [captioning-train overrides...]
 
 POINT is step:N (while computing training step N of this process), val:N (in this process's N-th
 validation), write:NAME:N (the N-th write of NAME, after its temporary file is written and before it is
 renamed into place) or never. SIGKILL cannot be caught: no handler, `finally` or atexit runs, as when
-the kernel's OOM killer or a node failure ends a job.
+the kernel's OOM killer or a node failure ends a job. sigterm:N sends SIGTERM (which the run catches, saving
+where it is) while optimizer step N is taken, whatever the objective (test_matrix.py, under torchrun too).
 """
 import os
 import signal
@@ -17,16 +18,23 @@ def die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def counting(n: int, fn, when=lambda *a, **k: True):
+def counting(n: int, fn, when=lambda *a, **k: True, then=die):
     calls = []
 
     def wrapper(*args, **kwargs):
         if when(*args, **kwargs):
             calls.append(1)
             if len(calls) == n:
-                die()
+                then()
         return fn(*args, **kwargs)
     return wrapper
+
+
+def sigterm_at_step(n: int) -> None:
+    """SIGTERM to this process while its optimizer step n is taken (each step clips the gradient once)."""
+    import torch
+    torch.nn.utils.clip_grad_norm_ = counting(n, torch.nn.utils.clip_grad_norm_,
+                                              then=lambda: os.kill(os.getpid(), signal.SIGTERM))
 
 
 def main() -> None:
@@ -41,6 +49,8 @@ def main() -> None:
     elif kind == "val":
         captioning.engine.score_split = counting(int(args[0]), captioning.engine.score_split,
                                                    when=lambda *a, desc, **k: desc == "val")
+    elif kind == "sigterm":
+        sigterm_at_step(int(args[0]))
     elif kind == "write":
         os.replace = counting(int(args[1]), os.replace, when=lambda src, dst: Path(dst).name == args[0])
     from captioning.cli.train import main as train_main
