@@ -117,7 +117,7 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
     resume = resume_path(opts.resume, run_dir)
     ckpt = load_checkpoint(resume) if resume is not None else None
     held = [p.name for p in (ckpt_dir / "best.pt", ckpt_dir / "last.pt") if p.is_file()]
-    if ckpt is None and held and not opts.overwrite:
+    if ckpt is None and held and not opts.overwrite and opts.resume is None:  # resume=auto: this run, restarted
         raise InputError(f"{ckpt_dir} holds another run's checkpoints ({', '.join(held)}): continue that run with "
                          f"trainer.resume=auto, or replace them with trainer.overwrite=true")
     scst = SCSTOptions(**cfg["scst"])

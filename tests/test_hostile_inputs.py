@@ -19,11 +19,12 @@ from captioning.cli.report import main as report_main
 from captioning.data.coco import load_coco_captions
 from captioning.data.features import cached_features
 from captioning.data.shapes import make_shapes_dataset
+from captioning import interrupt
 from captioning.io import InputError, WriteError, atomic_path
 from captioning.models import build_encoder
 from test_caption_cli import BIN, caption_inprocess, checkpoint  # noqa: F401 - checkpoint: an untrained captioner
 from test_report import fake_run
-from test_resume import run, shapes  # noqa: F401 - shapes: the tiny dataset of the training runs
+from test_resume import run, scripted_validation, shapes, signal_at_step  # noqa: F401 - shapes: a fixture
 
 
 @pytest.mark.parametrize("side", [12000, 14000])  # 144 Mpx: Pillow warns (over 1x its limit); 196 Mpx: it raises
@@ -177,3 +178,24 @@ def test_a_read_only_run_directory_is_one_line_before_anything_runs(tmp_path):
     assert proc.stderr.strip() == (f"error: cannot write {target / 'run' / '.write-check'}: its folder is not writable "
                                    f"(Read-only file system); nothing was written to {target / 'run' / '.write-check'}; "
                                    f"choose another folder")
+
+
+def test_resuming_from_best_pt_continues_after_its_epoch(shapes, tmp_path, monkeypatch):
+    scripted_validation(monkeypatch, {1: 0.5, 2: 0.4})  # epoch 1 is best.pt
+    run(shapes, tmp_path / "run", "trainer.max_epochs=2")
+    monkeypatch.undo()
+    best = tmp_path / "run" / "checkpoints" / "best.pt"
+    resumed = run(shapes, tmp_path / "again", "trainer.max_epochs=3", f"trainer.resume={best}")
+    assert [e["epoch"] for e in resumed["epochs"]] == [1, 2, 3]
+    assert [e["step"] for e in resumed["epochs"]] == [10, 20, 30]
+
+
+def test_a_mid_epoch_resume_with_another_batch_size_is_refused(shapes, tmp_path, monkeypatch):
+    signal_at_step(monkeypatch, 3)
+    with pytest.raises(interrupt.Interrupted):
+        run(shapes, tmp_path / "run", "trainer.max_epochs=1")
+    monkeypatch.undo()
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    with pytest.raises(InputError, match=rf"cannot resume {last} in the middle of epoch 1 with trainer.batch_size=16: "
+                                         rf"it trained 3 batches of 8; resume with trainer.batch_size=8"):
+        run(shapes, tmp_path / "run", "trainer.max_epochs=1", "trainer.batch_size=16", "trainer.resume=auto")

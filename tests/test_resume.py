@@ -333,24 +333,3 @@ def test_sigterm_during_the_test_scoring_names_the_finished_run(shapes, tmp_path
     monkeypatch.undo()
     again = run(shapes, tmp_path / "run", "trainer.max_epochs=1", "trainer.resume=auto")
     assert len(again["epochs"]) == 1 and "test" in again
-
-
-def test_resuming_from_best_pt_continues_after_its_epoch(shapes, tmp_path, monkeypatch):
-    scripted_validation(monkeypatch, {1: 0.5, 2: 0.4})  # epoch 1 is best.pt
-    run(shapes, tmp_path / "run", "trainer.max_epochs=2")
-    monkeypatch.undo()
-    best = tmp_path / "run" / "checkpoints" / "best.pt"
-    resumed = run(shapes, tmp_path / "again", "trainer.max_epochs=3", f"trainer.resume={best}")
-    assert [e["epoch"] for e in resumed["epochs"]] == [1, 2, 3]
-    assert [e["step"] for e in resumed["epochs"]] == [10, 20, 30]
-
-
-def test_a_mid_epoch_resume_with_another_batch_size_is_refused(shapes, tmp_path, monkeypatch):
-    signal_at_step(monkeypatch, 3)
-    with pytest.raises(interrupt.Interrupted):
-        run(shapes, tmp_path / "run", "trainer.max_epochs=1")
-    monkeypatch.undo()
-    last = tmp_path / "run" / "checkpoints" / "last.pt"
-    with pytest.raises(InputError, match=rf"cannot resume {last} in the middle of epoch 1 with trainer.batch_size=16: "
-                                         rf"it trained 3 batches of 8; resume with trainer.batch_size=8"):
-        run(shapes, tmp_path / "run", "trainer.max_epochs=1", "trainer.batch_size=16", "trainer.resume=auto")

@@ -28,8 +28,8 @@ class CheckSweep(Callback):
         _writable(config.hydra.run.dir)  # before Hydra makes it (a read-only folder: its traceback)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _writable(config.hydra.sweep.dir)
         if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+            _writable(config.hydra.sweep.dir)
             return
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
@@ -57,6 +57,7 @@ class CheckSweep(Callback):
         if problems:
             fail(f"{len(problems)} of the sweep's {len(jobs)} jobs cannot run, so none was started: "
                  + "; ".join(problems))
+        _writable(config.hydra.sweep.dir)  # makes it: only once every job can run
 
 
 def _writable(folder: str) -> None:
