@@ -71,22 +71,36 @@ COVERAGE = {
     **{f"for s in 0 1 2; do captioning-train dataset=icons seed=$s "
        f"trainer.resume=multirun/icons_default/$s/checkpoints/last.pt {option} trainer.threads=1 trainer.tensorboard=false "
        f"hydra.run.dir=multirun/icons_decode/{name}_s$s; done": COMPOSE
-       for option, name in [("decode=greedy", "greedy"), ("decode.length_penalty=none", "no_penalty")]},
+       for option, name in [("decode=greedy", "greedy"), ("decode.length_penalty=none", "no_penalty"),
+                            ("decode.beam_size=5", "beam5"), ("decode.length_penalty=wu", "wu")]},
     **{f"captioning-train -m dataset=icons seed=0 {factor} trainer.threads=1 trainer.tensorboard=false hydra.sweep.dir=multirun/{name}": COMPOSE
        for factor, name in [
            ("decoder.feature_norm=l2,layernorm decode=greedy trainer.max_epochs=15 trainer.patience=4", "screen_norm"),
            ("trainer.max_epochs=50 trainer.patience=5 decode=greedy", "screen_budget"),
            ("decoder.hidden_dim=1024 decoder.embed_dim=512 trainer.max_epochs=50 trainer.patience=5 decode=greedy",
-            "screen_big")]},
+            "screen_big"), ("decoder.feature_dropout=0.5", "screen_feature_dropout")]},
     "captioning-report multirun/icons_old_default multirun/icons_default --output icons_budget.md": COMPOSE,
     "captioning-train -m dataset=icons +experiment=scst seed=0 "
     "trainer.init_from=multirun/screen_budget/0/checkpoints/best.pt scst.baseline=greedy,mean "
     "optim.optimizer.lr=5e-5,5e-4 decode=greedy trainer.threads=1 trainer.tensorboard=false hydra.sweep.dir=multirun/screen_scst": COMPOSE,
-    **{f"for s in 0 1 2; do captioning-train dataset={data} +experiment=scst seed=$s "
-       f"trainer.init_from=multirun/{data.split('_')[0]}_default/$s/checkpoints/best.pt trainer.threads=1 trainer.tensorboard=false "
-       f"hydra.run.dir=multirun/{data.split('_')[0]}_scst/$s; done": COMPOSE for data in ("shapes_shifted", "icons")},
-    "captioning-report multirun/shapes_default multirun/shapes_scst --output shapes_scst.md": COMPOSE,
+    **{f"for s in {seeds}; do captioning-train -m dataset={data} +experiment=scst seed=$s "
+       f"trainer.init_from=multirun/{data.split('_')[0]}_default/$s/checkpoints/best.pt optim.optimizer.lr=1e-4 "
+       f"trainer.threads=1 trainer.tensorboard=false hydra.sweep.dir=multirun/{data.split('_')[0]}_scst_s$s; done": COMPOSE
+       for data, seeds in (("shapes_shifted", "0 1 2"), ("icons", "1 2"))},
+    "captioning-train -m dataset=icons +experiment=scst seed=0 trainer.init_from=multirun/icons_default/0/checkpoints/best.pt "
+    "optim.optimizer.lr=2e-4,1e-4 trainer.threads=1 trainer.tensorboard=false hydra.sweep.dir=multirun/icons_scst_lr": COMPOSE,
+    "captioning-report multirun/shapes_default multirun/shapes_scst_s0 multirun/shapes_scst_s1 multirun/shapes_scst_s2 "
+    "--output shapes_scst.md": COMPOSE,
+    "captioning-report multirun/icons_default multirun/icons_scst_lr multirun/icons_scst_s1 multirun/icons_scst_s2 "
+    "--output icons_scst.md": COMPOSE,
     "captioning-report multirun/icons_default multirun/icons_decode --output icons_decode.md": COMPOSE,
+    "captioning-report multirun/icons_default multirun/icons_decode multirun/screen_feature_dropout "
+    "--output icons_decode_now.md": COMPOSE,
+    **{f"for split in test test_shifted; do captioning-caption 'checkpoint=[{','.join(members)}]' "
+       f"images=data/icons/images/$split references=data/icons/captions_$split.json output=runs/{out}/$split; done": COMPOSE
+       for members, out in (([f"multirun/icons_default/{s}/checkpoints/best.pt" for s in range(3)], "icons_ensemble"),
+                            (["multirun/icons_scst_lr/1/checkpoints/best.pt", "multirun/icons_scst_s1/0/checkpoints/best.pt",
+                              "multirun/icons_scst_s2/0/checkpoints/best.pt"], "icons_scst_ensemble"))},
     "captioning-report multirun/shapes_budget50 multirun/shapes_default --output shapes_budget.md": COMPOSE,
     "captioning-report multirun/screen_budget multirun/screen_big multirun/screen_norm --output screen.md": COMPOSE,
     **{f"captioning-train -m dataset=shapes_shifted seed=0,1,2 {factor} trainer.tensorboard=false "
