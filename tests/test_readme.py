@@ -66,6 +66,7 @@ COVERAGE = {
        for data, factor, name in [
            ("icons", "trainer.max_epochs=15 trainer.patience=4 decode=greedy ", "icons_old_default"),
            ("icons", "", "icons_default"),
+           ("icons", "trainer.label_smoothing=0.1 ", "icons_label_smoothing"),
            ("shapes_shifted", "trainer.max_epochs=50 trainer.patience=5 decode=greedy ", "shapes_budget50"),
            ("shapes_shifted", "", "shapes_default")]},
     **{f"for s in 0 1 2; do captioning-train dataset=icons seed=$s "
@@ -80,6 +81,7 @@ COVERAGE = {
            ("decoder.hidden_dim=1024 decoder.embed_dim=512 trainer.max_epochs=50 trainer.patience=5 decode=greedy",
             "screen_big"), ("decoder.feature_dropout=0.5", "screen_feature_dropout")]},
     "captioning-report multirun/icons_old_default multirun/icons_default --output icons_budget.md": COMPOSE,
+    "captioning-report multirun/icons_default multirun/icons_label_smoothing --output icons_label_smoothing.md": COMPOSE,
     "captioning-train -m dataset=icons +experiment=scst seed=0 "
     "trainer.init_from=multirun/screen_budget/0/checkpoints/best.pt scst.baseline=greedy,mean "
     "optim.optimizer.lr=5e-5,5e-4 decode=greedy trainer.threads=1 trainer.tensorboard=false hydra.sweep.dir=multirun/screen_scst": COMPOSE,
