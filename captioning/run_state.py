@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from captioning.checkpoint import load_checkpoint, save_checkpoint
+from captioning.config import TrainerOptions
 from captioning.io import InputError, atomic_path
 from captioning.models.decoder import DecoderConfig
 
@@ -102,9 +103,32 @@ def resume_path(resume: str | None, run_dir: Path) -> Path | None:
     return Path(resume) if resume else None
 
 
-def started_from(ckpt: dict | None) -> str | None:
-    """The trainer.init_from of the run a checkpoint comes from (None: it started from the pretrained CNN)."""
-    return ((ckpt or {}).get("run_config") or {}).get("trainer", {}).get("init_from")
+SCST_NEEDS_INIT = ("scst.enabled: SCST starts from a trained captioner; set trainer.init_from=CHECKPOINT "
+                   "(e.g. runs/xe/checkpoints/best.pt)")
+
+
+def starting_point(opts: TrainerOptions, scst: bool, ckpt_dir: Path, resume: Path | None, ckpt: dict | None
+                   ) -> str | None:
+    """The checkpoint whose weights the run starts from (trainer.init_from; resumed, the one its run started
+    from, also when the command line omits it: its CNN made the cached features), or None; InputError for a
+    start that cannot work: a new run over another run's checkpoints, SCST from nothing, a resume under the
+    other objective, a resumed run's starting checkpoint gone."""
+    held = [p.name for p in (ckpt_dir / "best.pt", ckpt_dir / "last.pt") if p.is_file()]
+    if ckpt is None and held and not opts.overwrite and opts.resume is None:  # resume=auto: this run, restarted
+        raise InputError(f"{ckpt_dir} holds another run's checkpoints ({', '.join(held)}): continue that run with "
+                         f"trainer.resume=auto, or replace them with trainer.overwrite=true")
+    if scst and ckpt is None and not opts.init_from:  # trainer.resume=auto found no last.pt
+        raise InputError(f"{SCST_NEEDS_INIT}: trainer.resume={opts.resume} found no checkpoint in {ckpt_dir}")
+    saved = (ckpt or {}).get("run_config") or {}
+    if ckpt is not None and bool(saved.get("scst", {}).get("enabled")) != scst:
+        raise InputError(f"cannot resume {resume} with scst.enabled={scst}: its run trained with "
+                         f"{'cross-entropy' if scst else 'SCST'}; start a new stage from its weights with "
+                         f"trainer.init_from={resume}")
+    started = saved.get("trainer", {}).get("init_from")
+    if not opts.init_from and started and not Path(started).is_file():
+        raise InputError(f"cannot resume {resume}: its run started from {started} (trainer.init_from), which is "
+                         f"not there any more; give its new place as trainer.init_from=...")
+    return opts.init_from or started
 
 
 def check_same_model(path: Path, ckpt: dict, model_config: dict, action: str = "resume from") -> None:

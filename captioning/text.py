@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from captioning.io import InputError, atomic_write_json, read_json
 from captioning.ptb import PUNCTUATIONS, java_tokens
@@ -58,6 +58,10 @@ class Vocabulary:
 
     def __contains__(self, word: object) -> bool:
         return word in self.stoi
+
+    def missing(self, counts: Mapping[str, int]) -> Counter:
+        """The words of `counts` (word -> occurrences) outside the vocabulary, with their counts: they become <unk>."""
+        return Counter({w: n for w, n in counts.items() if w not in self.stoi})
 
     def encode(self, tokens: list[str], add_specials: bool = True) -> list[int]:
         """Words -> ids (<unk> for unknown words), wrapped in <start> ... <end> by default."""

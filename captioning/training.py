@@ -39,8 +39,8 @@ from captioning.models import Captioner, DecoderConfig, build_decoder, build_enc
 from captioning.optim import (build_optimizer, learning_rate_problems, param_groups, reconfigure, schedule_problems,
                               validated, warmup_warning)
 from captioning.precision import resolve_device, resolve_precision, warn_if_slow
-from captioning.run_state import (TrainState, check_resumable, check_same_model, decoder_from, restore,
-                                  resume_path, rng_states, save_run_checkpoint, started_from)
+from captioning.run_state import (SCST_NEEDS_INIT, TrainState, check_resumable, check_same_model, decoder_from,
+                                  restore, resume_path, rng_states, save_run_checkpoint, starting_point)
 from captioning.scst import CiderReward, SCSTObjective
 from captioning.runlog import RunLog
 from captioning.text import Vocabulary, tokenize
@@ -55,10 +55,6 @@ def build_model(cfg: dict, vocab: Vocabulary) -> tuple[Captioner, dict]:
     prepare_encoder(encoder, enc)  # the blocks to train, or frozen until encoder.finetune_from_epoch
     dec_cfg = DecoderConfig.from_dict({**options, "vocab_size": len(vocab), "feature_dim": encoder.out_dim})
     return Captioner(encoder, build_decoder(dec_cfg), vocab), {"encoder": encoder.spec, "decoder": asdict(dec_cfg)}
-
-
-SCST_NEEDS_INIT = ("scst.enabled: SCST starts from a trained captioner; set trainer.init_from=CHECKPOINT "
-                   "(e.g. runs/xe/checkpoints/best.pt)")
 
 
 def check_config(cfg: dict) -> TrainerOptions:
@@ -116,21 +112,8 @@ def _train(cfg: dict, opts: TrainerOptions, run_dir: Path, make_optimizer: Calla
     names = split_names(cfg["dataset"])
     resume = resume_path(opts.resume, run_dir)
     ckpt = load_checkpoint(resume) if resume is not None else None
-    held = [p.name for p in (ckpt_dir / "best.pt", ckpt_dir / "last.pt") if p.is_file()]
-    if ckpt is None and held and not opts.overwrite and opts.resume is None:  # resume=auto: this run, restarted
-        raise InputError(f"{ckpt_dir} holds another run's checkpoints ({', '.join(held)}): continue that run with "
-                         f"trainer.resume=auto, or replace them with trainer.overwrite=true")
     scst = SCSTOptions(**cfg["scst"])
-    if scst.enabled and ckpt is None and not opts.init_from:  # trainer.resume=auto found no last.pt
-        raise InputError(f"{SCST_NEEDS_INIT}: trainer.resume={opts.resume} found no checkpoint in {ckpt_dir}")
-    if ckpt is not None and bool((ckpt.get("run_config") or {}).get("scst", {}).get("enabled")) != scst.enabled:
-        raise InputError(f"cannot resume {resume} with scst.enabled={scst.enabled}: its run trained with "
-                         f"{'SCST' if not scst.enabled else 'cross-entropy'}; start a new stage from its weights with "
-                         f"trainer.init_from={resume}")
-    init_from = opts.init_from or started_from(ckpt)  # a resumed run caches its features as it began: from init
-    if init_from and not opts.init_from and not Path(init_from).is_file():
-        raise InputError(f"cannot resume {resume}: its run started from {init_from} (trainer.init_from), which is "
-                         f"not there any more; give its new place as trainer.init_from=...")
+    init_from = starting_point(opts, scst.enabled, ckpt_dir, resume, ckpt)
     init = load_checkpoint(init_from) if init_from else None  # its weights, vocabulary and decoder
     cfg = {**cfg, "trainer": {**cfg["trainer"], "init_from": init_from}}  # as the run was started, in its checkpoints
     if ckpt is not None or init is not None:
@@ -313,11 +296,11 @@ def unknown_words(vocab: Vocabulary, train: CocoCaptions, source: str, at_most: 
     """A warning when more than `at_most` of the training captions' tokens are not in a checkpoint's vocabulary
     (they train as <unk>): new data under an old vocabulary."""
     counts = Counter(w for captions in train.captions.values() for c in captions for w in tokenize(c))
-    missing = {w: n for w, n in counts.items() if w not in vocab.stoi}
+    missing = vocab.missing(counts)
     share = sum(missing.values()) / max(1, sum(counts.values()))
     if share <= at_most:
         return None
-    examples = ", ".join(w for w, _ in Counter(missing).most_common(5))
+    examples = ", ".join(w for w, _ in missing.most_common(5))
     return (f"{100 * share:.1f}% of the training captions' words are not in the vocabulary of {source} and train as "
             f"<unk> ({len(missing)} words, most often: {examples}); a new vocabulary needs a new run")
 

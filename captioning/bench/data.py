@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     rows = []
     for min_count in args.min_counts:
         vocab = Vocabulary.build(captions, min_count=min_count)
-        unk = sum(n for w, n in counts.items() if w not in vocab.stoi) / sum(counts.values())
+        unk = sum(vocab.missing(counts).values()) / sum(counts.values())
         step = decoder_bench.run(argparse.Namespace(
             batch=args.batch, hidden=args.hidden, embed=args.embed, vocab=len(vocab), feature_dim=1280,
             seq_len=seq_len, cell="lstm", impls=["fused"], precisions=["fp32"], steps=2, repeats=args.repeats,

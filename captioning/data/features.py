@@ -214,7 +214,7 @@ def cached_features(encoder: nn.Module, coco: CocoCaptions, cache_dir: str | os.
             torch.save({"features": feats, "image_ids": torch.tensor(coco.image_ids),
                         "encoder": json.dumps(spec, sort_keys=True, default=str)}, tmp)
     _write_checksum(path)
-    return cached_features(encoder, coco, cache_dir, precision=precision, build=False, spec=spec)
+    return _load(path)  # just written and summed: no second pass over it
 
 
 def _checksum_file(path: Path) -> Path:
@@ -233,6 +233,15 @@ def _write_checksum(path: Path) -> None:
     atomic_write_json(_checksum_file(path), {"size": path.stat().st_size, "sha256": _sha256(path)})
 
 
+def _load(path: Path) -> torch.Tensor | np.ndarray:
+    """A cache file's features: a pooled tensor, or a grid's read-only memory map."""
+    if path.suffix == ".npy":
+        return np.load(path, mmap_mode="r")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's notes on pickle protocols of a damaged file
+        return torch.load(path, map_location="cpu", weights_only=True)["features"]
+
+
 def _read_verified(path: Path, rows: int) -> tuple[torch.Tensor | np.ndarray | None, str | None]:
     """The cached features and None, or None and why the file cannot be trusted: its size and SHA-256 against
     those written with it (none: a cache from before checksums, trusted if it loads), then that it loads with
@@ -244,15 +253,12 @@ def _read_verified(path: Path, rows: int) -> tuple[torch.Tensor | np.ndarray | N
     except (OSError, ValueError):
         return None, f"its checksum file {_checksum_file(path).name} is unreadable"
     if written is not None:
-        if path.stat().st_size != written.get("size"):
-            return None, f"{path.stat().st_size} bytes where {written.get('size')} were written"
+        if (size := path.stat().st_size) != written.get("size"):
+            return None, f"{size} bytes where {written.get('size')} were written"
         if _sha256(path) != written.get("sha256"):
             return None, "its SHA-256 differs from the one written with it"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            features = (np.load(path, mmap_mode="r") if path.suffix == ".npy"
-                        else torch.load(path, map_location="cpu", weights_only=True)["features"])
+        features = _load(path)
     except Exception as e:  # noqa: BLE001 - a damaged zip or .npy fails in many ways; all mean "rebuild it"
         return None, f"it does not load: {type(e).__name__}"
     if len(features) != rows:
