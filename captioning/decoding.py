@@ -15,12 +15,14 @@ The decoder must offer `init_state(features)`, `step(tokens, state, features)` a
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
 
 from captioning.config import DecodeOptions, check
+from captioning.text import Vocabulary
 
 D = DecodeOptions  # the defaults below are its field defaults: one source for the API and the configs
 
@@ -29,6 +31,17 @@ class Decoded(NamedTuple):
     ids: Tensor    # (B, L) token ids, <pad> after <end>
     score: Tensor  # (B,) mean log p per token, <end> included
     attention: Tensor | None = None  # (B, L, grid) with_attention: the attention decoder's weights per token
+
+
+class SpecialIds(NamedTuple):
+    """The token ids decoding needs (a `Vocabulary` has the same attributes)."""
+    bos_id: int
+    eos_id: int
+    pad_id: int = 0
+    unk_id: int | None = None
+
+
+SPECIAL_IDS = SpecialIds(Vocabulary.bos_id, Vocabulary.eos_id, Vocabulary.pad_id, Vocabulary.unk_id)
 
 
 class TokenRules:
@@ -43,6 +56,11 @@ class TokenRules:
     def __init__(self, eos_id: int, min_len: int = D.min_len, block_ngram_repeat: int = D.block_ngram_repeat,
                  unk_id: int | None = None):
         self.eos_id, self.min_len, self.n, self.unk_id = eos_id, min_len, block_ngram_repeat, unk_id
+
+    @classmethod
+    def of(cls, opts: DecodeOptions, ids: SpecialIds) -> "TokenRules":
+        """The rules `opts` set: min_len, block_ngram_repeat, suppress_unk (with `ids.unk_id`)."""
+        return cls(ids.eos_id, opts.min_len, opts.block_ngram_repeat, ids.unk_id if opts.suppress_unk else None)
 
     def __bool__(self) -> bool:
         return bool(self.min_len or self.n or self.unk_id is not None)
@@ -71,39 +89,38 @@ def _pad_after_eos(seqs: Tensor, eos_id: int, pad_id: int) -> Tensor:
     return seqs.masked_fill(after, pad_id)
 
 
-def _generate(decoder, features: Tensor, choose: Callable[[Tensor], Tensor], bos_id: int, eos_id: int,
-              pad_id: int, max_len: int, with_attention: bool = False, rules: TokenRules | None = None) -> Decoded:
+def _generate(decoder, features: Tensor, choose: Callable[[Tensor], Tensor], opts: DecodeOptions, ids: SpecialIds,
+              with_attention: bool = False) -> Decoded:
     """Feed each step's chosen token (from the rule-abiding log-probabilities) back in; stop when every row has
     produced <end>."""
-    B = features.shape[0]
+    B, rules = features.shape[0], TokenRules.of(opts, ids)
     state = decoder.init_state(features)
-    tokens = features.new_full((B,), bos_id, dtype=torch.long)
+    tokens = features.new_full((B,), ids.bos_id, dtype=torch.long)
     done = torch.zeros(B, dtype=torch.bool, device=features.device)
     logp_sum, length = torch.zeros(B, device=features.device), torch.zeros(B, device=features.device)
     seqs, attention = features.new_empty((B, 0), dtype=torch.long), []
-    for _ in range(max_len):
-        logits, state = decoder.step(tokens, state, features)  # (B, V)
+    for _ in range(opts.max_len):
+        logits, state, alpha = decoder.step(tokens, state, features)  # (B, V)
         if with_attention:
-            attention.append(decoder.last_alpha)  # (B, grid): where the decoder looked for this token
+            attention.append(alpha)  # (B, grid): where the decoder looked for this token
         logp = logits.float().log_softmax(-1)
         if rules:
             logp = rules(logp, seqs)
-        tokens = choose(logp).masked_fill(done, pad_id)
+        tokens = choose(logp).masked_fill(done, ids.pad_id)
         logp_sum += logp.gather(1, tokens[:, None])[:, 0].masked_fill(done, 0.0)
         length += (~done).float()  # tokens up to and including <end>
         seqs = torch.cat([seqs, tokens[:, None]], 1)
-        done |= tokens == eos_id
+        done |= tokens == ids.eos_id
         if done.all():
             break
-    return Decoded(_pad_after_eos(seqs, eos_id, pad_id), logp_sum / length.clamp(min=1),
+    return Decoded(_pad_after_eos(seqs, ids.eos_id, ids.pad_id), logp_sum / length.clamp(min=1),
                    torch.stack(attention, 1) if with_attention else None)
 
 
-def greedy(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int = 0, max_len: int = D.max_len,
-           with_attention: bool = False, rules: TokenRules | None = None) -> Decoded:
+def greedy(decoder, features: Tensor, opts: DecodeOptions = DecodeOptions(method="greedy"),
+           ids: SpecialIds = SPECIAL_IDS, with_attention: bool = False) -> Decoded:
     """Argmax decoding: w_t = argmax_w p(w | w_<t, v). Deterministic, but prone to generic captions."""
-    return _generate(decoder, features, lambda logp: logp.argmax(-1), bos_id, eos_id, pad_id, max_len,
-                     with_attention, rules)
+    return _generate(decoder, features, lambda logp: logp.argmax(-1), opts, ids, with_attention)
 
 
 def keep_top_k(logits: Tensor, top_k: int | None) -> Tensor:
@@ -114,28 +131,26 @@ def keep_top_k(logits: Tensor, top_k: int | None) -> Tensor:
     return logits.masked_fill(logits < kth, float("-inf"))
 
 
-def sample(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int = 0, max_len: int = D.max_len,
-           temperature: float = D.temperature, top_k: int | None = D.top_k, top_p: float | None = D.top_p,
-           generator: torch.Generator | None = None, with_attention: bool = False,
-           rules: TokenRules | None = None) -> Decoded:
+def sample(decoder, features: Tensor, opts: DecodeOptions = DecodeOptions(method="sample"),
+           ids: SpecialIds = SPECIAL_IDS, generator: torch.Generator | None = None,
+           with_attention: bool = False) -> Decoded:
     """Sampling: w_t ~ softmax(log p / temperature), optionally restricted to the top-k words and to the nucleus,
     the fewest most likely words whose probabilities sum to at least top_p (Holtzman et al. 2020).
 
     Temperature < 1 sharpens the distribution towards argmax; > 1 flattens it (more variety).
     """
-    if temperature <= 0:
+    if opts.temperature <= 0:
         raise ValueError("temperature must be > 0 (use greedy for argmax)")
 
     def choose(logp: Tensor) -> Tensor:
-        logits = logp / temperature
-        logits = keep_top_k(logits, top_k)
-        if top_p is not None:  # drop a word when the more likely words before it already reach top_p
+        logits = keep_top_k(logp / opts.temperature, opts.top_k)
+        if opts.top_p is not None:  # drop a word when the more likely words before it already reach top_p
             probs, order = logits.softmax(-1).sort(-1, descending=True)
-            outside = probs.cumsum(-1) - probs >= top_p
+            outside = probs.cumsum(-1) - probs >= opts.top_p
             logits = logits.masked_fill(outside.scatter(1, order, outside), float("-inf"))
         return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
 
-    return _generate(decoder, features, choose, bos_id, eos_id, pad_id, max_len, with_attention, rules)
+    return _generate(decoder, features, choose, opts, ids, with_attention)
 
 
 def length_divisor(length: Tensor, kind: str = D.length_penalty, alpha: float = D.length_alpha) -> Tensor:
@@ -150,17 +165,15 @@ def length_divisor(length: Tensor, kind: str = D.length_penalty, alpha: float = 
     raise ValueError(f"length_penalty must be none, avg or wu, got {kind!r}")
 
 
-def beam_search(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int = 0, max_len: int = D.max_len,
-                beam_size: int = D.beam_size, length_penalty: str = D.length_penalty,
-                length_alpha: float = D.length_alpha, beam_groups: int = D.beam_groups,
-                diversity_lambda: float = D.diversity_lambda, num_return: int = D.num_return,
-                with_attention: bool = False, rules: TokenRules | None = None) -> Decoded:
+def beam_search(decoder, features: Tensor, opts: DecodeOptions = DecodeOptions(), ids: SpecialIds = SPECIAL_IDS,
+                with_attention: bool = False) -> Decoded:
     """Beam search over (B * K) rows; returns the best `num_return` sequences per image ((B * n, L), image by
     image, best first).
 
     Keeps the K best prefixes by score / `length_divisor(length, length_penalty, length_alpha)`, score =
     sum_t log p(w_t | w_<t, v), length counting <end>: the score the final beams are ranked by, at every step. A
     finished beam (ended with <end>) stays in the beam with its score frozen, competing with the unfinished ones.
+    An image whose K beams have all ended leaves the batch (its rows are computed no more).
 
     With num_return n > 1 the n are distinct captions where the beams hold that many, ranked by that score (the
     scores returned are the mean log p per token, which need not fall in that order).
@@ -172,77 +185,95 @@ def beam_search(decoder, features: Tensor, bos_id: int, eos_id: int, pad_id: int
 
     (Hamming diversity), so the groups spread over different captions; the scores kept are the true log p.
     """
-    B, K, device = features.shape[0], beam_size, features.device
-    G = beam_groups
-    feats = features.repeat_interleave(K, 0)  # (B*K, D)
+    B, K, device = features.shape[0], opts.beam_size, features.device
+    rules = TokenRules.of(opts, ids)
     state = decoder.reorder_state(decoder.init_state(features), torch.arange(B, device=device).repeat_interleave(K))
-    tokens = torch.full((B * K,), bos_id, dtype=torch.long, device=device)
-    scores = torch.full((B, K), float("-inf"), device=device)
-    scores[:, ::K // G] = 0.0  # all beams start identical: expand only the first of each group
-    finished = torch.zeros(B, K, dtype=torch.bool, device=device)
-    lengths = torch.zeros(B, K, device=device)
-    seqs = torch.empty(B * K, 0, dtype=torch.long, device=device)
-    attention = None
-    # An image whose K beams have all ended leaves the batch (its rows are computed no more): `alive` are the
-    # images still searched, and `final` receives the others' beams, eos-padded, when they end.
-    alive = torch.arange(B, device=device)
-    final = _FinalBeams(B, K, max_len, eos_id, device)
-    for t in range(max_len):
-        n = len(alive)
-        logits, state = decoder.step(tokens, state, feats)
-        step_attention = decoder.last_alpha if with_attention else None  # (n*K, grid), per parent row
+    beams = _Beams.start(features, K, opts.beam_groups, ids.bos_id)
+    final = _FinalBeams(B, K, opts.max_len, ids.eos_id, device)
+    for t in range(opts.max_len):
+        logits, state, alpha = decoder.step(beams.tokens, state, beams.feats)  # alpha (n*K, grid): per parent row
         logp = logits.float().log_softmax(-1)
         if rules:
-            logp = rules(logp, seqs)
-        logp = logp.view(n, K, -1)  # (n, K, V)
-        V = logp.shape[-1]
-        # A finished beam may only "emit" <end> again, at no cost, so its score stays put.
-        logp = logp.masked_fill(finished[..., None], float("-inf"))
-        logp[..., eos_id] = logp[..., eos_id].masked_fill(finished, 0.0)
-        cand = scores[..., None] + logp  # (n, K, V)
-        # Pruned by the score the final beams are ranked by (OpenNMT-py's way): with raw log p, short captions that
-        # ended early keep their high scores and crowd out the longer ones a length penalty would have preferred.
-        rank = cand / length_divisor(lengths + (~finished).float(), length_penalty, length_alpha)[..., None]
-        if G == 1:
-            idx = rank.view(n, K * V).topk(K, dim=-1).indices  # (n, K)
-        else:
-            idx = _diverse_topk(rank, finished, G, diversity_lambda)
-        scores = cand.view(n, K * V).gather(1, idx)  # the true log p
-        beam, tokens = idx // V, idx % V
-        rows = (torch.arange(n, device=device)[:, None] * K + beam).view(-1)  # (n*K,) parent row of each new beam
-        seqs = torch.cat([seqs[rows], tokens.view(-1, 1)], 1)
-        if with_attention:  # each new beam inherits its parent's maps and adds the one of this step
-            new = step_attention[rows][:, None]
-            attention = new if attention is None else torch.cat([attention[rows], new], 1)
-        lengths = lengths.gather(1, beam) + (~finished.gather(1, beam)).float()
-        finished = finished.gather(1, beam) | (tokens == eos_id)
-        ended = finished.all(1) if t < max_len - 1 else torch.ones_like(finished[:, 0])  # (n,)
+            logp = rules(logp, beams.seqs)
+        rows = beams.select(*_continuations(beams, logp, opts, ids.eos_id), alpha if with_attention else None,
+                            ids.eos_id)
+        ended = beams.finished.all(1) if t < opts.max_len - 1 else torch.ones_like(beams.finished[:, 0])  # (n,)
         if ended.any():
-            final.store(alive[ended], scores[ended], lengths[ended], seqs.view(n, K, -1)[ended],
-                        attention.view(n, K, *attention.shape[1:])[ended] if with_attention else None)
+            final.store(beams, ended)
             if ended.all():
                 break
-            keep = ~ended
-            rows = rows.view(n, K)[keep].view(-1)
-            keep_rows = torch.arange(n * K, device=device).view(n, K)[keep].view(-1)  # the kept images' rows
-            alive, scores, lengths, finished = alive[keep], scores[keep], lengths[keep], finished[keep]
-            seqs, tokens, feats = seqs[keep_rows], tokens[keep], feats[keep_rows]
-            attention = attention[keep_rows] if with_attention else None
+            rows = beams.drop(~ended, rows)
         state = decoder.reorder_state(state, rows)
-        tokens = tokens.reshape(-1)
-    scores, lengths, seqs, attention = final.scores, final.lengths, final.seqs, final.attention
-    offsets = (torch.arange(B, device=device) * K)[:, None]  # (B, 1)
-    best = (scores / length_divisor(lengths, length_penalty, length_alpha)).sort(dim=-1, descending=True,
-                                                                                  stable=True).indices  # (B, K)
-    if num_return > 1:  # distinct captions first: beam groups may end on the same one
-        ranked = _pad_after_eos(seqs[(offsets + best).view(-1)], eos_id, pad_id).view(B, K, -1)
-        same = (ranked[:, :, None] == ranked[:, None]).all(-1).tril(-1).any(-1)  # (B, K): equals a better beam
-        best = best.gather(1, same.long().sort(dim=-1, stable=True).indices)
-    best = best[:, :num_return]  # (B, n)
-    winners = (offsets + best).view(-1)
-    ids = _pad_after_eos(seqs[winners], eos_id, pad_id)
-    return Decoded(ids, (scores.gather(1, best) / lengths.gather(1, best).clamp(min=1)).view(-1),
-                   attention[winners] if with_attention else None)
+    return final.best(opts, ids)
+
+
+def _continuations(beams: "_Beams", logp: Tensor, opts: DecodeOptions, eos_id: int) -> tuple[Tensor, Tensor]:
+    """Every continuation's summed log p (n, K, V), and the K kept per image as flat indices into K * V (n, K)."""
+    n, K = beams.scores.shape
+    logp = logp.view(n, K, -1)  # (n, K, V)
+    V, finished = logp.shape[-1], beams.finished
+    # A finished beam may only "emit" <end> again, at no cost, so its score stays put.
+    logp = logp.masked_fill(finished[..., None], float("-inf"))
+    logp[..., eos_id] = logp[..., eos_id].masked_fill(finished, 0.0)
+    cand = beams.scores[..., None] + logp  # (n, K, V)
+    # Pruned by the score the final beams are ranked by (OpenNMT-py's way): with raw log p, short captions that
+    # ended early keep their high scores and crowd out the longer ones a length penalty would have preferred.
+    rank = cand / length_divisor(beams.lengths + (~finished).float(), opts.length_penalty,
+                                 opts.length_alpha)[..., None]
+    if opts.beam_groups == 1:
+        return cand, rank.view(n, K * V).topk(K, dim=-1).indices
+    return cand, _diverse_topk(rank, finished, opts.beam_groups, opts.diversity_lambda)
+
+
+@dataclass
+class _Beams:
+    """The K live beams of each of the n images still searched (`alive`, their indices): summed log p, lengths
+    counting <end>, whether each ended (n, K); token ids (n*K, t); the features each row reads (n*K, ...); the
+    last tokens (n*K,); with attention, the maps so far (n*K, t, grid)."""
+    alive: Tensor
+    scores: Tensor
+    lengths: Tensor
+    finished: Tensor
+    seqs: Tensor
+    feats: Tensor
+    tokens: Tensor
+    attention: Tensor | None = None
+
+    @classmethod
+    def start(cls, features: Tensor, K: int, groups: int, bos_id: int) -> "_Beams":
+        B, device = features.shape[0], features.device
+        scores = torch.full((B, K), float("-inf"), device=device)
+        scores[:, ::K // groups] = 0.0  # all beams start identical: expand only the first of each group
+        return cls(torch.arange(B, device=device), scores, torch.zeros(B, K, device=device),
+                   torch.zeros(B, K, dtype=torch.bool, device=device),
+                   torch.empty(B * K, 0, dtype=torch.long, device=device), features.repeat_interleave(K, 0),
+                   torch.full((B * K,), bos_id, dtype=torch.long, device=device))
+
+    def select(self, cand: Tensor, idx: Tensor, alpha: Tensor | None, eos_id: int) -> Tensor:
+        """Go on with the continuations `idx` (n, K) of the candidates `cand` (n, K, V); returns each new beam's
+        parent row (n*K,)."""
+        n, K, V = cand.shape
+        self.scores = cand.view(n, K * V).gather(1, idx)  # the true log p
+        beam, tokens = idx // V, idx % V
+        rows = (torch.arange(n, device=idx.device)[:, None] * K + beam).view(-1)
+        self.seqs = torch.cat([self.seqs[rows], tokens.view(-1, 1)], 1)
+        if alpha is not None:  # each new beam inherits its parent's maps and adds the one of this step
+            new = alpha[rows][:, None]
+            self.attention = new if self.attention is None else torch.cat([self.attention[rows], new], 1)
+        self.lengths = self.lengths.gather(1, beam) + (~self.finished.gather(1, beam)).float()
+        self.finished = self.finished.gather(1, beam) | (tokens == eos_id)
+        self.tokens = tokens.reshape(-1)
+        return rows
+
+    def drop(self, keep: Tensor, rows: Tensor) -> Tensor:
+        """Keep the images where `keep` (n,) is true; returns their parent rows, of `rows` (n*K,)."""
+        n, K = self.scores.shape
+        kept = torch.arange(n * K, device=keep.device).view(n, K)[keep].view(-1)
+        self.alive, self.scores, self.lengths, self.finished = (self.alive[keep], self.scores[keep],
+                                                                self.lengths[keep], self.finished[keep])
+        self.seqs, self.feats, self.tokens = self.seqs[kept], self.feats[kept], self.tokens[kept]
+        self.attention = None if self.attention is None else self.attention[kept]
+        return rows.view(n, K)[keep].view(-1)
 
 
 class _FinalBeams:
@@ -256,25 +287,35 @@ class _FinalBeams:
         self._seqs = torch.full((B * K, max_len), eos_id, dtype=torch.long, device=device)
         self._attention = None
 
-    def store(self, images: Tensor, scores: Tensor, lengths: Tensor, seqs: Tensor, attention: Tensor | None) -> None:
-        """Images (m,), their scores and lengths (m, K), token ids (m, K, t) and attention maps (m, K, t, grid)."""
-        rows = (images[:, None] * self.K + torch.arange(self.K, device=images.device)).view(-1)
-        self.scores[images], self.lengths[images] = scores, lengths
-        t = seqs.shape[-1]
-        self._seqs[rows, :t] = seqs.reshape(-1, t)
+    def store(self, beams: _Beams, ended: Tensor) -> None:
+        """The beams of the images where `ended` (n,) is true."""
+        images, K, t = beams.alive[ended], self.K, beams.seqs.shape[-1]
+        rows = (images[:, None] * K + torch.arange(K, device=images.device)).view(-1)
+        self.scores[images], self.lengths[images] = beams.scores[ended], beams.lengths[ended]
+        self._seqs[rows, :t] = beams.seqs.view(-1, K, t)[ended].reshape(-1, t)
         self.longest = max(self.longest, t)
-        if attention is not None:
+        if beams.attention is not None:
+            grid = beams.attention.shape[-1]
             if self._attention is None:
-                self._attention = attention.new_zeros(self._seqs.shape[0], self._seqs.shape[1], attention.shape[-1])
-            self._attention[rows, :t] = attention.reshape(-1, t, attention.shape[-1])
+                self._attention = beams.attention.new_zeros(*self._seqs.shape, grid)
+            self._attention[rows, :t] = beams.attention.view(-1, K, t, grid)[ended].reshape(-1, t, grid)
 
-    @property
-    def seqs(self) -> Tensor:
-        return self._seqs[:, :self.longest]
-
-    @property
-    def attention(self) -> Tensor | None:
-        return None if self._attention is None else self._attention[:, :self.longest]
+    def best(self, opts: DecodeOptions, ids: SpecialIds) -> Decoded:
+        """The best `num_return` beams of every image, by their length-penalised score."""
+        B, K = self.scores.shape
+        scores, lengths, seqs = self.scores, self.lengths, self._seqs[:, :self.longest]
+        offsets = (torch.arange(B, device=scores.device) * K)[:, None]  # (B, 1)
+        best = (scores / length_divisor(lengths, opts.length_penalty, opts.length_alpha)).sort(
+            dim=-1, descending=True, stable=True).indices  # (B, K)
+        if opts.num_return > 1:  # distinct captions first: beam groups may end on the same one
+            ranked = _pad_after_eos(seqs[(offsets + best).view(-1)], ids.eos_id, ids.pad_id).view(B, K, -1)
+            same = (ranked[:, :, None] == ranked[:, None]).all(-1).tril(-1).any(-1)  # (B, K): equals a better beam
+            best = best.gather(1, same.long().sort(dim=-1, stable=True).indices)
+        best = best[:, :opts.num_return]  # (B, n)
+        winners = (offsets + best).view(-1)
+        attention = None if self._attention is None else self._attention[winners, :self.longest]
+        return Decoded(_pad_after_eos(seqs[winners], ids.eos_id, ids.pad_id),
+                       (scores.gather(1, best) / lengths.gather(1, best).clamp(min=1)).view(-1), attention)
 
 
 def _diverse_topk(rank: Tensor, finished: Tensor, groups: int, diversity_lambda: float) -> Tensor:
@@ -304,14 +345,9 @@ def decode(decoder, features: Tensor, method: str = D.method, *, bos_id: int, eo
     check(o)
     if o.suppress_unk and unk_id is None:
         raise ValueError("suppress_unk needs the vocabulary's unk_id")
-    rules = TokenRules(eos_id, o.min_len, o.block_ngram_repeat, unk_id if o.suppress_unk else None)
-    common = dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, max_len=o.max_len, with_attention=with_attention,
-                  rules=rules)
+    ids = SpecialIds(bos_id, eos_id, pad_id, unk_id)
     if method == "greedy":
-        return greedy(decoder, features, **common)
+        return greedy(decoder, features, o, ids, with_attention)
     if method == "sample":
-        return sample(decoder, features, temperature=o.temperature, top_k=o.top_k, top_p=o.top_p, generator=generator,
-                      **common)
-    return beam_search(decoder, features, beam_size=o.beam_size, length_penalty=o.length_penalty,
-                       length_alpha=o.length_alpha, beam_groups=o.beam_groups, diversity_lambda=o.diversity_lambda,
-                       num_return=o.num_return, **common)
+        return sample(decoder, features, o, ids, generator, with_attention)
+    return beam_search(decoder, features, o, ids, with_attention)

@@ -1,4 +1,4 @@
-"""One epoch of training, and evaluation: how a split is scored (loss, BLEU, CIDEr-D), with the control and
+"""Optimizer steps over an epoch (`Stepper`), and evaluation: how a split is scored (loss, BLEU, CIDEr-D), with the control and
 the retrieval baselines beside the model on the test splits.
 
 Plain functions over plain PyTorch objects (as in DETR's engine.py): the Hydra entry point
@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import signal
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -24,53 +24,34 @@ from captioning.data.features import pooled
 from captioning.data.splits import SplitData, test_names
 from captioning.io import atomic_write_json
 from captioning.metrics import score_captions
-from captioning.models.attention import AttentionDecoder
 from captioning.models.captioner import Captioner
-from captioning.models.decoder import caption_loss
+from captioning.objectives import Objective, TeacherForcing, batch_loss
 from captioning.precision import autocast
 from captioning.progress import Mode, progress as progress_bar
 from captioning.run_state import TrainState
-
-
-def batch_loss(decoder: nn.Module, encoder: nn.Module | None, batch: CaptionBatch, device: torch.device,
-               pad_id: int, label_smoothing: float = 0.0, sampling_prob: float = 0.0) -> tuple[torch.Tensor, int]:
-    """Mean token cross-entropy of a batch and its number of (non-pad) target tokens.
-
-    `encoder=None` means `batch.images` already holds cached features (B, D). `sampling_prob`: scheduled
-    sampling's probability of feeding the model's own word instead of the reference.
-    """
-    images = batch.images.to(device, non_blocking=True)
-    captions = batch.captions.to(device, non_blocking=True)  # (B, T)
-    features = images if encoder is None else encoder(images)  # (B, D)
-    logits = decoder(features, captions, sampling_prob)  # (B, T-1, V)
-    targets = captions[:, 1:]
-    loss = caption_loss(logits, targets, pad_id, label_smoothing)
-    model = getattr(decoder, "module", decoder)  # under DDP
-    if isinstance(model, AttentionDecoder) and model.training:  # the doubly stochastic attention penalty
-        loss = loss + model.penalty
-    return loss, int((targets != pad_id).sum())
 
 
 class Diverged(RuntimeError):
     """The loss or the gradient stopped being a finite number (trainer.nonfinite=stop)."""
 
 
-# (decoder, encoder, batch) -> (loss, n, extras): the mean loss over n items (target tokens, sampled captions)
-# and further per-item means to log (e.g. SCST's reward); the default is teacher forcing (`batch_loss`).
-Objective = Callable[[nn.Module, nn.Module | None, CaptionBatch], tuple[torch.Tensor, int, dict[str, float]]]
+@dataclass
+class _Window:
+    """The batches since the last optimizer step: how many, their summed loss and item count, summed extras."""
+    batches: int = 0
+    summed: float = 0.0
+    n: float = 0.0
+    extras: dict[str, float] = field(default_factory=dict)
+
+    def add(self, summed: float, n: float, extras: dict[str, float]) -> None:
+        self.batches, self.summed, self.n = self.batches + 1, self.summed + summed, self.n + n
+        for key, value in extras.items():
+            self.extras[key] = self.extras.get(key, 0.0) + value
 
 
-def train_one_epoch(decoder: nn.Module, encoder: nn.Module | None, loader: Iterable[CaptionBatch],
-                    optimizer: torch.optim.Optimizer, scheduler, state: TrainState, opts: TrainerOptions, *,
-                    device: torch.device, pad_id: int, deadline: float | None = None,
-                    on_step: Callable[[dict], None] | None = None, objective: Objective | None = None) -> dict:
-    """Training over `loader`: the rest of epoch `state.epoch`, whose first `state.batch` batches an
-    interrupted run already trained (the loader's sampler skips them). Teacher forcing, or `objective`
-    (self-critical sequence training: captioning.scst).
-
-    `state` is updated after every step (optimizer step, the epoch's batches, loss sums), so a checkpoint
-    written at any interruption continues exactly. Stops early at `opts.max_steps` optimizer steps or at
-    `deadline` (time.time()); between steps, raises `interrupt.Interrupted` when SIGTERM/SIGINT arrived.
+class Stepper:
+    """Optimizer steps over batches: the objective's loss, backward, gradient clipping, the optimizer and the
+    schedule; `epoch(loader, state)` trains one epoch (or what is left of it).
 
     Gradient clipping rescales the whole gradient when its norm exceeds `opts.grad_clip`
     (g <- g * grad_clip / ||g||), which keeps an exploding RNN step from wrecking the weights. A loss or
@@ -87,90 +68,99 @@ def train_one_epoch(decoder: nn.Module, encoder: nn.Module | None, loader: Itera
     N = sum_r n_r target tokens, L = sum_r S_r / N with S_r = n_r * loss_r the rank's summed token
     losses. DDP averages gradients over the W ranks, so rank r backpropagates W * S_r, divided by N.
     """
-    if objective is None:
-        sampling_prob = opts.scheduled_sampling.prob(state.epoch)
-        model = getattr(decoder, "module", decoder)  # under DDP
 
-        def objective(decoder, encoder, batch):  # the attention penalty is in the loss; logged apart as well
-            loss, n = batch_loss(decoder, encoder, batch, device, pad_id, opts.label_smoothing, sampling_prob)
-            return loss, n, {"attention_penalty": model.penalty.item()} if isinstance(model, AttentionDecoder) else {}
-    decoder.train()
-    if encoder is not None:
-        encoder.train()
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    world = distributed.world_size()
-    loss_before, tokens_before, t0 = state.loss_sum, state.tokens, time.perf_counter()
-    bar = progress_bar(loader, desc=f"epoch {state.epoch}", unit="batch", mode=opts.progress, leave=False)
-    window = {"batches": 0, "summed": 0.0, "n": 0.0, "extras": {}}  # the batches since the last optimizer step
+    def __init__(self, decoder: nn.Module, encoder: nn.Module | None, optimizer: torch.optim.Optimizer, scheduler,
+                 opts: TrainerOptions, device: torch.device, objective: Objective | None = None):
+        self.decoder, self.encoder, self.optimizer, self.scheduler = decoder, encoder, optimizer, scheduler
+        self.opts, self.device = opts, device
+        self.objective = objective or TeacherForcing(device, opts.label_smoothing, opts.scheduled_sampling)
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
 
-    def optimizer_step() -> bool:
-        """Scale the window's summed gradients by 1/N and step (or stop or skip); True when a signal or the
-        deadline says to stop."""
-        summed, n = window["summed"], window["n"]
-        for p in params:
+    def epoch(self, loader: Iterable[CaptionBatch], state: TrainState, deadline: float | None = None,
+              on_step: Callable[[dict], None] | None = None) -> dict:
+        """Training over `loader`: the rest of epoch `state.epoch`, whose first `state.batch` batches an
+        interrupted run already trained (the loader's sampler skips them). `state` is updated after every step
+        (optimizer step, the epoch's batches, loss sums), so a checkpoint written at any interruption continues
+        exactly. Stops early at `opts.max_steps` optimizer steps or at `deadline` (time.time()); between steps,
+        raises `interrupt.Interrupted` when SIGTERM/SIGINT arrived. `on_step` gets each step's loss, gradient norm
+        and learning rate."""
+        opts, world = self.opts, distributed.world_size()
+        self.objective.start_epoch(state.epoch)
+        self.decoder.train()
+        if self.encoder is not None:
+            self.encoder.train()
+        loss_before, tokens_before, t0 = state.loss_sum, state.tokens, time.perf_counter()
+        bar = progress_bar(loader, desc=f"epoch {state.epoch}", unit="batch", mode=opts.progress, leave=False)
+        window = _Window()
+        self.optimizer.zero_grad(set_to_none=True)
+        for batch in bar:
+            if window.batches == 0 and opts.max_steps is not None and state.step >= opts.max_steps:
+                break  # also right after a resume
+            with autocast(self.device, opts.precision):
+                loss, tokens, extras = self.objective(self.decoder, self.encoder, batch)
+            summed, n, extra_sums = loss.item() * tokens, tokens, [v * tokens for v in extras.values()]
+            if world > 1:  # the global batch's summed loss, item count and logged sums
+                summed, n, *extra_sums = distributed.all_reduce_sum(
+                    torch.tensor([summed, n, *extra_sums], dtype=torch.float64, device=self.device)).tolist()
+            (loss * (world * tokens)).backward()  # also when not finite: under DDP every rank joins the all-reduce
+            window.add(summed, n, dict(zip(extras, extra_sums)))
+            state.batch += 1
+            if window.batches == opts.accumulate:
+                stop = self._step(window, state, deadline, bar, on_step, (tokens_before, t0))
+                window = _Window()
+                if stop:
+                    break
+        else:
+            if window.batches:  # the epoch's last, shorter window
+                self._step(window, state, deadline, bar, on_step, (tokens_before, t0))
+        bar.close()
+        seconds, tokens = time.perf_counter() - t0, state.tokens - tokens_before
+        return {"loss": (state.loss_sum - loss_before) / max(tokens, 1), "seconds": seconds,
+                "tokens_per_s": tokens / max(seconds, 1e-9)}
+
+    def _step(self, window: _Window, state: TrainState, deadline: float | None, bar, on_step, since: tuple) -> bool:
+        """Scale the window's summed gradients by 1/N and step (or stop or skip), report it; True when the deadline
+        says to stop (a signal raises `interrupt.Interrupted`)."""
+        for p in self.params:
             if p.grad is not None:
-                p.grad.div_(n)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, opts.grad_clip or math.inf))
+                p.grad.div_(window.n)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.opts.grad_clip or math.inf))
         where = f"step {state.step + 1} (epoch {state.epoch}, batch {state.batch})"
-        if math.isfinite(summed) and math.isfinite(grad_norm):
+        loss = window.summed / window.n
+        if math.isfinite(window.summed) and math.isfinite(grad_norm):
             try:
-                optimizer.step()
+                self.optimizer.step()
             except RuntimeError as e:  # e.g. Adam's lr / (1 - beta1^t) overflowing float32 with a huge lr
                 if "overflow" not in str(e):
                     raise
                 raise Diverged(f"training diverged: the optimizer's update overflowed at {where} ({e})") from None
-            if scheduler is not None:
-                scheduler.step()
-            state.step += 1
-            state.loss_sum += summed
-            state.tokens += int(n)
-            for key, value in window["extras"].items():
+            if self.scheduler is not None:
+                self.scheduler.step()
+            state.step, state.loss_sum, state.tokens = state.step + 1, state.loss_sum + window.summed, \
+                state.tokens + int(window.n)
+            for key, value in window.extras.items():
                 state.extras[key] = state.extras.get(key, 0.0) + value
         else:
-            what = f"loss {summed / n}" if not math.isfinite(summed) else f"gradient norm {grad_norm}"
-            if opts.nonfinite == "stop":
+            what = f"loss {loss}" if not math.isfinite(window.summed) else f"gradient norm {grad_norm}"
+            if self.opts.nonfinite == "stop":
                 raise Diverged(f"training diverged: non-finite {what} at {where}")
             state.skipped += 1
-        optimizer.zero_grad(set_to_none=True)
-        window.update(batches=0, summed=0.0, n=0.0, extras={})
-        bar.set_postfix(loss=f"{summed / n:.3f}", tok_s=f"{(state.tokens - tokens_before) / (time.perf_counter() - t0):.0f}")
+        self.optimizer.zero_grad(set_to_none=True)
+        tokens_before, t0 = since
+        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{(state.tokens - tokens_before) / (time.perf_counter() - t0):.0f}")
         if on_step is not None:
-            on_step({"loss": summed / n, "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"]})
-        out_of_time = deadline is not None and time.time() >= deadline
+            on_step({"loss": loss, "grad_norm": grad_norm, "lr": self.optimizer.param_groups[0]["lr"]})
+        return self._stop(deadline is not None and time.time() >= deadline, bar)
+
+    def _stop(self, out_of_time: bool, bar) -> bool:
+        """Whether to stop after this step: past the deadline (on any rank), or a signal arrived (raised)."""
         signalled = interrupt.received() is not None
-        if world > 1:  # every rank stops at the same step, or the next all-reduce waits forever
-            out_of_time, signalled = (distributed.any_rank(flag, device) for flag in (out_of_time, signalled))
+        if distributed.world_size() > 1:  # every rank stops at the same step, or the next all-reduce waits forever
+            out_of_time, signalled = (distributed.any_rank(flag, self.device) for flag in (out_of_time, signalled))
         if signalled:
             bar.close()
             raise interrupt.Interrupted(interrupt.received() or signal.SIGTERM)
         return out_of_time
-
-    optimizer.zero_grad(set_to_none=True)
-    for batch in bar:
-        if window["batches"] == 0 and opts.max_steps is not None and state.step >= opts.max_steps:
-            break  # also right after a resume
-        with autocast(device, opts.precision):
-            loss, tokens, extras = objective(decoder, encoder, batch)
-        summed, n, extra_sums = loss.item() * tokens, tokens, [v * tokens for v in extras.values()]
-        if world > 1:  # the global batch's summed loss, item count and logged sums
-            summed, n, *extra_sums = distributed.all_reduce_sum(
-                torch.tensor([summed, n, *extra_sums], dtype=torch.float64, device=device)).tolist()
-        (loss * (world * tokens)).backward()  # also when not finite: under DDP every rank joins the all-reduce
-        window["batches"] += 1
-        window["summed"] += summed
-        window["n"] += n
-        for key, value in zip(extras, extra_sums):
-            window["extras"][key] = window["extras"].get(key, 0.0) + value
-        state.batch += 1
-        if window["batches"] == opts.accumulate and optimizer_step():
-            break
-    else:
-        if window["batches"]:  # the epoch's last, shorter window
-            optimizer_step()
-    bar.close()
-    seconds, tokens = time.perf_counter() - t0, state.tokens - tokens_before
-    return {"loss": (state.loss_sum - loss_before) / max(tokens, 1), "seconds": seconds,
-            "tokens_per_s": tokens / max(seconds, 1e-9)}
 
 
 @torch.no_grad()
@@ -185,7 +175,7 @@ def evaluate_loss(decoder: nn.Module, encoder: nn.Module | None, loader: Iterabl
         if distributed.world_size() == 1:  # under DDP ranks may hold one batch more or less: no early exit
             interrupt.check()
         with autocast(device, precision):
-            loss, n = batch_loss(decoder, encoder, batch, device, pad_id)
+            loss, n, _ = batch_loss(decoder, encoder, batch, device, pad_id)
         total += loss.item() * n
         tokens += n
     total, tokens = distributed.all_reduce_sum(torch.tensor([total, tokens], dtype=torch.float64, device=device)).tolist()

@@ -27,7 +27,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from captioning.config import SCSTOptions
+from captioning.config import DecodeOptions, SCSTOptions
 from captioning.data.collate import CaptionBatch
 from captioning.decoding import greedy, keep_top_k, sample
 from captioning.metrics.cider import CiderD, similarity
@@ -59,7 +59,7 @@ def sequence_logprobs(decoder: nn.Module, features: Tensor, ids: Tensor, bos_id:
     p is the distribution the words were drawn from: softmax(logits / temperature) over the top_k words
     (REINFORCE's gradient is that of the sampling policy's log-probability, not of the full softmax's)."""
     captions = torch.cat([ids.new_full((len(ids), 1), bos_id), ids], 1)
-    logits = decoder(features, captions).float() / temperature  # (N, L, V)
+    logits = decoder(features, captions).logits.float() / temperature  # (N, L, V)
     if top_k is not None:  # the drawn word stays in even if this pass's rounding puts it just outside the top k
         drawn = torch.zeros_like(logits, dtype=torch.bool).scatter_(2, ids[..., None], True)
         logits = torch.where(drawn, logits, keep_top_k(logits, top_k))
@@ -74,10 +74,22 @@ def sequence_logprobs(decoder: nn.Module, features: Tensor, ids: Tensor, bos_id:
 
 
 class SCSTObjective:
-    """The `engine.train_one_epoch` objective for SCST, over one-item-per-image batches of (cached) features."""
+    """SCST as a training objective (`captioning.objectives`), over one-item-per-image batches of (cached)
+    features."""
+
+    per_image = True  # an image's references are its samples' reward
 
     def __init__(self, opts: SCSTOptions, vocab: Vocabulary, reward: CiderReward, device: torch.device):
         self.opts, self.vocab, self.reward, self.device = opts, vocab, reward, device
+        self.sampling = DecodeOptions(method="sample", max_len=opts.max_len, temperature=opts.temperature,
+                                      top_k=opts.top_k)
+
+    def start_epoch(self, epoch: int) -> None:
+        pass
+
+    def summary(self, row: dict) -> str:
+        return (f"  reward {row['train_reward']:.3f} (baseline {row['train_baseline']:.3f}, "
+                f"{100 * row['train_positive']:.0f}% of samples above it)")
 
     def _text(self, ids: Tensor) -> list[str]:
         return [" ".join(self.vocab.decode(row)) for row in ids.tolist()]
@@ -91,12 +103,12 @@ class SCSTObjective:
         decoder.eval()  # no dropout: see the module docstring
         with torch.no_grad():
             repeated = features.repeat_interleave(K, 0)  # (B*K, D)
-            drawn = sample(policy, repeated, v.bos_id, v.eos_id, v.pad_id, o.max_len, o.temperature, o.top_k).ids
+            drawn = sample(policy, repeated, self.sampling, v).ids
         image_ids = batch.image_ids.repeat_interleave(K).tolist()
         rewards = self.reward(self._text(drawn), image_ids).to(self.device).view(-1, K)  # (B, K)
         if o.baseline == "greedy":
             with torch.no_grad():
-                best = greedy(policy, features, v.bos_id, v.eos_id, v.pad_id, o.max_len).ids
+                best = greedy(policy, features, DecodeOptions(method="greedy", max_len=o.max_len), v).ids
             baseline = self.reward(self._text(best), batch.image_ids.tolist()).to(self.device)[:, None]  # (B, 1)
         else:  # the mean of the other samples' rewards
             baseline = (rewards.sum(1, keepdim=True) - rewards) / (K - 1)  # (B, K)

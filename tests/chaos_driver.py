@@ -41,10 +41,10 @@ def main() -> None:
     point, sys.argv = sys.argv[1], ["captioning-train", *sys.argv[2:]]
     kind, *args = point.split(":")
     import captioning.engine
-    import captioning.training
+    import captioning.objectives
 
     if kind == "step":
-        captioning.engine.batch_loss = counting(int(args[0]), captioning.engine.batch_loss,
+        captioning.objectives.batch_loss = counting(int(args[0]), captioning.objectives.batch_loss,
                                                 when=lambda decoder, *a, **k: decoder.training)
     elif kind == "val":
         captioning.engine.score_split = counting(int(args[0]), captioning.engine.score_split,

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from captioning.data.collate import CaptionBatch
-from captioning.decoding import beam_search, greedy
-from captioning.engine import batch_loss
+from captioning.config import DecodeOptions
+from captioning.decoding import SpecialIds, beam_search, greedy
+from captioning.objectives import batch_loss
 from captioning.models import AttentionDecoder, DecoderConfig, build_decoder
 from captioning.models.attention import SoftAttention
 
@@ -40,14 +41,14 @@ def test_teacher_forcing_equals_stepping_and_weights_are_distributions(cell, gat
     decoder, features = make(cell, gate), grid()
     captions = torch.randint(3, V, (4, 7))
     with torch.no_grad():
-        logits = decoder(features, captions)  # (B, T-1, V)
+        logits = decoder(features, captions).logits  # (B, T-1, V)
         state, stepped = decoder.init_state(features), []
         for t in range(captions.shape[1] - 1):
-            out, state = decoder.step(captions[:, t], state, features)
+            out, state, alpha = decoder.step(captions[:, t], state, features)
             stepped.append(out)
-            assert decoder.last_alpha.shape == (4, L)
-            assert torch.allclose(decoder.last_alpha.sum(-1), torch.ones(4), atol=1e-6)
-            assert (decoder.last_alpha >= 0).all()
+            assert alpha.shape == (4, L)
+            assert torch.allclose(alpha.sum(-1), torch.ones(4), atol=1e-6)
+            assert (alpha >= 0).all()
     assert torch.allclose(torch.stack(stepped, 1), logits, atol=1e-5)
 
 
@@ -55,15 +56,11 @@ def test_doubly_stochastic_penalty_counts_only_the_caption():
     decoder = make()
     decoder.config.alpha_c = 2.0
     features, captions = grid(2), torch.tensor([[1, 5, 6, 2, 0, 0], [1, 7, 2, 0, 0, 0]])
-    decoder(features, captions)
-    alphas, state = [], decoder.init_state(features)
-    for t in range(5):
-        _, state = decoder.step(captions[:, t], state, features)
-        alphas.append(decoder.last_alpha)
-    alpha = torch.stack(alphas, 1)  # (2, 5, L)
+    penalty = decoder(features, captions).losses["attention_penalty"]
+    alpha = torch.stack(alphas_of(decoder, features, captions), 1)  # (2, 5, L)
     mask = (captions[:, 1:] != 0).float()[..., None]  # 3 and 2 target steps
     expected = 2.0 * ((1 - (alpha * mask).sum(1)) ** 2).sum(-1).sum() / 5  # per target word of the batch
-    assert decoder.penalty.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert penalty.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_the_penalty_weighs_as_in_xu_et_al():
@@ -72,9 +69,9 @@ def test_the_penalty_weighs_as_in_xu_et_al():
     decoder = make().train()
     decoder.config.alpha_c = 1.0
     features, captions = grid(2), torch.tensor([[1, 5, 6, 2, 0, 0], [1, 7, 2, 0, 0, 0]])
-    loss, n = batch_loss(decoder, None, CaptionBatch(features, captions, torch.tensor([4, 3]), torch.arange(2)),
+    loss, n, _ = batch_loss(decoder, None, CaptionBatch(features, captions, torch.tensor([4, 3]), torch.arange(2)),
                          torch.device("cpu"), pad_id=0)
-    logp = decoder(features, captions).log_softmax(-1).gather(2, captions[:, 1:, None])[..., 0]
+    logp = decoder(features, captions).logits.log_softmax(-1).gather(2, captions[:, 1:, None])[..., 0]
     alpha = torch.stack(alphas_of(decoder, features, captions), 1) * (captions[:, 1:] != 0)[..., None]
     theirs = (-(logp * (captions[:, 1:] != 0)).sum(1) + ((1 - alpha.sum(1)) ** 2).sum(-1)).mean()
     assert n == 5 and (loss * n / 2).item() == pytest.approx(theirs.item(), rel=1e-5)
@@ -83,24 +80,24 @@ def test_the_penalty_weighs_as_in_xu_et_al():
 def alphas_of(decoder: AttentionDecoder, features: torch.Tensor, captions: torch.Tensor) -> list[torch.Tensor]:
     alphas, state = [], decoder.init_state(features)
     for t in range(captions.shape[1] - 1):
-        _, state = decoder.step(captions[:, t], state, features)
-        alphas.append(decoder.last_alpha)
+        _, state, alpha = decoder.step(captions[:, t], state, features)
+        alphas.append(alpha)
     return alphas
 
 
 def test_batched_beam_search_with_attention_equals_one_image_at_a_time():
     decoder, features = make(seed=4), grid(6, seed=5)
     with torch.no_grad():
-        batched = beam_search(decoder, features, beam_size=3, max_len=8, with_attention=True, **IDS)
+        batched = beam_search(decoder, features, DecodeOptions(beam_size=3, max_len=8), SpecialIds(**IDS), with_attention=True)
         for i in range(6):
-            alone = beam_search(decoder, features[i:i + 1], beam_size=3, max_len=8,
-                                with_attention=True, **IDS)
+            alone = beam_search(decoder, features[i:i + 1], DecodeOptions(beam_size=3, max_len=8), SpecialIds(**IDS),
+                                with_attention=True)
             n = alone.ids.shape[1]
             assert torch.equal(batched.ids[i, :n], alone.ids[0]) and (batched.ids[i, n:] == 0).all()
             assert torch.allclose(batched.attention[i, :n], alone.attention[0], atol=1e-6)
     assert batched.attention.shape[:2] == batched.ids.shape and batched.attention.shape[2] == L
-    one = beam_search(decoder, features, beam_size=1, max_len=8, with_attention=True, **IDS)
-    g = greedy(decoder, features, max_len=8, with_attention=True, **IDS)
+    one = beam_search(decoder, features, DecodeOptions(beam_size=1, max_len=8), SpecialIds(**IDS), with_attention=True)
+    g = greedy(decoder, features, DecodeOptions(max_len=8), SpecialIds(**IDS), with_attention=True)
     assert torch.equal(one.ids, g.ids) and torch.allclose(one.attention, g.attention, atol=1e-6)
 
 

@@ -108,7 +108,7 @@ def test_decoder_flops_match_torchs_flop_counter(cell, inject):
     decoder = CaptionDecoder(config)
     captions = torch.randint(3, 30, (4, 6))
     with FlopCounterMode(display=False) as counter:
-        caption_loss(decoder(torch.randn(4, 12), captions), captions[:, 1:], pad_id=0).backward()
+        caption_loss(decoder(torch.randn(4, 12), captions).logits, captions[:, 1:], pad_id=0).backward()
     assert step_flops(config, batch=4, seq_len=6) == counter.get_total_flops()
 
 

@@ -93,7 +93,7 @@ def test_option_composes_and_builds(entry, group, option):
     assert model.encoder.grid == grid
     features = torch.randn(2, 4, model.encoder.out_dim) if grid else torch.randn(2, model.encoder.out_dim)
     captions = torch.randint(0, 7, (2, 5))
-    model.decoder(features, captions).sum().backward()  # the built model runs, and its gradients reach the optimizer
+    model.decoder(features, captions).logits.sum().backward()  # the built model runs, and its gradients reach the optimizer
     optimizer.step()
     scheduler.step()
 

@@ -32,11 +32,11 @@ def test_teacher_forcing_equals_stepping(cell, inject, impl):
     """forward() over the whole caption == init_state + one step() per token (what decoding uses)."""
     decoder = make(cell, inject, impl)
     features, captions = batch()
-    logits = decoder(features, captions)
+    logits = decoder(features, captions).logits
     assert logits.shape == (B, T - 1, V)
     state, stepped = decoder.init_state(features), []
     for t in range(T - 1):
-        out, state = decoder.step(captions[:, t], state, features)
+        out, state, _ = decoder.step(captions[:, t], state, features)
         stepped.append(out)
     assert torch.allclose(logits, torch.stack(stepped, 1), atol=1e-5)
 
@@ -66,18 +66,18 @@ def test_pre_and_par_injection_follow_their_equations(cell):
     words = pre.embed(captions[:, :-1])  # (B, T-1, E)
     seq = torch.cat([pre.image_proj(features)[:, None], words], 1)  # (B, T, E)
     out, _ = pre.rnn(seq, None)
-    assert torch.allclose(pre(features, captions), pre.out(out[:, 1:]), atol=1e-5)
+    assert torch.allclose(pre(features, captions).logits, pre.out(out[:, 1:]), atol=1e-5)
 
     par = make(cell, "par")
     out, _ = par.rnn(par.embed(captions[:, :-1]) + par.image_proj(features)[:, None], None)
-    assert torch.allclose(par(features, captions), par.out(out), atol=1e-5)
+    assert torch.allclose(par(features, captions).logits, par.out(out), atol=1e-5)
 
 
 @pytest.mark.parametrize("inject", INJECTS)
 def test_the_image_changes_every_prediction(inject):
     decoder = make("lstm", inject)
     features, captions = batch()
-    a, b = decoder(features, captions), decoder(features.roll(1, 0), captions)  # other images
+    a, b = decoder(features, captions).logits, decoder(features.roll(1, 0), captions).logits  # other images
     assert (a - b).abs().amax(-1).gt(1e-4).all()  # every image, every step
 
 
@@ -134,21 +134,21 @@ def test_decoder_learns_to_caption_two_images():
     captions = torch.tensor([[1, 4, 5, 6, 2], [1, 7, 8, 9, 2]])  # <start> ... <end>
     opt = torch.optim.Adam(decoder.parameters(), lr=0.05)
     for _ in range(60):
-        loss = caption_loss(decoder(features, captions), captions[:, 1:], pad_id=0)
+        loss = caption_loss(decoder(features, captions).logits, captions[:, 1:], pad_id=0)
         opt.zero_grad()
         loss.backward()
         opt.step()
     assert loss.item() < 0.05
-    assert torch.equal(decoder.eval()(features, captions).argmax(-1), captions[:, 1:])
+    assert torch.equal(decoder.eval()(features, captions).logits.argmax(-1), captions[:, 1:])
 
 
 def test_dropout_is_active_in_training_only():
     decoder = make("gru", dropout=0.5)
     features, captions = batch()
-    assert torch.equal(decoder(features, captions), decoder(features, captions))
+    assert torch.equal(decoder(features, captions).logits, decoder(features, captions).logits)
     decoder.train()
-    assert not torch.equal(decoder(features, captions), decoder(features, captions))
-    assert F.mse_loss(decoder.eval()(features, captions), decoder(features, captions)) == 0
+    assert not torch.equal(decoder(features, captions).logits, decoder(features, captions).logits)
+    assert F.mse_loss(decoder.eval()(features, captions).logits, decoder(features, captions).logits) == 0
 
 
 @pytest.mark.parametrize("which", ["embed_dropout", "feature_dropout", "output_dropout"])
@@ -157,13 +157,13 @@ def test_each_dropout_acts_where_it_says(which):
     features, captions = batch()
     decoder = make("lstm", **{which: 0.5}).train()
     torch.manual_seed(1)
-    a = decoder(features, captions)
+    a = decoder(features, captions).logits
     torch.manual_seed(2)
-    assert not torch.equal(a, decoder(features, captions))
+    assert not torch.equal(a, decoder(features, captions).logits)
     masks = []
     hook = {"embed_dropout": decoder.embed_dropout, "feature_dropout": decoder.feature_dropout,
             "output_dropout": decoder.output_dropout}[which].register_forward_hook(lambda m, i, o: masks.append(o))
-    decoder(features, captions)
+    decoder(features, captions).logits
     hook.remove()
     assert masks and any((m == 0).any() for m in masks)  # this dropout module zeroed something
 
@@ -174,10 +174,10 @@ def test_feature_norm_makes_the_decoder_scale_free_and_decodes_as_it_trains(norm
     decoder = make("lstm", inject=inject, feature_norm=norm)
     features, captions = batch()
     with torch.no_grad():
-        logits = decoder(features, captions)
-        assert torch.allclose(logits, decoder(features * 37.0, captions), atol=1e-4)  # v and 37 v read alike
+        logits = decoder(features, captions).logits
+        assert torch.allclose(logits, decoder(features * 37.0, captions).logits, atol=1e-4)  # v and 37 v read alike
         state, stepped = decoder.init_state(features), []
         for t in range(captions.shape[1] - 1):
-            out, state = decoder.step(captions[:, t], state, features)
+            out, state, _ = decoder.step(captions[:, t], state, features)
             stepped.append(out)
     assert torch.allclose(torch.stack(stepped, 1), logits, atol=1e-5)

@@ -6,11 +6,14 @@ import itertools
 import pytest
 import torch
 
-from captioning.decoding import beam_search, decode, greedy, length_divisor, sample
+from captioning.config import DecodeOptions as D
+from captioning.decoding import SpecialIds, beam_search, decode, greedy, length_divisor, sample
 from captioning.models import CaptionDecoder, DecoderConfig
+from captioning.models.decoder_base import StepOut
 
 PAD, BOS, EOS = 0, 1, 2
 IDS = dict(bos_id=BOS, eos_id=EOS, pad_id=PAD)
+SIDS = SpecialIds(BOS, EOS, PAD)  # the same, as greedy, sample and beam_search take them
 
 
 def make(vocab_size=12, cell="lstm", inject="init", seed=2, eos_bias=0.25) -> CaptionDecoder:
@@ -40,7 +43,7 @@ def sequence_scores(decoder, feats: torch.Tensor, seqs: torch.Tensor) -> tuple[t
     """(sum of log p, length) of each row of `seqs` (N, L) for image rows `feats` (N, D), computed with
     the teacher-forced forward(): tokens count up to and including the first <end>."""
     captions = torch.cat([torch.full((len(seqs), 1), BOS), seqs], 1)
-    logp = decoder(feats, captions).log_softmax(-1).gather(2, seqs[..., None])[..., 0]  # (N, L)
+    logp = decoder(feats, captions).logits.log_softmax(-1).gather(2, seqs[..., None])[..., 0]  # (N, L)
     is_eos = seqs == EOS
     counted = (is_eos.long().cumsum(1) - is_eos.long()) == 0  # up to and including the first <end>
     return (logp * counted).sum(1), counted.sum(1).float()
@@ -50,8 +53,8 @@ def sequence_scores(decoder, feats: torch.Tensor, seqs: torch.Tensor) -> tuple[t
 def test_greedy_takes_the_argmax_at_every_step(cell, inject, eos_bias):
     decoder, feats = make(cell=cell, inject=inject, eos_bias=eos_bias), features()
     with torch.no_grad():
-        seqs = greedy(decoder, feats, max_len=10, **IDS).ids
-        logits = decoder(feats, torch.cat([torch.full((len(feats), 1), BOS), seqs], 1))  # (B, L, V)
+        seqs = greedy(decoder, feats, D(max_len=10), SIDS).ids
+        logits = decoder(feats, torch.cat([torch.full((len(feats), 1), BOS), seqs], 1)).logits  # (B, L, V)
     for row, (tokens, argmax) in enumerate(zip(seqs.tolist(), logits.argmax(-1).tolist())):
         n = tokens.index(EOS) + 1 if EOS in tokens else len(tokens)
         assert tokens[:n] == argmax[:n], row
@@ -63,7 +66,7 @@ def test_greedy_takes_the_argmax_at_every_step(cell, inject, eos_bias):
 def test_beam_size_one_is_greedy(cell, inject):
     decoder, feats = make(cell=cell, inject=inject), features(16)
     with torch.no_grad():
-        one, g = beam_search(decoder, feats, beam_size=1, max_len=12, **IDS), greedy(decoder, feats, max_len=12, **IDS)
+        one, g = beam_search(decoder, feats, D(beam_size=1, max_len=12), SIDS), greedy(decoder, feats, D(max_len=12), SIDS)
     assert torch.equal(one.ids, g.ids) and torch.allclose(one.score, g.score)
 
 
@@ -88,14 +91,14 @@ def test_wide_beam_finds_the_exhaustive_optimum(penalty, alpha):
     every = torch.tensor(list(itertools.product(range(V), repeat=L)))  # (V**L, L)
     optimum, greedy_is_optimal = [], []
     with torch.no_grad():
-        greedy_out = strip(greedy(decoder, feats, max_len=L, **IDS).ids)
+        greedy_out = strip(greedy(decoder, feats, D(max_len=L), SIDS).ids)
         for i, f in enumerate(feats):
             score, length = sequence_scores(decoder, f.expand(len(every), -1), every)
             best = strip(every[(score / length_divisor(length, penalty, alpha)).argmax()][None])[0]
             optimum.append(best)
             greedy_is_optimal.append(greedy_out[i] == best)
-        beam = strip(beam_search(decoder, feats, beam_size=V ** L, length_penalty=penalty, length_alpha=alpha,
-                                 max_len=L, **IDS).ids)
+        beam = strip(beam_search(decoder, feats, D(beam_size=V ** L, length_penalty=penalty, length_alpha=alpha,
+                                                     max_len=L), SIDS).ids)
     assert beam == optimum
     assert not all(greedy_is_optimal)  # the toy problem is hard enough that greedy misses the optimum
 
@@ -103,8 +106,8 @@ def test_wide_beam_finds_the_exhaustive_optimum(penalty, alpha):
 def test_beam_search_scores_at_least_as_well_as_greedy_on_average():
     decoder, feats = make(), features(32)
     with torch.no_grad():
-        g = greedy(decoder, feats, max_len=12, **IDS)
-        b = beam_search(decoder, feats, beam_size=5, max_len=12, length_penalty="none", **IDS)  # raw log p, as scored
+        g = greedy(decoder, feats, D(max_len=12), SIDS)
+        b = beam_search(decoder, feats, D(beam_size=5, max_len=12, length_penalty="none"), SIDS)  # raw log p, as scored
         g_score, g_length = sequence_scores(decoder, feats, g.ids)
         b_score, b_length = sequence_scores(decoder, feats, b.ids)
     assert b_score.mean() > g_score.mean()
@@ -117,7 +120,7 @@ def test_sampling_is_seeded_and_follows_the_distribution():
     feats = features(1).expand(4000, -1)
 
     def run(seed, **kw):
-        return sample(decoder, feats, max_len=3, generator=torch.Generator().manual_seed(seed), **kw, **IDS).ids
+        return sample(decoder, feats, D(max_len=3, **kw), SIDS, generator=torch.Generator().manual_seed(seed)).ids
 
     with torch.no_grad():
         a, b, c = run(0), run(0), run(1)
@@ -138,24 +141,24 @@ def test_sampling_is_seeded_and_follows_the_distribution():
 def test_top_k_one_and_tiny_temperature_are_greedy():
     decoder, feats = make(), features()
     with torch.no_grad():
-        expected = greedy(decoder, feats, max_len=8, **IDS).ids
-        assert torch.equal(sample(decoder, feats, max_len=8, top_k=1, **IDS).ids, expected)
-        assert torch.equal(sample(decoder, feats, max_len=8, temperature=1e-4, **IDS).ids, expected)
+        expected = greedy(decoder, feats, D(max_len=8), SIDS).ids
+        assert torch.equal(sample(decoder, feats, D(max_len=8, top_k=1), SIDS).ids, expected)
+        assert torch.equal(sample(decoder, feats, D(max_len=8, temperature=1e-4), SIDS).ids, expected)
 
 
 def test_decode_dispatches_and_validates():
     decoder, feats = make(), features(4)
     with torch.no_grad():
         assert torch.equal(decode(decoder, feats, "beam", beam_size=2, max_len=6, **IDS).ids,
-                           beam_search(decoder, feats, beam_size=2, max_len=6, **IDS).ids)
+                           beam_search(decoder, feats, D(beam_size=2, max_len=6), SIDS).ids)
         assert torch.equal(decode(decoder, feats, "greedy", max_len=6, **IDS).ids,
-                           greedy(decoder, feats, max_len=6, **IDS).ids)
+                           greedy(decoder, feats, D(max_len=6), SIDS).ids)
         out = decode(decoder, feats, "sample", max_len=6, generator=torch.Generator().manual_seed(0), **IDS).ids
     assert out.shape[0] == 4 and out.shape[1] <= 6
     with pytest.raises(ValueError, match="decode.method must be one of"):
         decode(decoder, feats, "nucleus", **IDS)
     with pytest.raises(ValueError, match="temperature"):
-        sample(decoder, feats, temperature=0, **IDS)
+        sample(decoder, feats, D(temperature=0), SIDS)
 
 
 class EndsOrNot(torch.nn.Module):
@@ -177,15 +180,15 @@ class EndsOrNot(torch.nn.Module):
         self.rows.append(len(tokens))
         logits = torch.stack([torch.arange(6.0) * 0.1 * (t % 3 + 1) for t in tokens.tolist()])
         logits[:, 2] = torch.where(features[:, 0] > 0.5, 50.0, -50.0)
-        return logits, state
+        return StepOut(logits, state)
 
 
 def test_images_whose_beams_all_ended_leave_the_batch():
     decoder = EndsOrNot()
     features = torch.tensor([[1.0], [0.0], [1.0]])  # images 0 and 2 end at once; image 1 runs to max_len
-    out = beam_search(decoder, features, bos_id=1, eos_id=2, pad_id=0, beam_size=3, max_len=6)
+    out = beam_search(decoder, features, D(beam_size=3, max_len=6), SIDS)
     assert decoder.rows == [9, 9, 3, 3, 3, 3]  # after two steps only image 1's three beams are computed
-    alone = [beam_search(EndsOrNot(), f[None], bos_id=1, eos_id=2, pad_id=0, beam_size=3, max_len=6) for f in features]
+    alone = [beam_search(EndsOrNot(), f[None], D(beam_size=3, max_len=6), SIDS) for f in features]
     assert torch.equal(out.ids, torch.nn.utils.rnn.pad_sequence([a.ids[0] for a in alone], batch_first=True))
     assert torch.equal(out.score, torch.cat([a.score for a in alone]))
     assert out.ids[0, 0] == 2 and out.ids.shape[1] == 6 and not (out.ids[1] == 2).any()  # <end> at once; 6 words
@@ -211,7 +214,7 @@ class StepChain(torch.nn.Module):
             for word, prob in (self.P.get((token, t)) or self.P.get((token, None)) or {2: .99}).items():
                 p[word] = prob
             rows.append((p / p.sum()).log())
-        return torch.stack(rows), state + 1
+        return StepOut(torch.stack(rows), state + 1)
 
 
 @pytest.mark.parametrize("beam_size", [2, 3])
@@ -219,9 +222,9 @@ def test_a_length_penalty_prunes_as_it_ranks(beam_size):
     """Pruned by raw log p, the captions that ended early ("<end>", "b <end>", "a a <end>": high raw scores) crowd
     "a a a" out of the beam, and the length penalty can only choose among them; pruned by the penalised score
     (the one the final beams are ranked by) the search finds the best caption per word."""
-    out = beam_search(StepChain(), torch.zeros(1, 1), bos_id=1, eos_id=2, pad_id=0, beam_size=beam_size, max_len=6,
-                      length_penalty="avg", length_alpha=1.0)
+    out = beam_search(StepChain(), torch.zeros(1, 1),
+                      D(beam_size=beam_size, max_len=6, length_penalty="avg", length_alpha=1.0), SIDS)
     assert out.ids.tolist() == [[3, 3, 3, 3, 2]]
-    raw = beam_search(StepChain(), torch.zeros(1, 1), bos_id=1, eos_id=2, pad_id=0, beam_size=beam_size, max_len=6,
-                      length_penalty="none")
+    raw = beam_search(StepChain(), torch.zeros(1, 1), D(beam_size=beam_size, max_len=6, length_penalty="none"),
+                      SIDS)
     assert raw.ids[0, 0].item() == 2  # without a penalty "<end>" alone is the best caption: log 0.35

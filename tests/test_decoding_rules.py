@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from captioning.config import DecodeOptions, check
-from captioning.decoding import TokenRules, decode, length_divisor, sample
+from captioning.decoding import SpecialIds, TokenRules, decode, length_divisor, sample
 from captioning.io import InputError
 from test_decoding import BOS, EOS, IDS, PAD, features, make, strip
 
@@ -74,8 +74,8 @@ def test_nucleus_sampling_keeps_the_fewest_words_that_reach_p():
         probs = decoder.step(torch.full((1,), BOS), decoder.init_state(feats[:1]), feats[:1])[0].softmax(-1)[0]
         ranked = probs.sort(descending=True)
         p = float(ranked.values[:2].sum()) - 1e-3  # the first two words reach p, the first alone does not
-        first = lambda **kw: sample(decoder, feats, max_len=1, generator=torch.Generator().manual_seed(0),  # noqa
-                                    **kw, **IDS).ids[:, 0]
+        first = lambda **kw: sample(decoder, feats, DecodeOptions(max_len=1, **kw), SpecialIds(**IDS),  # noqa
+                                    generator=torch.Generator().manual_seed(0)).ids[:, 0]
         nucleus, everything, plain = first(top_p=p), first(top_p=1.0), first()
     assert set(nucleus.tolist()) == set(ranked.indices[:2].tolist())
     renorm = ranked.values[:2] / ranked.values[:2].sum()

@@ -12,7 +12,7 @@ from captioning.data.collate import CaptionBatch
 from captioning.data.datasets import load_image
 from captioning.data.features import extract_features
 from captioning.config import TrainerOptions
-from captioning.engine import train_one_epoch
+from captioning.engine import Stepper
 from captioning.run_state import TrainState
 from captioning import precision
 from captioning.models import CaptionDecoder, DecoderConfig, build_encoder
@@ -54,9 +54,9 @@ def test_bf16_training_step_learns_with_fp32_weights(impl):
     batch = CaptionBatch(torch.randn(8, 6), captions, torch.full((8,), 7), torch.arange(8))
     optimizer = torch.optim.Adam(decoder.parameters(), lr=3e-2)
     opts = TrainerOptions(precision="bf16", progress=False)
-    first = train_one_epoch(decoder, None, [batch], optimizer, None, TrainState(), opts, device=CPU, pad_id=0)["loss"]
-    last = train_one_epoch(decoder, None, [batch] * 40, optimizer, None, TrainState(), opts, device=CPU,
-                           pad_id=0)["loss"]
+    stepper = Stepper(decoder, None, optimizer, None, opts, CPU)
+    first = stepper.epoch([batch], TrainState())["loss"]
+    last = stepper.epoch([batch] * 40, TrainState())["loss"]
     assert set(logit_dtypes) == {torch.bfloat16}  # the layers really ran in bf16
     assert all(p.dtype == torch.float32 for p in decoder.parameters())  # the weights stay fp32
     assert last < 0.5 * first

@@ -19,7 +19,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import captioning.engine
-import captioning.training
+import captioning.objectives
+import captioning.trainer
 from captioning import interrupt
 from captioning.checkpoint import load_checkpoint
 from captioning.cli._conf import CONF_DIR
@@ -28,7 +29,7 @@ from captioning.engine import Diverged
 from captioning.io import InputError
 from captioning.training import train
 
-REAL_SCORE_SPLIT, REAL_BATCH_LOSS = captioning.engine.score_split, captioning.engine.batch_loss
+REAL_SCORE_SPLIT, REAL_BATCH_LOSS = captioning.engine.score_split, captioning.objectives.batch_loss
 TINY = ["encoder=small_cnn", "encoder.image_size=32", "encoder.num_workers=0", "decoder.hidden_dim=16",
         "decoder.embed_dim=8", "trainer.batch_size=8", "trainer.tensorboard=false", "trainer.progress=false",
         "trainer.patience=99", "optim.warmup_steps=5",
@@ -102,14 +103,14 @@ def test_a_kill_between_writing_best_and_last_loses_nothing(shapes, tmp_path, mo
     class Killed(BaseException):
         pass
 
-    real_save, writes = captioning.training.save_run_checkpoint, []
+    real_save, writes = captioning.trainer.save_run_checkpoint, []
 
     def save(path, *args, **kwargs):
         real_save(path, *args, **kwargs)
         writes.append(path.name)
         if writes == ["best.pt", "last.pt", "best.pt"]:  # epoch 2 improved: its best.pt is on disk, last.pt not yet
             raise Killed
-    monkeypatch.setattr(captioning.training, "save_run_checkpoint", save)
+    monkeypatch.setattr(captioning.trainer, "save_run_checkpoint", save)
     scripted_validation(monkeypatch, {1: 0.1, 2: 0.3})
     with pytest.raises(Killed):
         run(shapes, tmp_path / "run", "trainer.max_epochs=3")
@@ -117,7 +118,7 @@ def test_a_kill_between_writing_best_and_last_loses_nothing(shapes, tmp_path, mo
     best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")["train_state"]
     assert (last["epoch"], best["best_epoch"]) == (2, 2)  # last.pt still before epoch 2; best.pt from epoch 2
 
-    monkeypatch.setattr(captioning.training, "save_run_checkpoint", real_save)
+    monkeypatch.setattr(captioning.trainer, "save_run_checkpoint", real_save)
     scripted_validation(monkeypatch, {2: 0.3, 3: 0.2})
     resumed = run(shapes, tmp_path / "run", "trainer.max_epochs=3", "trainer.resume=auto")
     assert resumed["best_epoch"] == 2 and resumed["test"] == full["test"]
@@ -135,7 +136,7 @@ def signal_at_step(monkeypatch, step: int, signum: int = signal.SIGTERM) -> None
             if len(calls) == step:
                 os.kill(os.getpid(), signum)
         return real(decoder, encoder, batch, *args, **kwargs)
-    monkeypatch.setattr(captioning.engine, "batch_loss", batch_loss)
+    monkeypatch.setattr(captioning.objectives, "batch_loss", batch_loss)
 
 
 @pytest.mark.parametrize("stop_step", [3, 10, 12])  # mid-epoch 1, mid-epoch 1 of 10 batches' end, in epoch 2
@@ -199,13 +200,13 @@ def poison_step(monkeypatch, step: int) -> None:
     real, calls = REAL_BATCH_LOSS, []
 
     def batch_loss(decoder, *args, **kwargs):
-        loss, tokens = real(decoder, *args, **kwargs)
+        loss, tokens, terms = real(decoder, *args, **kwargs)
         if decoder.training:
             calls.append(1)
             if len(calls) == step:
                 loss = loss * float("nan")
-        return loss, tokens
-    monkeypatch.setattr(captioning.engine, "batch_loss", batch_loss)
+        return loss, tokens, terms
+    monkeypatch.setattr(captioning.objectives, "batch_loss", batch_loss)
 
 
 def test_nan_mid_run_stops_before_overwriting_a_checkpoint(shapes, tmp_path, monkeypatch):

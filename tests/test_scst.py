@@ -13,13 +13,13 @@ from omegaconf import OmegaConf
 
 from captioning.checkpoint import load_checkpoint
 from captioning.cli._conf import CONF_DIR
-from captioning.config import SCSTOptions
+from captioning.config import DecodeOptions, SCSTOptions
 from captioning.data.collate import CaptionBatch
 from captioning.data.shapes import make_shapes_dataset
 from captioning.decoding import keep_top_k
 from captioning.io import InputError
 from captioning.models import CaptionDecoder, DecoderConfig
-from captioning.scst import CiderReward, SCSTObjective, sequence_logprobs
+from captioning.scst import CiderReward, SCSTObjective
 from captioning.text import Vocabulary
 from captioning.training import train
 
@@ -55,7 +55,7 @@ def expected_reward(decoder: CaptionDecoder, feature: torch.Tensor, captions: to
     """J = sum over all captions of p(caption) r(caption), exactly: p(w_t) = softmax over the top_k words at each
     step, as the sampler draws, written out here (sequence_logprobs scores drawn captions, not every caption)."""
     inputs = torch.cat([captions.new_full((len(captions), 1), VOCAB.bos_id), captions], 1)
-    logp = keep_top_k(decoder(feature.expand(len(captions), -1), inputs).float(), top_k).log_softmax(-1)
+    logp = keep_top_k(decoder(feature.expand(len(captions), -1), inputs).logits.float(), top_k).log_softmax(-1)
     is_end = (captions == VOCAB.eos_id).long()
     counted = (is_end.cumsum(1) - is_end) == 0  # up to and including the first <end>
     caption_logp = torch.where(counted, logp.gather(2, captions[..., None])[..., 0], 0.0).sum(1)
@@ -144,7 +144,7 @@ def test_scst_learns_the_best_caption_of_each_image():
         rewards.append(extras["reward"])
     from captioning.decoding import greedy
     with torch.no_grad():
-        best = greedy(decoder.eval(), features, VOCAB.bos_id, VOCAB.eos_id, VOCAB.pad_id, MAX_LEN).ids
+        best = greedy(decoder.eval(), features, DecodeOptions(max_len=MAX_LEN), VOCAB).ids
     assert [" ".join(VOCAB.decode(r)) for r in best.tolist()] == ["a a", "b b"]
     assert sum(rewards[-20:]) / 20 > sum(rewards[:20]) / 20 + 1.0
 

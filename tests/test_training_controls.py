@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from captioning.config import TrainerOptions, check
+from captioning.config import DecodeOptions, TrainerOptions, check
 from captioning.data.collate import collate_captions
-from captioning.engine import train_one_epoch
+from captioning.engine import Stepper
 from captioning.io import InputError
 from captioning.models import CaptionDecoder, DecoderConfig
 from captioning.optim import build_optimizer, reconfigure, validated, warmup_warning
@@ -33,7 +33,7 @@ def trained(batches, accumulate: int, steps_expected: int) -> tuple[dict, TrainS
     optimizer = torch.optim.SGD(decoder.parameters(), lr=0.5)
     state = TrainState()
     opts = TrainerOptions(accumulate=accumulate, grad_clip=None, precision="fp32", progress=False)
-    stats = train_one_epoch(decoder, None, batches, optimizer, None, state, opts, device=CPU, pad_id=0)
+    stats = Stepper(decoder, None, optimizer, None, opts, CPU).epoch(batches, state)
     assert state.step == steps_expected and state.batch == len(batches)
     return {k: v.detach().clone() for k, v in decoder.state_dict().items()}, stats
 
@@ -127,7 +127,7 @@ def test_schedule_options_are_checked():
 
 
 def test_scheduled_sampling_probability_zero_is_teacher_forcing_and_one_feeds_own_samples():
-    from captioning.decoding import sample
+    from captioning.decoding import SpecialIds, sample
 
     torch.manual_seed(0)
     for inject in ("init", "par"):
@@ -136,15 +136,15 @@ def test_scheduled_sampling_probability_zero_is_teacher_forcing_and_one_feeds_ow
         batch = collate_captions(items(6))
         features, captions = batch.images, batch.captions
         with torch.no_grad():
-            forced = decoder(features, captions)
-            stepped = decoder(features, captions, sampling_prob=1e-30)  # the step-by-step path, nothing replaced
+            forced = decoder(features, captions).logits
+            stepped = decoder(features, captions, sampling_prob=1e-30).logits  # the step-by-step path, nothing replaced
             fed = []
             hook = decoder.embed.register_forward_hook(lambda m, inputs, out: fed.append(inputs[0][:, 0]))
             torch.manual_seed(5)
-            own = decoder(features, captions, sampling_prob=1.0)
+            own = decoder(features, captions, sampling_prob=1.0).logits
             hook.remove()
             torch.manual_seed(5)
-            free = sample(decoder, features, bos_id=1, eos_id=2, max_len=captions.shape[1] - 1).ids
+            free = sample(decoder, features, DecodeOptions(max_len=captions.shape[1] - 1), SpecialIds(1, 2)).ids
         assert torch.allclose(stepped, forced, atol=1e-6)
         inputs = torch.stack(fed[1:], 1)  # the words fed after <start>
         for row in range(len(free)):  # up to each free-running caption's <end>, its words are the ones fed
@@ -152,7 +152,7 @@ def test_scheduled_sampling_probability_zero_is_teacher_forcing_and_one_feeds_ow
             assert torch.equal(inputs[row, :n], free[row, :n])
         assert not torch.equal(inputs, captions[:, 1:-1])  # not the references
         with torch.no_grad():  # the logits given those inputs are the model's, as when it decodes step by step
-            again = decoder(features, torch.cat([captions[:, :1], inputs, captions[:, -1:]], 1))
+            again = decoder(features, torch.cat([captions[:, :1], inputs, captions[:, -1:]], 1)).logits
         assert torch.allclose(own, again, atol=1e-6)
 
 
@@ -176,10 +176,11 @@ def test_scheduled_sampling_with_attention():
     batch = collate_captions(items(4))
     grid = torch.randn(4, 5, 6)
     with torch.no_grad():
-        forced, penalty = decoder(grid, batch.captions), decoder.penalty
-        stepped = decoder(grid, batch.captions, sampling_prob=1e-30)
-        assert torch.allclose(stepped, forced, atol=1e-6) and torch.allclose(decoder.penalty, penalty)
-        assert not torch.allclose(decoder(grid, batch.captions, sampling_prob=1.0), forced, atol=1e-3)
+        forced, terms = decoder(grid, batch.captions)
+        stepped, stepped_terms = decoder(grid, batch.captions, sampling_prob=1e-30)
+        assert torch.allclose(stepped, forced, atol=1e-6)
+        assert torch.allclose(stepped_terms["attention_penalty"], terms["attention_penalty"])
+        assert not torch.allclose(decoder(grid, batch.captions, sampling_prob=1.0).logits, forced, atol=1e-3)
 
 
 def test_attention_penalty_is_logged_beside_the_loss():
@@ -192,7 +193,7 @@ def test_attention_penalty_is_logged_beside_the_loss():
     batch = collate_captions(items(4))
     batch = CaptionBatch(torch.randn(4, 5, 6), batch.captions, batch.lengths, batch.image_ids)  # a 5-cell grid
     state = TrainState()
-    train_one_epoch(decoder, None, [batch], torch.optim.SGD(decoder.parameters(), lr=0.1), None, state,
-                    TrainerOptions(precision="fp32", progress=False), device=CPU, pad_id=0)
+    Stepper(decoder, None, torch.optim.SGD(decoder.parameters(), lr=0.1), None,
+            TrainerOptions(precision="fp32", progress=False), CPU).epoch([batch], state)
     penalty = state.extras["attention_penalty"] / state.tokens
     assert 0 < penalty < state.loss_sum / state.tokens  # part of the loss, logged as train_attention_penalty

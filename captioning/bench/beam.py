@@ -16,7 +16,8 @@ from typing import Callable
 
 import torch
 
-from captioning.decoding import beam_search
+from captioning.config import DecodeOptions
+from captioning.decoding import SpecialIds, beam_search
 from captioning.precision import autocast, resolve_precision
 from captioning.models import CaptionDecoder, DecoderConfig
 
@@ -64,7 +65,7 @@ def _trained(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.Tensor, d
         raise InputError(f"{args.checkpoint} is an attention captioner: this benchmark takes pooled-feature decoders")
     features = extract_features(captioner.encoder, paths, precision="fp32", device=args.device, progress=False)
     v = captioner.vocab
-    return captioner.decoder, features.to(args.device), dict(bos_id=v.bos_id, eos_id=v.eos_id, max_len=args.max_len)
+    return captioner.decoder, features.to(args.device), SpecialIds(v.bos_id, v.eos_id, v.pad_id)
 
 
 def _timed(fn: Callable[[], list], repeats: int) -> tuple[float, list]:
@@ -85,20 +86,19 @@ def run(args: argparse.Namespace) -> list[dict]:
                                hidden_dim=args.hidden)
         decoder = CaptionDecoder(config).to(args.device).eval()
         features = torch.randn(args.images, args.feature_dim, device=args.device)  # (N, D)
-        search = dict(bos_id=BOS, eos_id=EOS, max_len=args.max_len)
+        ids = SpecialIds(BOS, EOS)
     else:
-        decoder, features, search = _trained(args)
-    beam_search(decoder, features[:2], beam_size=2, **search)  # warm-up: first-call allocations
+        decoder, features, ids = _trained(args)
+    beam_search(decoder, features[:2], DecodeOptions(beam_size=2, max_len=args.max_len), ids)  # warm-up: allocations
     precision, _ = resolve_precision(args.precision, torch.device(args.device))
     rows = []
     for k in args.beam_sizes:
-        eos = search["eos_id"]
+        eos, opts = ids.eos_id, DecodeOptions(beam_size=k, max_len=args.max_len)
         methods = {"per-image loop": lambda: [c for f in features for c in _captions(
-            beam_search(decoder, f[None], beam_size=k, **search).ids, eos)]}
+            beam_search(decoder, f[None], opts, ids).ids, eos)]}
         for b in args.batch_sizes:
             methods[f"batched, {b} images/call"] = lambda b=b: [
-                c for chunk in features.split(b) for c in _captions(beam_search(decoder, chunk, beam_size=k, **search).ids,
-                                                                     eos)]
+                c for chunk in features.split(b) for c in _captions(beam_search(decoder, chunk, opts, ids).ids, eos)]
         with autocast(torch.device(args.device), args.precision):
             results = {name: _timed(fn, args.repeats) for name, fn in methods.items()}
         loop_s, loop_out = results["per-image loop"]

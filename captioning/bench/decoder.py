@@ -1,6 +1,6 @@
 """decoder: the training step's tokens/s and GFLOP/s next to the matmul peak of the same run.
 
-The step is `captioning.engine.train_one_epoch` (teacher-forced forward, cross-entropy, backward,
+The step is `captioning.engine.Stepper` (teacher-forced forward, cross-entropy, backward,
 gradient clipping, Adam) on cached features and random captions of exactly --seq-len tokens (no
 padding: every target token counts). FLOPs come from the layer sizes: a matmul of an (M, K) by a
 (K, N) matrix is 2MKN, and its backward pass computes two such products (the gradients of the
@@ -18,7 +18,7 @@ from captioning.bench.common import best_time
 from captioning.config import TrainerOptions
 from captioning.cpus import keep_freed_memory
 from captioning.data.collate import CaptionBatch
-from captioning.engine import train_one_epoch
+from captioning.engine import Stepper
 from captioning.models import CaptionDecoder, DecoderConfig
 from captioning.run_state import TrainState
 
@@ -84,9 +84,8 @@ def run(args: argparse.Namespace) -> list[dict]:
 
     def train_steps(key: tuple[str, str], n: int) -> float:
         _, decoder, optimizer = runs[key]
-        return train_one_epoch(decoder, None, [batch] * n, optimizer, None, TrainState(),
-                               TrainerOptions(precision=key[1], progress=False), device=device,
-                               pad_id=PAD)["seconds"] / n
+        stepper = Stepper(decoder, None, optimizer, None, TrainerOptions(precision=key[1], progress=False), device)
+        return stepper.epoch([batch] * n, TrainState())["seconds"] / n
 
     for key in runs:
         train_steps(key, 1)  # warm-up: first-call allocations and kernel selection

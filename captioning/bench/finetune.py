@@ -1,6 +1,6 @@
 """finetune: images/s of the raw-image training step: the CNN frozen, its last K blocks trained, all of it.
 
-The step is `captioning.engine.train_one_epoch` (forward through the encoder and the decoder, cross-entropy,
+The step is `captioning.engine.Stepper` (forward through the encoder and the decoder, cross-entropy,
 backward, gradient clipping, Adam) on --batch random images of --image-size pixels, already decoded (image
 decoding and resizing, which DataLoader workers overlap with the step, are not counted), each with one
 random caption of --seq-len tokens. The first row is the decoder alone on cached features, what an epoch of
@@ -17,7 +17,7 @@ from captioning.bench.common import best_time
 from captioning.config import TrainerOptions
 from captioning.cpus import keep_freed_memory
 from captioning.data.collate import CaptionBatch
-from captioning.engine import train_one_epoch
+from captioning.engine import Stepper
 from captioning.models import CaptionDecoder, DecoderConfig, build_encoder
 from captioning.run_state import TrainState
 
@@ -58,9 +58,8 @@ def run(args: argparse.Namespace) -> list[dict]:
             encoder.freeze()
         params = list(decoder.parameters()) + [p for p in encoder.parameters() if p.requires_grad]
         batch = CaptionBatch(features if blocks is None else images, captions, lengths, ids)
-        train_one_epoch(decoder, None if blocks is None else encoder, [batch] * args.steps,
-                        torch.optim.Adam(params, lr=1e-5), None, TrainState(), opts, device=torch.device("cpu"),
-                        pad_id=0)
+        Stepper(decoder, None if blocks is None else encoder, torch.optim.Adam(params, lr=1e-5), None, opts,
+                torch.device("cpu")).epoch([batch] * args.steps, TrainState())
 
     for blocks in rows.values():  # warm-up: allocator, oneDNN kernel choice
         step(blocks)

@@ -28,7 +28,7 @@ from captioning.cpus import keep_freed_memory
 from captioning.data.coco import load_coco_captions
 from captioning.data.convert import read_flickr8k_numbered
 from captioning.data.splits import SplitData
-from captioning.engine import train_one_epoch
+from captioning.engine import Stepper
 from captioning.io import InputError
 from captioning.models import CaptionDecoder, DecoderConfig
 from captioning.precision import resolve_precision
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def _epoch(args: argparse.Namespace, data: SplitData, vocab: Vocabulary) -> dict:
-    """One decoder epoch (or --steps of it) as train_one_epoch runs it on cached features."""
+    """One decoder epoch (or --steps of it) as the training loop runs it on cached features."""
     torch.manual_seed(0)
     precision, _ = resolve_precision(args.precision, torch.device("cpu"))
     decoder = CaptionDecoder(DecoderConfig(vocab_size=len(vocab), feature_dim=args.feature_dim,
@@ -116,8 +116,8 @@ def _epoch(args: argparse.Namespace, data: SplitData, vocab: Vocabulary) -> dict
     loader = data.loader(False, args.batch, 0, vocab.pad_id, sampler=sampler)
     opts = TrainerOptions(precision=precision, max_steps=args.steps, progress=False)
     state = TrainState()
-    stats = train_one_epoch(decoder, None, loader, torch.optim.Adam(decoder.parameters(), lr=1e-3), None, state,
-                            opts, device=torch.device("cpu"), pad_id=vocab.pad_id)
+    stats = Stepper(decoder, None, torch.optim.Adam(decoder.parameters(), lr=1e-3), None, opts,
+                    torch.device("cpu")).epoch(loader, state)
     epoch_s = stats["seconds"] * len(loader) / state.batch
     what = "one decoder epoch" if state.batch == len(loader) else f"one decoder epoch, projected from {state.batch} steps"
     return {"stage": f"{what} (hidden {args.hidden}, batch {args.batch}, {precision})", "seconds": epoch_s,

@@ -29,9 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from captioning.models.cells import build_recurrent
-from captioning.models.decoder_base import DecoderBase
-
-PAD_ID = 0  # captioning.text.Vocabulary puts <pad> first: padded target steps carry no attention penalty
+from captioning.models.decoder_base import DecoderBase, Forward, StepOut
+from captioning.text import Vocabulary
 
 
 class SoftAttention(nn.Module):
@@ -65,8 +64,6 @@ class AttentionDecoder(DecoderBase):
         if c.cell == "lstm":
             self.init_cell_proj = nn.Linear(c.feature_dim, c.num_layers * c.hidden_dim)  # W_ic, b_c
         self.out = nn.Linear(c.hidden_dim, c.vocab_size)
-        self.penalty = torch.zeros(())  # the last forward()'s doubly stochastic penalty, added to the loss
-        self.last_alpha: Tensor | None = None  # the last step()'s attention weights (B, L)
 
     def init_state(self, features: Tensor) -> tuple[Tensor, ...]:
         """(B, L, D) -> (h0 (layers, B, H)[, c0 (layers, B, H)], values a (B, L, D), keys W_a a (B, L, A))."""
@@ -85,9 +82,10 @@ class AttentionDecoder(DecoderBase):
         new = new if isinstance(new, tuple) else (new,)
         return out[:, 0], (*new, values, keys), alpha
 
-    def forward(self, features: Tensor, captions: Tensor, sampling_prob: float = 0.0) -> Tensor:
-        """Teacher forcing, step by step: logits (B, T-1, V) predicting captions[:, 1:]; sets self.penalty. With
-        `sampling_prob` > 0 (scheduled sampling) each input after <start> may be the model's own sample."""
+    def forward(self, features: Tensor, captions: Tensor, sampling_prob: float = 0.0) -> Forward:
+        """Teacher forcing, step by step: logits (B, T-1, V) predicting captions[:, 1:], and the doubly stochastic
+        penalty ("attention_penalty"). With `sampling_prob` > 0 (scheduled sampling) each input after <start> may
+        be the model's own sample."""
         state, outs, alphas = self.init_state(features), [], []
         for t in range(captions.shape[1] - 1):
             tokens = captions[:, t]
@@ -97,15 +95,15 @@ class AttentionDecoder(DecoderBase):
             outs.append(out)
             alphas.append(alpha)
         alpha = torch.stack(alphas, 1)  # (B, T-1, L)
-        counted = (captions[:, 1:] != PAD_ID).float()[..., None]  # the caption's steps, <end> included
+        counted = (captions[:, 1:] != Vocabulary.pad_id).float()[..., None]  # the caption's steps, <end> included
         per_caption = ((1 - (alpha * counted).sum(1)) ** 2).sum(-1)  # (B,)
-        self.penalty = self.config.alpha_c * per_caption.sum() / counted.sum().clamp(min=1)  # per word: see above
-        return self.out(self.output_dropout(torch.stack(outs, 1)))
+        penalty = self.config.alpha_c * per_caption.sum() / counted.sum().clamp(min=1)  # per word: see above
+        return Forward(self.out(self.output_dropout(torch.stack(outs, 1))), {"attention_penalty": penalty})
 
-    def step(self, tokens: Tensor, state: tuple[Tensor, ...], features: Tensor) -> tuple[Tensor, tuple]:
-        """One decoding step for N sequences: tokens (N,) -> logits (N, V), next state; sets self.last_alpha."""
-        out, state, self.last_alpha = self._step(tokens, state)
-        return self.out(out), state
+    def step(self, tokens: Tensor, state: tuple[Tensor, ...], features: Tensor) -> StepOut:
+        """One decoding step for N sequences: tokens (N,) -> logits (N, V), the next state, alpha (N, L)."""
+        out, state, alpha = self._step(tokens, state)
+        return StepOut(self.out(out), state, alpha)
 
     @staticmethod
     def reorder_state(state: tuple[Tensor, ...], index: Tensor) -> tuple[Tensor, ...]:

@@ -51,7 +51,7 @@ class Captioner(nn.Module):
         log-probabilities and scores are fp32 either way)."""
         if with_attention and isinstance(self.decoder, EnsembleDecoder):
             raise InputError("with_attention: an ensemble's members each have their own attention maps")
-        if with_attention and not hasattr(self.decoder, "last_alpha"):
+        if with_attention and self.decoder.config.inject != "attention":
             raise InputError("with_attention: this captioner reads pooled features and has no attention maps "
                              "(decoder=attention has them)")
         generator = None

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from captioning.config import DecoderOptions, check
 from captioning.models.attention import AttentionDecoder
 from captioning.models.cells import State, build_recurrent
-from captioning.models.decoder_base import DecoderBase
+from captioning.models.decoder_base import DecoderBase, Forward, StepOut
 
 
 @dataclass(kw_only=True)
@@ -87,13 +87,13 @@ class CaptionDecoder(DecoderBase):
             x = x + (self.image_proj(self.image(features)) if image_input is None else image_input)[:, None]
         return x
 
-    def forward(self, features: Tensor, captions: Tensor, sampling_prob: float = 0.0) -> Tensor:
+    def forward(self, features: Tensor, captions: Tensor, sampling_prob: float = 0.0) -> Forward:
         """Teacher forcing: logits (B, T-1, V) predicting captions[:, 1:] from captions[:, :-1], in one call of the
-        core. With `sampling_prob` > 0 (scheduled sampling) step by step, each input after <start> replaced with
+        core, and no extra loss terms. With `sampling_prob` > 0 (scheduled sampling) step by step, each input after <start> replaced with
         that probability by the model's own sample (`_fed_back`)."""
         if not sampling_prob:
             out, _ = self._recurrent(self._inputs(captions[:, :-1], features), self.init_state(features))  # (B, T-1, H)
-            return self.out(self.output_dropout(out))
+            return Forward(self.out(self.output_dropout(out)), {})
         state, tokens, logits = self.init_state(features), captions[:, 0], []
         image_input = self.image_proj(self.image(features)) if self.config.inject == "par" else None
         for t in range(captions.shape[1] - 1):
@@ -101,12 +101,12 @@ class CaptionDecoder(DecoderBase):
                 tokens = self._fed_back(captions[:, t], self.out(out[:, 0]), sampling_prob)
             out, state = self._recurrent(self._inputs(tokens[:, None], features, image_input), state)  # (B, 1, H)
             logits.append(self.out(self.output_dropout(out[:, 0])))
-        return torch.stack(logits, 1)
+        return Forward(torch.stack(logits, 1), {})
 
-    def step(self, tokens: Tensor, state: State, features: Tensor) -> tuple[Tensor, State]:
+    def step(self, tokens: Tensor, state: State, features: Tensor) -> StepOut:
         """One decoding step for N sequences: tokens (N,) -> logits (N, V) and the next state."""
         out, state = self._recurrent(self._inputs(tokens[:, None], features), state)  # (N, 1, H)
-        return self.out(out[:, 0]), state
+        return StepOut(self.out(out[:, 0]), state)
 
     @staticmethod
     def reorder_state(state: State, index: Tensor) -> State:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -9,6 +10,21 @@ from torch import Tensor, nn
 
 from captioning.config import DecoderOptions, check
 from captioning.models.cells import State
+
+
+class Forward(NamedTuple):
+    """Teacher forcing's output: logits (B, T-1, V) for captions[:, 1:], and the loss's extra terms (the attention
+    decoder's doubly stochastic penalty), each a scalar to add to the cross-entropy."""
+    logits: Tensor
+    losses: dict[str, Tensor]
+
+
+class StepOut(NamedTuple):
+    """One decoding step: the next word's logits (N, V), the state after it, and where the attention decoder looked
+    for it, alpha (N, L) (None for a decoder without attention)."""
+    logits: Tensor
+    state: State
+    alpha: Tensor | None = None
 
 
 class DecoderBase(nn.Module):

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from captioning.io import InputError
+from captioning.models.decoder_base import StepOut
 
 
 class EnsembleDecoder(nn.Module):
@@ -25,16 +26,16 @@ class EnsembleDecoder(nn.Module):
         super().__init__()
         self.members = nn.ModuleList(decoders)
         self.config = decoders[0].config  # what callers read (e.g. inject): the first member's
-        self.last_alpha = None  # no attention maps: the members would each have their own
 
     def init_state(self, features: Tensor) -> tuple:
         return tuple(d.init_state(features) for d in self.members)
 
-    def step(self, tokens: Tensor, state: tuple, features: Tensor) -> tuple[Tensor, tuple]:
-        """tokens (N,) -> the mean of the members' log-probabilities (N, V), and their next states."""
+    def step(self, tokens: Tensor, state: tuple, features: Tensor) -> StepOut:
+        """tokens (N,) -> the mean of the members' log-probabilities (N, V), and their next states; no attention
+        maps (the members would each have their own)."""
         outs = [d.step(tokens, s, features) for d, s in zip(self.members, state)]
-        logp = torch.stack([logits.float().log_softmax(-1) for logits, _ in outs]).mean(0)
-        return logp, tuple(s for _, s in outs)
+        logp = torch.stack([out.logits.float().log_softmax(-1) for out in outs]).mean(0)
+        return StepOut(logp, tuple(out.state for out in outs))
 
     def reorder_state(self, state: tuple, index: Tensor) -> tuple:
         return tuple(d.reorder_state(s, index) for d, s in zip(self.members, state))
