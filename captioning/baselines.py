@@ -17,8 +17,10 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from captioning.data.coco import CocoCaptions
+from captioning.data.features import pooled
 from captioning.metrics.cider import CiderD
-from captioning.text import tokenize
+from captioning.text import joined_tokens
 
 
 def nearest(queries: torch.Tensor, gallery: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
@@ -38,8 +40,18 @@ class NearestNeighbourCaptioner:
         if len(features) != len(captions) or not len(captions):
             raise ValueError(f"{len(features)} feature rows for {len(captions)} captioned images")
         self.features, self.captions = features, [list(c) for c in captions]
-        self.tokenized = [[" ".join(tokenize(c)) for c in caps] for caps in self.captions]
+        self.tokenized = [[joined_tokens(c) for c in caps] for caps in self.captions]
         self.cider = CiderD(self.tokenized)
+
+    @classmethod
+    def of_split(cls, coco: CocoCaptions, features) -> "NearestNeighbourCaptioner":
+        """Over a split (the training one): its features as the cache holds them, pooled vectors or an attention
+        encoder's grids (compared by their mean, the pooled feature), and its images' captions."""
+        return cls(pooled(features), [coco.captions[i] for i in coco.image_ids])
+
+    def caption_split(self, coco: CocoCaptions, features, k: int) -> dict[int, str]:
+        """{image_id: caption} for every image of a split, from its cached features (as in `of_split`)."""
+        return dict(zip(coco.image_ids, self.caption(pooled(features), k=k)))
 
     def caption(self, features: torch.Tensor, k: int = 1) -> list[str]:
         """k = 1: the nearest image's first caption; k > 1: the consensus caption of the k nearest images."""

@@ -20,7 +20,6 @@ from captioning import distributed, interrupt
 from captioning.baselines import NearestNeighbourCaptioner
 from captioning.config import DecodeOptions, TrainerOptions
 from captioning.data.collate import CaptionBatch
-from captioning.data.features import pooled
 from captioning.data.splits import SplitData, test_names
 from captioning.io import atomic_write_json
 from captioning.metrics import score_captions
@@ -253,8 +252,7 @@ def score_tests(model: Captioner, splits: dict[str, SplitData], features: dict, 
     baseline = cfg.get("baseline") or {}
     knn = None
     if baseline.get("knn") and features["train"] is not None:
-        coco = splits["train"].coco
-        knn = NearestNeighbourCaptioner(pooled(features["train"]), [coco.captions[i] for i in coco.image_ids])
+        knn = NearestNeighbourCaptioner.of_split(splits["train"].coco, features["train"])
     metrics = {}
     for name in test_names(cfg["dataset"]):
         scores, results = score_split(model, splits[name], cfg, device, desc=name)
@@ -263,10 +261,9 @@ def score_tests(model: Captioner, splits: dict[str, SplitData], features: dict, 
         if cfg.get("control", True):
             metrics[f"{name}_shuffled_images"] = shuffled_control(results, references, cfg["seed"])
         if knn is not None:
-            ids = splits[name].coco.image_ids
             for key, k in (("knn", 1), ("knn_consensus", baseline.get("consensus_k"))):
                 if k:
-                    captions = dict(zip(ids, knn.caption(pooled(features[name]), k=k)))
+                    captions = knn.caption_split(splits[name].coco, features[name], k)
                     metrics[f"{name}_{key}"] = {"k": k, **caption_scores(captions, references)}
         if out_dir is not None:
             atomic_write_json(out_dir / f"{name}_captions.json",

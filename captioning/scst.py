@@ -30,25 +30,22 @@ from torch import Tensor, nn
 from captioning.config import DecodeOptions, SCSTOptions
 from captioning.data.collate import CaptionBatch
 from captioning.decoding import greedy, keep_top_k, sample
-from captioning.metrics.cider import CiderD, similarity
-from captioning.text import Vocabulary, tokenize
+from captioning.metrics.cider import CiderD
+from captioning.text import Vocabulary, joined_tokens
 
 class CiderReward:
     """CIDEr-D of tokenized captions against each image's references, with document frequencies of a fixed
     corpus (the training references), the references' n-gram vectors computed once."""
 
     def __init__(self, references: Mapping[int, Sequence[str]]):
-        tokenized = {i: [" ".join(tokenize(r)) for r in refs] for i, refs in references.items()}
+        tokenized = {i: [joined_tokens(r) for r in refs] for i, refs in references.items()}
         self.cider = CiderD(list(tokenized.values()))
         self.vectors = {i: [self.cider.vector(r) for r in refs] for i, refs in tokenized.items()}
 
     def __call__(self, captions: Sequence[str], image_ids: Sequence[int]) -> Tensor:
         """(N,) rewards of N tokenized captions, each against the references of its image."""
-        out = []
-        for caption, i in zip(captions, image_ids):
-            hyp, refs = self.cider.vector(caption), self.vectors[i]
-            out.append(10.0 * sum(similarity(hyp, r) for r in refs) / len(refs))
-        return torch.tensor(out, dtype=torch.float32)
+        return torch.tensor([self.cider.image_score(c, self.vectors[i]) for c, i in zip(captions, image_ids)],
+                            dtype=torch.float32)
 
 
 def sequence_logprobs(decoder: nn.Module, features: Tensor, ids: Tensor, bos_id: int, eos_id: int,

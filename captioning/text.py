@@ -20,6 +20,11 @@ def tokenize(text: str) -> list[str]:
     return [t for t in line.rstrip().split(" ") if t not in PUNCTUATIONS] if line.strip() else []
 
 
+def joined_tokens(text: str) -> str:
+    """A caption as the scorers read it: its tokens joined by single spaces."""
+    return " ".join(tokenize(text))
+
+
 class Vocabulary:
     """Word <-> id mapping with the four special tokens at fixed ids.
 

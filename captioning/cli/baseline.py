@@ -19,7 +19,7 @@ from captioning.cli.common import require, run_entry_point, user_errors
 
 def knn_scores(cfg: DictConfig) -> dict:
     from captioning.baselines import NearestNeighbourCaptioner
-    from captioning.data.features import cache_path, cached_features, pooled
+    from captioning.data.features import cache_path, cached_features
     from captioning.data.splits import check_images, load_splits, split_names
     from captioning.engine import caption_scores
     from captioning.io import InputError, atomic_write_json
@@ -49,12 +49,11 @@ def knn_scores(cfg: DictConfig) -> dict:
         features[name] = cached_features(encoder, cocos[name], cfg.cache_dir, batch_size=cfg.encoder.batch_size,
                                          num_workers=cfg.encoder.num_workers, device=device,
                                          precision=precision, progress=cfg.progress)
-    train, target = cocos["train"], cocos[cfg.split]
-    # An attention checkpoint's encoder gives a grid: retrieval compares its mean, the pooled feature
-    knn = NearestNeighbourCaptioner(pooled(features["train"]), [train.captions[i] for i in train.image_ids])
+    target = cocos[cfg.split]
+    knn = NearestNeighbourCaptioner.of_split(cocos["train"], features["train"])  # an attention grid: its mean
     report = {}
     for k in ks:
-        captions = dict(zip(target.image_ids, knn.caption(pooled(features[cfg.split]), k=k)))
+        captions = knn.caption_split(target, features[cfg.split], k)
         report[f"knn{k}"] = caption_scores(captions, target.references())
         if cfg.output:
             atomic_write_json(Path(cfg.output) / f"{cfg.split}_knn{k}_captions.json",

@@ -28,11 +28,9 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
 
     from captioning.cpus import set_threads
     from captioning.data.coco import load_coco_captions
-    from captioning.data.features import encoded_batches, in_chunks
     from captioning.data.folder import IMAGE_EXTENSIONS, ImageFolderDataset, find_images
     from captioning.gallery import Thumbnails, summary_line, write_outputs
     from captioning.models import load_captioner
-    from captioning.models.ensemble import EnsembleDecoder
     from captioning.progress import progress
     from captioning.precision import resolve_device, resolve_precision
 
@@ -63,36 +61,29 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
     if not paths:
         raise InputError(f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)")
     captioner = load_captioner(cfg.checkpoint, device=device)  # a list of checkpoints: their ensemble
-    if cfg.attention and isinstance(captioner.decoder, EnsembleDecoder):
-        raise InputError("attention=true draws one model's attention maps; an ensemble's members each have their own")
-    if cfg.attention and captioner.decoder.config.inject != "attention":
-        raise InputError(f"attention=true draws an attention decoder's maps; {cfg.checkpoint} was trained with "
-                         f"decoder.inject={captioner.decoder.config.inject} (train one with decoder=attention)")
+    if cfg.attention:
+        captioner.check_attention("attention=true", source=str(cfg.checkpoint))
     check_writable(out_dir)  # a read-only or full folder: now, not after the CNN has seen every image
     threads, threads_why = set_threads(cfg.threads)
     print(f"{len(paths)} images; CNN and decoder in {precision} ({why}); {threads} threads ({threads_why})",
           flush=True)
     # The workers decode each image once: the CNN's input, its thumbnail, and on CPU the CNN itself.
     thumbnails = Thumbnails(out_dir, cfg.thumbnail_size)
-    batches = encoded_batches(captioner.encoder, ImageFolderDataset(paths, captioner.transform, on_image=thumbnails),
-                              num_workers=cfg.num_workers, device=device, precision=precision)
+    described = captioner.describe_images(ImageFolderDataset(paths, captioner.transform, on_image=thumbnails),
+                                          cfg.batch_size, cfg.seed, cfg.num_workers, precision,
+                                          with_attention=cfg.attention, **decode)
 
     def name(path: Path) -> str:  # os.fsdecode's form: a name that is not UTF-8 keeps its bytes as surrogates
         return path.relative_to(root).as_posix()
 
     rows: list[dict] = [{} for _ in paths]
     attention: dict[int, tuple] = {}
-    chunks = in_chunks(batches, cfg.batch_size)  # the CNN's batches suit the CNN; beam search wants large ones
-    with closing(batches):  # closed at once on an error: the threads come back
-        for n, (indices, features, bad) in enumerate(progress(chunks, total=math.ceil(len(paths) / cfg.batch_size),
-                                                              desc="caption", unit="batch", mode=cfg.progress)):
+    with closing(described):  # closed at once on an error: the threads come back
+        for indices, described_rows, bad in progress(described, total=math.ceil(len(paths) / cfg.batch_size),
+                                                     desc="caption", unit="batch", mode=cfg.progress):
             for i, error in bad:
                 rows[i] = {"file_name": name(paths[i]), "error": error}
-            if features is None:
-                continue
-            described = captioner.describe_features(features, seed=cfg.seed + n, with_attention=cfg.attention,
-                                                    precision=precision, **decode)
-            for i, d in zip(indices, described):
+            for i, d in zip(indices, described_rows):
                 rows[i] = {"file_name": name(paths[i]), "caption": d["caption"], "score": round(d["score"], 4)}
                 if "captions" in d:  # decode.num_return > 1: the best first, as in "caption"
                     rows[i].update(captions=d["captions"], scores=[round(x, 4) for x in d["scores"]])

@@ -10,7 +10,7 @@ from typing import Hashable, Mapping, Sequence
 
 from captioning.metrics.bleu import BleuScore, corpus_bleu
 from captioning.metrics.cider import CiderD, cider_d
-from captioning.text import tokenize
+from captioning.text import joined_tokens
 
 __all__ = ["BleuScore", "corpus_bleu", "CiderD", "cider_d", "tokenize_for_scoring", "bleu_tokenized", "bleu_captions",
            "score_captions", "score_captions_per_image"]
@@ -28,7 +28,7 @@ def tokenize_for_scoring(results: Mapping[Hashable, str], references: Mapping[Ha
 
     def tok(text: str) -> str:
         if text not in cache:
-            cache[text] = " ".join(tokenize(text))
+            cache[text] = joined_tokens(text)
         return cache[text]
 
     return ({i: tok(c) for i, c in results.items()},

@@ -75,10 +75,12 @@ class CiderD:
     def vector(self, caption: str) -> Vector:
         return Vector(ngrams(caption), self)
 
-    def image_score(self, hypothesis: str, references: Sequence[str]) -> float:
-        """CIDEr-D of one tokenized caption against its image's tokenized references."""
+    def image_score(self, hypothesis: str, references: Sequence[str | Vector]) -> float:
+        """CIDEr-D of one tokenized caption against its image's tokenized references (or their vectors, when
+        they are scored against many captions, as SCST's rewards are)."""
         hyp = self.vector(hypothesis)
-        return 10.0 * sum(similarity(hyp, self.vector(r)) for r in references) / len(references)
+        refs = [r if isinstance(r, Vector) else self.vector(r) for r in references]
+        return 10.0 * sum(similarity(hyp, r) for r in refs) / len(refs)
 
     def consensus(self, captions: Sequence[str]) -> np.ndarray:
         """For each caption, its CIDEr-D against all the others as references (Devlin et al.'s consensus

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -49,11 +49,8 @@ class Captioner(nn.Module):
         one map per word and one for <end>], [with num_return > 1: "captions", "scores", best first]}. Options as
         in `caption_features`; `precision` of the decoder's matrix products (auto | fp32 | bf16: autocast; the
         log-probabilities and scores are fp32 either way)."""
-        if with_attention and isinstance(self.decoder, EnsembleDecoder):
-            raise InputError("with_attention: an ensemble's members each have their own attention maps")
-        if with_attention and self.decoder.config.inject != "attention":
-            raise InputError("with_attention: this captioner reads pooled features and has no attention maps "
-                             "(decoder=attention has them)")
+        if with_attention:
+            self.check_attention("with_attention")
         generator = None
         if seed is not None:
             generator = torch.Generator(self.device).manual_seed(seed)
@@ -87,35 +84,59 @@ class Captioner(nn.Module):
         """
         return [row["caption"] for row in self.describe_features(features, **options)]
 
+    def check_attention(self, asked: str, source: str = "this captioner") -> None:
+        """InputError unless this captioner has attention maps to draw (`asked`: the option that asked for them,
+        `source`: what the captioner was loaded from)."""
+        if isinstance(self.decoder, EnsembleDecoder):
+            raise InputError(f"{asked} draws one model's attention maps; an ensemble's members each have their own")
+        if self.decoder.config.inject != "attention":
+            raise InputError(f"{asked} draws an attention decoder's maps; {source} reads pooled features and has no "
+                             f"attention maps (decoder.inject={self.decoder.config.inject}: train one with "
+                             "decoder=attention)")
+
+    def describe_images(self, images: ImageFolderDataset, batch_size: int = 64, seed: int | None = None,
+                        num_workers: int = 0, precision: str = "auto", **options) -> Iterator[tuple]:
+        """The loop that captions images, for `caption` and captioning-caption: the CNN as in feature extraction
+        (`encoded_batches`: its inference copy, channels_last; with `num_workers` on CPU, in worker processes that
+        also read the images), then `describe_features` on `batch_size` images per call (call n seeded with
+        `seed + n`), both in `precision`. Yields (indices, described, bad) per call: the dataset's indices of the
+        images described, their rows, and (index, reason) for each image that could not be read."""
+        from captioning.data.features import encoded_batches, in_chunks  # it imports models
+
+        batches = encoded_batches(self.encoder, images, device=self.device, num_workers=num_workers,
+                                  precision=precision)
+        with _evaluating(self.encoder), closing(batches):  # closed at once on an error: the threads come back
+            for n, (indices, features, bad) in enumerate(in_chunks(batches, batch_size)):
+                described = [] if features is None else self.describe_features(
+                    features, seed=None if seed is None else seed + n, precision=precision, **options)
+                yield indices, described, bad
+
     @torch.no_grad()
     def caption(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 64, seed: int | None = None,
                 num_workers: int = 0, precision: str = "auto", **decode_options) -> list[str]:
         """Captions for image paths or PIL images (decoding options: `caption_features`).
 
-        The CNN runs as in feature extraction and captioning-caption (`encoded_batches`: its inference copy,
-        channels_last; with `num_workers` on CPU, in worker processes that also read the images), then decoding
-        takes `batch_size` images per call; both in `precision` (auto | fp32 | bf16). Sampling draws call n from
-        a generator seeded with `seed + n`. An unreadable image is an ImageError naming it. Each call builds the
-        CNN's inference copy anew (about 55 ms for EfficientNet-Lite0 on a 2-core CPU), so that weights changed
-        since the last call are used: pass many images per call.
+        The loop is `describe_images`, captioning-caption's (`batch_size` images per decoding call, `precision`
+        auto | fp32 | bf16, call n sampled with `seed + n`). An unreadable image is an ImageError naming it. Each
+        call builds the CNN's inference copy anew (about 55 ms for EfficientNet-Lite0 on a 2-core CPU), so that
+        weights changed since the last call are used: pass many images per call.
         """
-        from captioning.data.features import DEFAULT_BATCH, encoded_batches, in_chunks  # it imports models
+        from captioning.data.features import DEFAULT_BATCH  # it imports models
 
         if isinstance(images, (str, os.PathLike, Image.Image)):
             images = [images]
         images = list(images)
-        batches = encoded_batches(self.encoder, ImageFolderDataset(images, self.transform), device=self.device,
-                                  num_workers=num_workers if len(images) > DEFAULT_BATCH["cpu"] else 0,
-                                  precision=precision)
+        described = self.describe_images(ImageFolderDataset(images, self.transform), batch_size, seed,
+                                         num_workers if len(images) > DEFAULT_BATCH["cpu"] else 0, precision,
+                                         **decode_options)
         captions: list[str] = []
-        with _evaluating(self.encoder), closing(batches):  # closed at once on an error: the threads come back
-            for n, (_, features, bad) in enumerate(in_chunks(batches, batch_size)):
+        with closing(described):  # closed at once on an error: the threads come back
+            for _, rows, bad in described:
                 if bad:
                     i, reason = bad[0]
                     where = i if isinstance(images[i], Image.Image) else repr(os.fsdecode(images[i]))
                     raise ImageError(f"image {where}: {reason}")
-                captions += self.caption_features(features, seed=None if seed is None else seed + n,
-                                                  precision=precision, **decode_options)
+                captions += [row["caption"] for row in rows]
         return captions
 
 
