@@ -8,7 +8,7 @@ import argparse
 import sys
 import time
 
-from captioning.data.shapes import format_summary, make_shapes_dataset, summary
+from captioning.data.shapes import Drawing, format_summary, make_shapes_dataset, summary
 from captioning.io import InputError
 
 
@@ -30,8 +30,8 @@ def main() -> None:
     start = time.perf_counter()
     try:
         make_shapes_dataset(args.out, args.train, args.val, args.test, seed=args.seed, image_size=args.size,
-                            workers=args.workers, demo_images=args.demo_images, progress="auto", style=args.style,
-                            shifted_style=args.shifted_style, distractors=args.distractors)
+                            workers=args.workers, demo_images=args.demo_images, progress="auto",
+                            drawing=Drawing(args.style, args.shifted_style, args.distractors))
         print(f"wrote {args.out} in {time.perf_counter() - start:.1f} s")
         print(format_summary(summary(args.out)))
     except InputError as e:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from captioning.baselines import NearestNeighbourCaptioner, nearest
-from captioning.data.shapes import SHIFTED, make_shapes_dataset, render, sample_scene
+from captioning.data.shapes import SHIFTED, Drawing, make_shapes_dataset, render, sample_scene
 
 BIN = Path(sys.executable).parent
 
@@ -41,8 +41,8 @@ def test_one_nn_copies_and_consensus_picks_what_the_neighbours_agree_on():
 
 
 def test_shifted_shapes_set(tmp_path):
-    paths = make_shapes_dataset(tmp_path, n_train=6, n_val=2, n_test=4, seed=0, distractors=2,
-                                shifted_style="outline")  # fewer test images than demo images (8)
+    paths = make_shapes_dataset(tmp_path, n_train=6, n_val=2, n_test=4, seed=0,
+                                drawing=Drawing(shifted_style="outline", distractors=2))  # fewer test images than demo images (8)
     assert set(paths) == {"train", "val", "test", SHIFTED}
     demo = sorted(p.name for p in (tmp_path / "demo_images").iterdir())
     assert demo == sorted(p.name for p in (tmp_path / "images" / "test").iterdir())  # test images only

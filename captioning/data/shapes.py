@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -156,19 +157,27 @@ def _make_image(job: tuple) -> dict:
             "attributes": attributes}
 
 
+@dataclass(frozen=True)
+class Drawing:
+    """How the shapes are drawn: `style` (filled | outline); with `shifted_style`, a fourth split `test_shifted`
+    drawn in that style (a distribution shift between training and test; `test` stays in `style`);
+    `distractors`: up to this many small grey shapes per image that no caption mentions."""
+    style: str = "filled"
+    shifted_style: str | None = None
+    distractors: int = 0
+
+
 def make_shapes_dataset(root: str | os.PathLike, n_train: int = 3000, n_val: int = 300, n_test: int = 300,
                         seed: int = 0, image_size: int = 128, workers: int | None = None,
-                        demo_images: int = 8, progress: Mode = False, style: str = "filled",
-                        shifted_style: str | None = None, distractors: int = 0) -> dict[str, Path]:
+                        demo_images: int = 8, progress: Mode = False, drawing: Drawing = Drawing()
+                        ) -> dict[str, Path]:
     """Write root/images/{split}/*.png and root/captions_{split}.json; returns split -> annotations path.
 
     Image ids run on across splits (1..n_train, then val, then test), so they are unique in the
-    whole dataset. The first `demo_images` test images are also copied to root/demo_images. With
-    `shifted_style`, a fourth split `test_shifted` of n_test images is drawn in that style (a distribution
-    shift between training and test); `test` stays in the training style. `distractors`: up to this many
-    small grey shapes per image that no caption mentions.
+    whole dataset. The first `demo_images` test images are also copied to root/demo_images. `drawing`: the
+    styles and distractors (`Drawing`).
     """
-    root = Path(root)
+    root, style, shifted_style, distractors = Path(root), drawing.style, drawing.shifted_style, drawing.distractors
     for name in (style, shifted_style or style):
         if name not in STYLES:
             raise InputError(f"style must be one of {', '.join(STYLES)}, got {name!r}")
