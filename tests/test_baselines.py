@@ -66,7 +66,7 @@ def test_shifted_shapes_set(tmp_path):
 @pytest.mark.slow
 def test_baseline_cli_scores_and_writes_captions(tmp_path):
     make_shapes_dataset(tmp_path / "shapes", n_train=24, n_val=4, n_test=6, seed=0, image_size=32, demo_images=0,
-                        shifted_style="outline")
+                        drawing=Drawing(shifted_style="outline"))
     proc = subprocess.run([str(BIN / "captioning-baseline"), "dataset=shapes_shifted", f"dataset.root={tmp_path / 'shapes'}",
                            "encoder=small_cnn", "encoder.image_size=32", "encoder.num_workers=0", "split=test_shifted",
                            "k=[1,3]", f"cache_dir={tmp_path / 'cache'}", f"output={tmp_path / 'out'}"],
