@@ -50,18 +50,16 @@ def _train_and_sample(cfg: DictConfig, out: str) -> dict:
           f"{model.config.cell} ({model.config.impl}), tbptt.steps={cfg.tbptt.steps}")
 
     history: list[dict] = []
-    best = float("inf")
     ckpt_dir = os.path.join(out, "checkpoints")
 
     def on_epoch(row: dict) -> None:
-        nonlocal best
+        best = min((r["val_loss"] for r in history), default=float("inf"))
         history.append(row)
         print(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} (ppl {row['train_ppl']:.3f})  "
               f"val loss {row['val_loss']:.4f} (ppl {row['val_ppl']:.3f})  {row['seconds']:.1f} s "
               f"(CPU {row['cpu_seconds']:.1f} s)")
         save_lm(os.path.join(ckpt_dir, "last.pt"), model, vocab, history)
         if row["val_loss"] < best:
-            best = row["val_loss"]
             save_lm(os.path.join(ckpt_dir, "best.pt"), model, vocab, history)
 
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
