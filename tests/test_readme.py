@@ -67,6 +67,7 @@ COVERAGE = {
            ("icons", "trainer.max_epochs=15 trainer.patience=4 decode=greedy ", "icons_old_default"),
            ("icons", "", "icons_default"),
            ("icons", "trainer.label_smoothing=0.1 ", "icons_label_smoothing"),
+           ("shapes_shifted", "trainer.label_smoothing=0.1 ", "shapes_label_smoothing"),
            ("shapes_shifted", "trainer.max_epochs=50 trainer.patience=5 decode=greedy ", "shapes_budget50"),
            ("shapes_shifted", "", "shapes_default")]},
     **{f"for s in 0 1 2; do captioning-train dataset=icons seed=$s "
@@ -82,6 +83,7 @@ COVERAGE = {
             "screen_big"), ("decoder.feature_dropout=0.5", "screen_feature_dropout")]},
     "captioning-report multirun/icons_old_default multirun/icons_default --output icons_budget.md": COMPOSE,
     "captioning-report multirun/icons_default multirun/icons_label_smoothing --output icons_label_smoothing.md": COMPOSE,
+    "captioning-report multirun/shapes_default multirun/shapes_label_smoothing --output shapes_label_smoothing.md": COMPOSE,
     "captioning-train -m dataset=icons +experiment=scst seed=0 "
     "trainer.init_from=multirun/screen_budget/0/checkpoints/best.pt scst.baseline=greedy,mean "
     "optim.optimizer.lr=5e-5,5e-4 decode=greedy trainer.threads=1 trainer.tensorboard=false hydra.sweep.dir=multirun/screen_scst": COMPOSE,
@@ -89,6 +91,12 @@ COVERAGE = {
        f"trainer.init_from=multirun/{data.split('_')[0]}_default/$s/checkpoints/best.pt optim.optimizer.lr=1e-4 "
        f"trainer.threads=1 trainer.tensorboard=false hydra.sweep.dir=multirun/{data.split('_')[0]}_scst_s$s; done": COMPOSE
        for data, seeds in (("shapes_shifted", "0 1 2"), ("icons", "1 2"))},
+    **{f"for s in 0 1 2; do captioning-train -m dataset={data} +experiment=scst seed=$s "
+       f"trainer.init_from=multirun/{data.split('_')[0]}_label_smoothing/$s/checkpoints/best.pt "
+       f"trainer.threads=1 trainer.tensorboard=false hydra.sweep.dir=multirun/{data.split('_')[0]}_ls_scst_s$s; done": COMPOSE
+       for data in ("icons", "shapes_shifted")},
+    **{f"captioning-report multirun/{d}_label_smoothing multirun/{d}_ls_scst_s0 multirun/{d}_ls_scst_s1 "
+       f"multirun/{d}_ls_scst_s2 --output {d}_ls_scst.md": COMPOSE for d in ("icons", "shapes")},
     "captioning-train -m dataset=icons +experiment=scst seed=0 trainer.init_from=multirun/icons_default/0/checkpoints/best.pt "
     "optim.optimizer.lr=2e-4,1e-4 trainer.threads=1 trainer.tensorboard=false hydra.sweep.dir=multirun/icons_scst_lr": COMPOSE,
     "captioning-report multirun/shapes_default multirun/shapes_scst_s0 multirun/shapes_scst_s1 multirun/shapes_scst_s2 "
