@@ -178,7 +178,7 @@ def test_gallery_renders_in_headless_chromium(tmp_path, photos, checkpoint, caps
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium: apt-get install chromium (.ci/run does)")
 def test_attention_maps_in_the_gallery(tmp_path, photos, checkpoint, capsys):
-    """attention=true: one map per word (and <end>) under every caption, as PNGs beside the gallery."""
+    """with_attention=true: one map per word (and <end>) under every caption, as PNGs beside the gallery."""
     torch.manual_seed(0)
     vocab = Vocabulary(["a", "red", "circle", "on", "the", "left"])
     encoder = build_encoder("small_cnn", image_size=64, grid=True)
@@ -189,16 +189,22 @@ def test_attention_maps_in_the_gallery(tmp_path, photos, checkpoint, capsys):
     save_checkpoint(path, model_state=model.state_dict(), vocab=vocab,
                     model_config={"encoder": encoder.spec, "decoder": vars(config)})
     out = tmp_path / "out"
-    rows, _ = caption_inprocess(capsys, f"checkpoint={path}", f"images={photos}", f"output={out}", "attention=true",
+    rows, _ = caption_inprocess(capsys, f"checkpoint={path}", f"images={photos}", f"output={out}", "with_attention=true",
                                 "decode.max_len=4")
     captioned = [r for r in rows if "caption" in r]
     assert captioned and all(len(r["attention_maps"]) == len(r["caption"].split()) + 1 for r in captioned)
     assert all((out / m).is_file() for r in captioned for m in r["attention_maps"])
     _, dom = render(out / "index.html", tmp_path)
     assert dom.count('class="attention"') == len(captioned) and dom.count("attention/") >= len(captioned)
-    with pytest.raises(InputError, match="attention=true draws an attention decoder's maps"):
+    with pytest.raises(InputError, match="with_attention=true draws an attention decoder's maps"):
         caption_inprocess(capsys, f"checkpoint={checkpoint}", f"images={photos}", f"output={tmp_path / 'o2'}",
-                          "attention=true")  # a decoder without attention has no maps to draw
+                          "with_attention=true")  # a decoder without attention has no maps to draw
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):  # the old name: works, with a warning
+        old = caption_folder(compose("caption", overrides=[f"checkpoint={path}", f"images={photos}", "attention=true",
+                                                           f"output={tmp_path / 'o3'}", "decode.max_len=4",
+                                                           "progress=false", "num_workers=0"]))
+    assert [r.get("attention_maps") for r in old] == [r.get("attention_maps") for r in rows]
+    assert "attention=true is now with_attention=true" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("options, api_kwargs", [

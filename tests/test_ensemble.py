@@ -79,5 +79,5 @@ def test_captioning_caption_takes_a_list_of_checkpoints(tmp_path, members, capsy
     expected = load_captioner(members, device="cpu").caption(sorted(images.iterdir()), batch_size=16)
     assert [r["caption"] for r in rows] == expected
     assert json.loads((tmp_path / "out" / "captions.json").read_text())[0]["caption"] == expected[0]
-    bad = caption(listed, f"images={images}", f"output={tmp_path / 'o2'}", "attention=true")
+    bad = caption(listed, f"images={images}", f"output={tmp_path / 'o2'}", "with_attention=true")
     assert bad.returncode == 1 and "an ensemble's members each have their own" in bad.stderr

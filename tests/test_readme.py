@@ -122,7 +122,7 @@ COVERAGE = {
                             ("trainer.select_on=bleu4", "select_bleu4")]},
     "captioning-train decoder=attention hydra.run.dir=runs/attention": RUN,
     "captioning-caption checkpoint=runs/attention/checkpoints/best.pt images=data/shapes/demo_images "
-    "output=runs/attention/gallery attention=true": RUN,
+    "output=runs/attention/gallery with_attention=true": RUN,
     "captioning-train -m dataset=shapes_shifted seed=0,1,2 decoder.inject=init,pre,par decoder.cell=rnn,gru "
     "trainer.max_epochs=8 trainer.tensorboard=false hydra.sweep.dir=multirun/conditioning": COMPOSE,  # 18 full runs
     "captioning-train -m dataset=shapes_shifted seed=0,1,2 decoder.inject=init,pre,par decoder.cell=lstm "

@@ -34,6 +34,11 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
     from captioning.progress import progress
     from captioning.precision import resolve_device, resolve_precision
 
+    with_attention = cfg.with_attention
+    if cfg.attention is not None:  # the name before with_attention (the API's): kept working for scripts
+        print(f"warning: attention={str(cfg.attention).lower()} is now with_attention={str(cfg.attention).lower()}; "
+              "the old name will be removed", file=sys.stderr)
+        with_attention = cfg.attention
     options = options_from(DecodeOptions, cfg.decode, "decode")
     check(options)  # before any image is read
     problems = [f"{name} must be at least {low}, got {cfg[name]}"
@@ -61,8 +66,8 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
     if not paths:
         raise InputError(f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)")
     captioner = load_captioner(cfg.checkpoint, device=device)  # a list of checkpoints: their ensemble
-    if cfg.attention:
-        captioner.check_attention("attention=true", source=str(cfg.checkpoint))
+    if with_attention:
+        captioner.check_attention("with_attention=true", source=str(cfg.checkpoint))
     check_writable(out_dir)  # a read-only or full folder: now, not after the CNN has seen every image
     threads, threads_why = set_threads(cfg.threads)
     print(f"{len(paths)} images; CNN and decoder in {precision} ({why}); {threads} threads ({threads_why})",
@@ -71,7 +76,7 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
     thumbnails = Thumbnails(out_dir, cfg.thumbnail_size)
     described = captioner.describe_images(ImageFolderDataset(paths, captioner.transform, on_image=thumbnails),
                                           cfg.batch_size, cfg.seed, cfg.num_workers, precision,
-                                          with_attention=cfg.attention, **decode)
+                                          with_attention=with_attention, **decode)
 
     def name(path: Path) -> str:  # os.fsdecode's form: a name that is not UTF-8 keeps its bytes as surrogates
         return path.relative_to(root).as_posix()
@@ -87,7 +92,7 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
                 rows[i] = {"file_name": name(paths[i]), "caption": d["caption"], "score": round(d["score"], 4)}
                 if "captions" in d:  # decode.num_return > 1: the best first, as in "caption"
                     rows[i].update(captions=d["captions"], scores=[round(x, 4) for x in d["scores"]])
-                if cfg.attention:
+                if with_attention:
                     attention[i] = (d["words"], d["attention"])
     rows += [{"file_name": name(path), "error": reason} for path, reason in problems]
     if references is not None:
