@@ -29,7 +29,7 @@ TINY = {
                          "trainer.max_steps=3", "trainer.tensorboard=false"],
     "captioning-caption": ["num_workers=0", "thumbnail_size=32"],
     "captioning-eval": [],
-    "captioning-lm": ["optim.epochs=1", "max_chars=4000", "model.hidden_size=32", "sample.length=20",
+    "captioning-lm": ["trainer.max_epochs=1", "max_chars=4000", "model.hidden_dim=32", "sample.length=20",
                       "sample.num_samples=1"],
     "captioning-gradflow": ["seq_len=12", "hidden_size=8", "seeds=[0]", "clip.seq_len=6"],
     "captioning-baseline": ["encoder=small_cnn", "encoder.image_size=32", "encoder.num_workers=0"],

@@ -22,7 +22,7 @@ TEXT = "the cat sat on the mat.\nthe dog sat on the log.\n" * 30
 
 def _model(cell: str = "lstm", impl: str = "fused", vocab_size: int = 11) -> CharLM:
     torch.manual_seed(0)
-    return CharLM(LMConfig(vocab_size=vocab_size, embed_dim=8, hidden_size=16, num_layers=2, cell=cell, impl=impl))
+    return CharLM(LMConfig(vocab_size=vocab_size, embed_dim=8, hidden_dim=16, num_layers=2, cell=cell, impl=impl))
 
 
 def test_chunks_cover_the_stream_once_with_shifted_targets():
@@ -110,8 +110,8 @@ def _cli(tmp_path: Path, *overrides: str, cwd: Path | None = None) -> subprocess
 def test_cli_trains_saves_and_samples(tmp_path: Path):
     text = tmp_path / "text.txt"
     text.write_text(TEXT, encoding="utf-8")
-    proc = _cli(tmp_path, f"text_file={text}", "optim.epochs=2", "tbptt.steps=8", "tbptt.batch_size=4",
-                "model.hidden_size=16", "model.embed_dim=8", "sample.length=20", "sample.num_samples=1",
+    proc = _cli(tmp_path, f"text_file={text}", "trainer.max_epochs=2", "tbptt.steps=8", "tbptt.batch_size=4",
+                "model.hidden_dim=16", "model.embed_dim=8", "sample.length=20", "sample.num_samples=1",
                 "sample.temperatures=[0.5]", "sample.prime=the")
     assert proc.returncode == 0, proc.stderr
     run = tmp_path / "run"
@@ -123,6 +123,21 @@ def test_cli_trains_saves_and_samples(tmp_path: Path):
     model, vocab, history = load_lm(run / "checkpoints" / "last.pt")
     assert history == metrics["epochs"] and len(vocab) == len(set(TEXT))
     assert (run / "checkpoints" / "best.pt").is_file()
+    # The old names (before the LM took captioning-train's) still work, each with a one-line warning, and a
+    # checkpoint written under the old model name still loads
+    old = _cli(tmp_path / "old", f"text_file={text}", "optim.epochs=1", "optim.lr=0.01", "optim.clip=0.5",
+               "tbptt.steps=8", "tbptt.batch_size=4", "model.hidden_size=12", "model.embed_dim=8", "sample.length=5",
+               "sample.num_samples=1", "sample.temperatures=[0.5]")
+    assert old.returncode == 0, old.stderr
+    for name, new in (("optim.epochs=1", "trainer.max_epochs=1"), ("optim.lr=0.01", "optim.optimizer.lr=0.01"),
+                      ("optim.clip=0.5", "trainer.grad_clip=0.5"), ("model.hidden_size=12", "model.hidden_dim=12")):
+        assert f"warning: {name} is now {new}" in old.stderr
+    payload = torch.load(tmp_path / "old" / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert payload["config"]["hidden_dim"] == 12
+    assert len(json.loads((tmp_path / "old" / "run" / "metrics.json").read_text())["epochs"]) == 1
+    payload["config"]["hidden_size"] = payload["config"].pop("hidden_dim")
+    torch.save(payload, tmp_path / "written_before.pt")
+    assert load_lm(tmp_path / "written_before.pt")[0].config.hidden_dim == 12
 
 
 def test_cli_missing_default_captions_is_a_clear_error(tmp_path: Path, monkeypatch, capsys):

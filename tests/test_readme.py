@@ -182,12 +182,12 @@ COVERAGE = {
     "captioning-gradflow": RUN,
     "captioning-gradflow seq_len=200 'cells=[rnn,lstm]' seeds='[0,1,2,3,4]' init=orthogonal forget_bias=0": RUN,
     "captioning-lm": RUN,
-    "captioning-lm text_file=book.txt tbptt.steps=128 model.cell=gru optim.epochs=5": RUN,
-    "captioning-lm init_from=runs/lm/flickr8k_steps32/checkpoints/best.pt optim.epochs=0 "
+    "captioning-lm text_file=book.txt tbptt.steps=128 model.cell=gru trainer.max_epochs=5": RUN,
+    "captioning-lm init_from=runs/lm/flickr8k_steps32/checkpoints/best.pt trainer.max_epochs=0 "
     "'sample.temperatures=[0.3,1.5]'": RUN,
     "xzcat tests/data/flickr8k/Flickr8k.token.txt.xz | cut -f2 > data/flickr8k_captions.txt": RUN,
     "for s in 8 32 128; do captioning-lm text_file=data/flickr8k_captions.txt max_chars=200000 tbptt.steps=$s "
-    "optim.epochs=10 sample.prime=A hydra.run.dir=runs/lm/flickr8k_steps$s; done": RUN,
+    "trainer.max_epochs=10 sample.prime=A hydra.run.dir=runs/lm/flickr8k_steps$s; done": RUN,
     "captioning-bench encoder": RUN,
     "captioning-bench encoder --images data/shapes/images/val --limit 200 --repeats 2": RUN,
     "captioning-bench decoder": RUN,

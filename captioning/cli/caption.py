@@ -15,7 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 from captioning.cli._conf import CONF_DIR
-from captioning.cli.common import fail, require, run_entry_point, user_errors
+from captioning.cli.common import fail, require, run_entry_point, take_renamed, user_errors
 from captioning.config import DecodeOptions, check, options_from
 from captioning.io import InputError, check_writable, not_there
 
@@ -34,11 +34,8 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
     from captioning.progress import progress
     from captioning.precision import resolve_device, resolve_precision
 
+    take_renamed(cfg, {"attention": "with_attention"})  # the API's name
     with_attention = cfg.with_attention
-    if cfg.attention is not None:  # the name before with_attention (the API's): kept working for scripts
-        print(f"warning: attention={str(cfg.attention).lower()} is now with_attention={str(cfg.attention).lower()}; "
-              "the old name will be removed", file=sys.stderr)
-        with_attention = cfg.attention
     options = options_from(DecodeOptions, cfg.decode, "decode")
     check(options)  # before any image is read
     problems = [f"{name} must be at least {low}, got {cfg[name]}"

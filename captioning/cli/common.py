@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, NoReturn, TextIO
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from captioning.io import InputError
 
@@ -31,6 +31,21 @@ def fail(message: str) -> NoReturn:
 def stop(message: str, status: int) -> NoReturn:
     print(message, file=sys.stderr, flush=True)
     sys.exit(status)
+
+
+def take_renamed(cfg: DictConfig, renamed: dict[str, str]) -> None:
+    """Old option names that users' scripts may still set (kept in the yaml as null): each one set moves to its new
+    name with a one-line warning; all of them leave `cfg`, so the code reads the new names alone."""
+    for old, new in renamed.items():
+        value = OmegaConf.select(cfg, old)
+        if value is not None:
+            shown = str(value).lower() if isinstance(value, bool) else value
+            print(f"warning: {old}={shown} is now {new}={shown}; the old name will be removed", file=sys.stderr)
+            OmegaConf.update(cfg, new, value, force_add=True)
+        parent, _, key = old.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        with open_dict(node):
+            node.pop(key)
 
 
 def require(cfg: DictConfig, example: str) -> None:

@@ -1,7 +1,7 @@
 """captioning-lm: train a character-level LM with truncated BPTT, report perplexity, sample text.
 
     captioning-lm                                         # conf/lm.yaml defaults (shapes captions)
-    captioning-lm text_file=book.txt tbptt.steps=128 optim.epochs=5
+    captioning-lm text_file=book.txt tbptt.steps=128 trainer.max_epochs=5
 
 Writes metrics.json (per epoch: train/val loss and perplexity, seconds), samples.json and
 checkpoints/{last,best}.pt to the run directory.
@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 from captioning.cli._conf import CONF_DIR
-from captioning.cli.common import run_entry_point, user_errors
+from captioning.cli.common import run_entry_point, take_renamed, user_errors
 
 
 def _train_and_sample(cfg: DictConfig, out: str) -> dict:
@@ -23,6 +23,8 @@ def _train_and_sample(cfg: DictConfig, out: str) -> dict:
     from captioning.io import InputError, atomic_write_json
     from captioning.lecture.charlm import CharLM, CharVocab, LMConfig, fit, load_lm, load_text, sample, save_lm
 
+    take_renamed(cfg, {"model.hidden_size": "model.hidden_dim", "optim.lr": "optim.optimizer.lr",
+                       "optim.epochs": "trainer.max_epochs", "optim.clip": "trainer.grad_clip"})
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -62,9 +64,9 @@ def _train_and_sample(cfg: DictConfig, out: str) -> dict:
         if row["val_loss"] < best:
             save_lm(os.path.join(ckpt_dir, "best.pt"), model, vocab, history)
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.optimizer.lr)
     fit(model, train_ids, val_ids, steps=cfg.tbptt.steps, batch_size=cfg.tbptt.batch_size,
-        epochs=cfg.optim.epochs, optimizer=optimizer, clip=cfg.optim.clip, on_epoch=on_epoch)
+        epochs=cfg.trainer.max_epochs, optimizer=optimizer, clip=cfg.trainer.grad_clip, on_epoch=on_epoch)
     atomic_write_json(os.path.join(out, "metrics.json"),
                       {"epochs": history, "tbptt_steps": cfg.tbptt.steps, "chars": len(text),
                        "vocab_size": len(vocab)})

@@ -60,7 +60,7 @@ class CharVocab:
 class LMConfig:
     vocab_size: int
     embed_dim: int = 32
-    hidden_size: int = 256
+    hidden_dim: int = 256   # the captioner's name (DecoderOptions.hidden_dim)
     num_layers: int = 1
     cell: str = "lstm"    # lstm | gru | rnn
     impl: str = "fused"   # fused | explicit
@@ -72,8 +72,8 @@ class CharLM(nn.Module):
         super().__init__()
         self.config = c = config
         self.embed = nn.Embedding(c.vocab_size, c.embed_dim)
-        self.rnn = build_recurrent(c.cell, c.impl, c.embed_dim, c.hidden_size, c.num_layers, c.dropout)
-        self.out = nn.Linear(c.hidden_size, c.vocab_size)
+        self.rnn = build_recurrent(c.cell, c.impl, c.embed_dim, c.hidden_dim, c.num_layers, c.dropout)
+        self.out = nn.Linear(c.hidden_dim, c.vocab_size)
 
     def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """ids (B, T) -> logits (B, T, V) and the state after the last step."""
@@ -194,6 +194,9 @@ def load_lm(path: str | Path, map_location: str = "cpu") -> tuple[CharLM, CharVo
         raise InputError(f"{path} is not a readable checkpoint: {e}") from e
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path} is not a character-LM checkpoint (format {CHECKPOINT_FORMAT!r})")
-    model = CharLM(LMConfig(**payload["config"]))
+    config = dict(payload["config"])
+    if "hidden_size" in config:  # written before the option took the captioner's name
+        config["hidden_dim"] = config.pop("hidden_size")
+    model = CharLM(LMConfig(**config))
     model.load_state_dict(payload["model_state"])
     return model, CharVocab.from_dict(payload["vocab"]), payload["history"]

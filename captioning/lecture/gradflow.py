@@ -34,7 +34,6 @@ class FlowConfig:
     init: str = "default"         # default: torch's U(-1/sqrt(H), 1/sqrt(H)); orthogonal: W_hh = gain * Q
     recurrent_gain: float = 1.0   # multiplies W_hh after init (> 1 makes a vanilla RNN explode)
     forget_bias: float = 1.0      # LSTM forget-gate bias (b_ih + b_hh), the usual "remember by default"
-    input_scale: float = 1.0      # std of the random input sequence
 
 
 def build_cell(cell: str, cfg: FlowConfig, seed: int) -> ExplicitRecurrent:
@@ -58,7 +57,7 @@ def build_cell(cell: str, cfg: FlowConfig, seed: int) -> ExplicitRecurrent:
 
 def _inputs(cfg: FlowConfig, seed: int) -> tuple[Tensor, Tensor]:
     g = torch.Generator().manual_seed(10_000 + seed)
-    x = cfg.input_scale * torch.randn(cfg.batch_size, cfg.seq_len, cfg.input_size, generator=g, dtype=torch.float64)
+    x = torch.randn(cfg.batch_size, cfg.seq_len, cfg.input_size, generator=g, dtype=torch.float64)
     readout = torch.randn(cfg.hidden_size, generator=g, dtype=torch.float64)  # L = mean_b readout . h_{T-1}
     return x, readout
 
