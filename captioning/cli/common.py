@@ -45,7 +45,7 @@ def take_renamed(cfg: DictConfig, renamed: dict[str, str]) -> None:
         parent, _, key = old.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg
         with open_dict(node):
-            node.pop(key)
+            node.pop(key, None)  # absent when the config was composed without it, or already taken
 
 
 def require(cfg: DictConfig, example: str) -> None:
