@@ -111,8 +111,8 @@ def train(cfg: dict, run_dir: str | Path, make_optimizer: Callable) -> dict:
     opts = check_config(cfg)
     with distributed.process_group(resolve_device(opts.device)) as device, interrupt.catch_signals():
         run = read_inputs(cfg, opts, Path(run_dir), device)
-        model, model_config = load_model(run)
-        splits, features = load_data(run, model, device)
+        model, model_config, spec = load_model(run)
+        splits, features = load_data(run, model, spec, device)
         trainer = Trainer(run, model, model_config, splits, make_optimizer, device)
         trainer.fit()
         metrics = test_best(run, trainer, features, device)
@@ -160,38 +160,35 @@ def read_inputs(cfg: dict, opts: TrainerOptions, run_dir: Path, device: torch.de
                      threads)
 
 
-def load_model(run: RunInputs) -> tuple[Captioner, dict]:
+def load_model(run: RunInputs) -> tuple[Captioner, dict, dict]:
     """The captioner, with the starting checkpoint's weights loaded before anything reads them (the cached
-    features are those of the CNN the run started with, also when it resumes); every image that will be read
-    checked now, not after an hour of feature extraction."""
+    features are those of the CNN the run started with, also when it resumes), its model_config and its feature
+    cache's spec; every image that will be read checked now, not after an hour of feature extraction."""
     model, model_config = build_model(run.cfg, run.vocab)
     if run.init is not None:
         check_same_model(Path(run.init_from), run.init, model_config, action="start from")
         model.load_state_dict(run.init["model"])
     if run.ckpt is not None:
         check_resumable(run.resume, run.ckpt, model_config, run.opts.batch_size)
-    spec = feature_spec(run, model)
+    spec = cache_spec(model.encoder, run.init["model_config"]["encoder"] if run.init is not None else None)
     for s in run.names:
         if trains_encoder(run.cfg["encoder"]) or \
                 not cache_path(spec, run.cocos[s], run.cfg["cache_dir"], run.opts.precision).is_file():
             check_images(run.cocos[s])
     if distributed.is_main():
         run.vocab.save(run.run_dir / "vocab.json")
-    return model, model_config
+    return model, model_config, spec
 
 
-def feature_spec(run: RunInputs, model: Captioner) -> dict:
-    return cache_spec(model.encoder, run.init["model_config"]["encoder"] if run.init is not None else None)
-
-
-def load_data(run: RunInputs, model: Captioner, device: torch.device) -> tuple[dict[str, SplitData], dict]:
+def load_data(run: RunInputs, model: Captioner, spec: dict, device: torch.device
+              ) -> tuple[dict[str, SplitData], dict]:
     """Every split as the decoder reads it: cached features (built by rank 0, read by the others once complete),
     or images through the CNN that trains; and the features ({split: None} when there are none)."""
     model.to(device)
     features = {s: None for s in run.names}
     if not run.cached:
         return image_splits(run.cocos, run.vocab, model.encoder, run.cfg), features
-    enc, main, spec = run.cfg["encoder"], distributed.is_main(), feature_spec(run, model)
+    enc, main = run.cfg["encoder"], distributed.is_main()
 
     def split_features(build: bool) -> dict:
         return {s: cached_features(model.encoder, run.cocos[s], run.cfg["cache_dir"], spec=spec, build=build,
