@@ -84,8 +84,8 @@ class Trainer:
                                  copy_best=self.main, rank=distributed.rank(), world_size=world)
             reconfigure(self.scheduler, cfg["optim"], self.total_steps, steps_per_epoch)
         decoder = distributed.data_parallel(model.decoder, device)
-        self.encoder = None if run.cached else distributed.data_parallel(model.encoder, device)  # when it trains
-        self.stepper = Stepper(decoder, self.encoder, self.optimizer, self.scheduler, opts, device, self.objective)
+        encoder = None if run.cached else distributed.data_parallel(model.encoder, device)  # the CNN, when it trains
+        self.stepper = Stepper(decoder, encoder, self.optimizer, self.scheduler, opts, device, self.objective)
         self.log = RunLog(run.run_dir, tensorboard=opts.tensorboard, history=self.state.history) if self.main else None
 
     def _train_loader(self):
@@ -102,10 +102,10 @@ class Trainer:
         """From epoch encoder.finetune_from_epoch on, train the CNN on images (also when a resumed run is there)."""
         enc = self.run.cfg["encoder"]
         finetune_from = enc.get("finetune_from_epoch")
-        if finetune_from is None or self.state.epoch < finetune_from or self.encoder is not None:
+        if finetune_from is None or self.state.epoch < finetune_from or self.stepper.encoder is not None:
             return
         self.model.encoder.finetune(enc.get("finetune_blocks"))
-        self.encoder = self.stepper.encoder = distributed.data_parallel(self.model.encoder, self.device)
+        self.stepper.encoder = distributed.data_parallel(self.model.encoder, self.device)
         self.splits = image_splits(self.run.cocos, self.run.vocab, self.model.encoder, self.run.cfg)
         self.loader = self._train_loader()
         if self.main:
@@ -141,8 +141,8 @@ class Trainer:
     def end_epoch(self, stats: dict, val: dict, improved: bool) -> None:
         """The epoch's row (log, line), best.pt if it improved, then last.pt at the start of the next epoch."""
         state = self.state
-        row = epoch_row(state, stats, val, [g["lr"] for g in self.optimizer.param_groups][:1 + (self.encoder is not None)],
-                        self.run.opts)
+        lrs = [g["lr"] for g in self.optimizer.param_groups][:1 + (self.stepper.encoder is not None)]  # the CNN's 2nd
+        row = epoch_row(state, stats, val, lrs, self.run.opts)
         state.history.append(row)
         if self.main:
             self.log.log_epoch(row)
