@@ -18,15 +18,16 @@ from torch import nn
 
 from captioning import distributed, interrupt
 from captioning.baselines import NearestNeighbourCaptioner
-from captioning.config import DecodeOptions, TrainerOptions
+from captioning.config import TrainerOptions
 from captioning.data.collate import CaptionBatch
-from captioning.data.splits import SplitData, test_names
+from captioning.data.splits import SplitData
 from captioning.io import atomic_write_json
 from captioning.metrics import score_captions
 from captioning.models.captioner import Captioner
 from captioning.objectives import Objective, TeacherForcing, batch_loss
 from captioning.precision import autocast
 from captioning.progress import Mode, progress as progress_bar
+from captioning.run_config import RunConfig
 from captioning.run_state import TrainState
 
 
@@ -199,24 +200,24 @@ def caption_scores(results: Mapping[int, str], references: Mapping[int, list[str
     return {k: float(v) for k, v in scores.items() if k.startswith("bleu") or k == "cider"}
 
 
-def score_split(model: Captioner, split: SplitData, cfg: dict, device: torch.device, desc: str
+def score_split(model: Captioner, split: SplitData, config: RunConfig, device: torch.device, desc: str
                 ) -> tuple[dict, dict[int, str]]:
     """Teacher-forced loss, BLEU-1..4 and CIDEr-D of generated captions on one split.
 
     Each rank evaluates its round-robin shard; the captions of all ranks are gathered, so every
     rank scores exactly the single-process set of images.
     """
-    t, cached, pad_id = cfg["trainer"], split.cached, model.vocab.pad_id
+    t, cached, pad_id = config.trainer, split.cached, model.vocab.pad_id
     encoder = None if cached else model.encoder
 
     def loader(per_image: bool):
         n = len(split.images if per_image else split.captions)
-        return split.loader(per_image, t["batch_size"] // distributed.world_size(), t["num_workers"], pad_id,
+        return split.loader(per_image, t.batch_size // distributed.world_size(), t.num_workers, pad_id,
                             sampler=distributed.shard(n))
 
     loss = evaluate_loss(model.decoder, encoder, loader(False), device=device, pad_id=pad_id,
-                         precision=t["precision"])
-    decode = asdict(DecodeOptions(**cfg["decode"]))
+                         precision=t.precision)
+    decode = asdict(config.decode)
     model.eval()
 
     def caption_fn(images: torch.Tensor) -> list[str]:
@@ -226,7 +227,7 @@ def score_split(model: Captioner, split: SplitData, cfg: dict, device: torch.dev
         return model.caption_features(features, **decode)
 
     results = generate_captions(caption_fn, loader(True), desc=desc,
-                                progress=t["progress"] if distributed.is_main() else False)
+                                progress=t.progress if distributed.is_main() else False)
     results = distributed.gather_dict(results)
     return {"loss": loss, **caption_scores(results, split.coco.references())}, results
 
@@ -243,28 +244,26 @@ def shuffled_control(results: dict[int, str], references: dict[int, list[str]], 
     return caption_scores(shuffled, references)
 
 
-def score_tests(model: Captioner, splits: dict[str, SplitData], features: dict, cfg: dict, device: torch.device,
+def score_tests(model: Captioner, splits: dict[str, SplitData], features: dict, config: RunConfig,
+                device: torch.device,
                 out_dir: Path | None) -> dict:
     """Every test split (`test` and the dataset's extra ones): the model's captions and, beside them, what
     they would score given to the wrong images (the control) and the retrieval baselines on the same
-    features (with a frozen encoder): {name: scores, name_shuffled_images, name_knn, name_knn_consensus}.
+    features (with a frozen encoder): {name: scores, name_shuffled_images, name_knn1, name_knn10 (baseline.k)}.
     The model's captions go to out_dir/{name}_captions.json."""
-    baseline = cfg.get("baseline") or {}
     knn = None
-    if baseline.get("knn") and features["train"] is not None:
+    if config.baseline.k and features["train"] is not None:
         knn = NearestNeighbourCaptioner.of_split(splits["train"].coco, features["train"])
     metrics = {}
-    for name in test_names(cfg["dataset"]):
-        scores, results = score_split(model, splits[name], cfg, device, desc=name)
+    for name in config.dataset.test_names:
+        scores, results = score_split(model, splits[name], config, device, desc=name)
         references = splits[name].coco.references()
         metrics[name] = scores
-        if cfg.get("control", True):
-            metrics[f"{name}_shuffled_images"] = shuffled_control(results, references, cfg["seed"])
-        if knn is not None:
-            for key, k in (("knn", 1), ("knn_consensus", baseline.get("consensus_k"))):
-                if k:
-                    captions = knn.caption_split(splits[name].coco, features[name], k)
-                    metrics[f"{name}_{key}"] = {"k": k, **caption_scores(captions, references)}
+        if config.control:
+            metrics[f"{name}_shuffled_images"] = shuffled_control(results, references, config.seed)
+        for k in config.baseline.k if knn is not None else []:
+            captions = knn.caption_split(splits[name].coco, features[name], k)
+            metrics[f"{name}_knn{k}"] = {"k": k, **caption_scores(captions, references)}
         if out_dir is not None:
             atomic_write_json(out_dir / f"{name}_captions.json",
                               [{"image_id": i, "caption": c} for i, c in sorted(results.items())])

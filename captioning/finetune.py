@@ -16,41 +16,20 @@ from __future__ import annotations
 
 import hashlib
 
-from captioning.config import AugmentOptions
 from captioning.data.augment import Augment
 from captioning.data.coco import CocoCaptions
 from captioning.data.splits import SplitData
 from captioning.models.encoder import Encoder
+from captioning.run_config import EncoderOptions, RunConfig
 from captioning.text import Vocabulary
 
 
-def trains_encoder(encoder_cfg: dict) -> bool:
-    """Whether the run trains the CNN at some epoch."""
-    return bool(encoder_cfg["trainable"]) or encoder_cfg.get("finetune_from_epoch") is not None
-
-
-def finetune_problems(encoder_cfg: dict) -> list[str]:
-    """One message per encoder.* training option that cannot work (checked before any long work starts)."""
-    start, blocks = encoder_cfg.get("finetune_from_epoch"), encoder_cfg.get("finetune_blocks")
-    problems = []
-    if start is not None and not (isinstance(start, int) and start >= 1):
-        problems.append(f"encoder.finetune_from_epoch must be an epoch number (1 or more) or null, got {start}")
-    if start is not None and encoder_cfg["trainable"]:
-        problems.append("encoder.trainable=true already trains the CNN from the first epoch: drop it to start at "
-                        f"encoder.finetune_from_epoch={start}")
-    if blocks is not None and not trains_encoder(encoder_cfg):
-        problems.append(f"encoder.finetune_blocks={blocks} needs a trained CNN: set encoder.finetune_from_epoch=N "
-                        "or encoder.trainable=true")
-    return problems
-
-
-def prepare_encoder(encoder: Encoder, encoder_cfg: dict) -> None:
+def prepare_encoder(encoder: Encoder, options: EncoderOptions) -> None:
     """The encoder as the first epoch trains it: its last finetune_blocks blocks (checked against the CNN now,
     not at epoch N), or frozen until finetune_from_epoch."""
-    blocks = encoder_cfg.get("finetune_blocks")
-    if trains_encoder(encoder_cfg):
-        encoder.finetune(blocks)
-    if encoder_cfg.get("finetune_from_epoch") is not None:
+    if options.trains:
+        encoder.finetune(options.finetune_blocks)
+    if options.finetune_from_epoch is not None:
         encoder.freeze()
 
 
@@ -69,9 +48,9 @@ def cache_spec(encoder: Encoder, init_encoder_spec: dict | None = None) -> dict:
     return spec
 
 
-def image_splits(cocos: dict[str, CocoCaptions], vocab: Vocabulary, encoder: Encoder, cfg: dict
+def image_splits(cocos: dict[str, CocoCaptions], vocab: Vocabulary, encoder: Encoder, config: RunConfig
                  ) -> dict[str, SplitData]:
     """Every split read as images through the encoder's transform, the training split augmented."""
-    augment = Augment(AugmentOptions(**cfg["dataset"].get("augment", {})))
-    return {s: SplitData(coco, vocab, None, encoder.transform, cfg["dataset"]["max_caption_len"],
-                         augment=augment if s == "train" else None, seed=cfg["seed"]) for s, coco in cocos.items()}
+    augment = Augment(config.dataset.augment)
+    return {s: SplitData(coco, vocab, None, encoder.transform, config.dataset.max_caption_len,
+                         augment=augment if s == "train" else None, seed=config.seed) for s, coco in cocos.items()}

@@ -6,9 +6,8 @@ from typing import Callable, Iterable
 
 import torch
 
-from captioning.io import InputError
-
-SCHEDULES = ("cosine", "constant", "step", "plateau")
+from captioning.config import check
+from captioning.run_config import OptimOptions
 
 
 class Schedule:
@@ -54,34 +53,10 @@ class Schedule:
             self.decays += 1
 
 
-def schedule_problems(optim_cfg: dict) -> list[str]:
-    """One message per schedule option of conf/optim/ that cannot work (checked before any long work starts)."""
-    problems = []
-    if optim_cfg["scheduler"] not in SCHEDULES:
-        problems.append(f"optim.scheduler must be one of {', '.join(SCHEDULES)}, got {optim_cfg['scheduler']!r}")
-    if not 0 < optim_cfg["decay_rate"] <= 1:
-        problems.append(f"optim.decay_rate must be in (0, 1], got {optim_cfg['decay_rate']}")
-    problems += [f"optim.{name} must be at least 1, got {optim_cfg[name]}"
-                 for name in ("decay_every", "plateau_patience") if optim_cfg[name] < 1]
-    return problems
-
-
-def learning_rate_problems(optim_cfg: dict) -> list[str]:
-    """optim.optimizer.lr must be a positive number, optim.encoder_lr too or null."""
-    def positive(x) -> bool:
-        return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
-
-    lr, encoder_lr = optim_cfg["optimizer"].get("lr"), optim_cfg.get("encoder_lr")
-    problems = [] if positive(lr) else [f"optim.optimizer.lr must be a positive number, got {lr}"]
-    if not (encoder_lr is None or positive(encoder_lr)):
-        problems.append(f"optim.encoder_lr must be a positive number or null, got {encoder_lr}")
-    return problems
-
-
-def warmup_warning(optim_cfg: dict, total_steps: int, steps_per_epoch: int) -> str | None:
+def warmup_warning(options: OptimOptions, total_steps: int, steps_per_epoch: int) -> str | None:
     """Said when the warm-up takes half the run or more: a small dataset at the default batch size (40 images of
     5 captions are 2 steps an epoch at 128) never leaves the first, tiny learning rates, and learns nothing."""
-    warmup = optim_cfg["warmup_steps"]
+    warmup = options.warmup_steps
     if not warmup or 2 * warmup < total_steps:
         return None
     return (f"the learning-rate warm-up (optim.warmup_steps={warmup}) takes {min(warmup, total_steps)} of this run's "
@@ -89,9 +64,9 @@ def warmup_warning(optim_cfg: dict, total_steps: int, steps_per_epoch: int) -> s
             f"trainer.batch_size or optim.warmup_steps")
 
 
-def _settings(optim_cfg: dict, total_steps: int, steps_per_epoch: int) -> tuple:
-    return (optim_cfg["scheduler"], total_steps, steps_per_epoch, optim_cfg["warmup_steps"], optim_cfg["min_lr_ratio"],
-            optim_cfg["decay_every"], optim_cfg["decay_rate"], optim_cfg["plateau_patience"])
+def _settings(o: OptimOptions, total_steps: int, steps_per_epoch: int) -> tuple:
+    return (o.scheduler, total_steps, steps_per_epoch, o.warmup_steps, o.min_lr_ratio, o.decay_every, o.decay_rate,
+            o.plateau_patience)
 
 
 def param_groups(model: torch.nn.Module, encoder_lr: float | None) -> list[dict]:
@@ -103,25 +78,23 @@ def param_groups(model: torch.nn.Module, encoder_lr: float | None) -> list[dict]
             {"params": list(model.encoder.parameters()), **({"lr": encoder_lr} if encoder_lr else {})}]
 
 
-def build_optimizer(optim_cfg: dict, params: Iterable, make_optimizer: Callable[[Iterable], torch.optim.Optimizer],
+def build_optimizer(options: OptimOptions, params: Iterable, make_optimizer: Callable[[Iterable], torch.optim.Optimizer],
                     total_steps: int, steps_per_epoch: int
                     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """`make_optimizer` (Hydra's partial of cfg.optim.optimizer) over `params` (parameters or `param_groups`), and
     the schedule, one factor for every group (`scheduler.lr_lambdas[0]` is the `Schedule`; options as in
     conf/optim/adam.yaml)."""
-    problems = schedule_problems(optim_cfg)
-    if problems:
-        raise InputError("; ".join(problems))
+    check(options)
     optimizer = make_optimizer(params)
-    schedule = Schedule(*_settings(optim_cfg, total_steps, steps_per_epoch))
+    schedule = Schedule(*_settings(options, total_steps, steps_per_epoch))
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
-def reconfigure(scheduler: torch.optim.lr_scheduler.LambdaLR, optim_cfg: dict, total_steps: int,
+def reconfigure(scheduler: torch.optim.lr_scheduler.LambdaLR, options: OptimOptions, total_steps: int,
                 steps_per_epoch: int) -> None:
     """After loading a checkpoint's scheduler: this run's settings (epochs, batch, schedule options), the
     checkpoint's step count and plateau progress."""
-    scheduler.lr_lambdas[0].configure(*_settings(optim_cfg, total_steps, steps_per_epoch))
+    scheduler.lr_lambdas[0].configure(*_settings(options, total_steps, steps_per_epoch))
 
 
 def validated(scheduler: torch.optim.lr_scheduler.LambdaLR, stale: int) -> None:

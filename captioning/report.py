@@ -16,7 +16,16 @@ from pathlib import Path
 
 from captioning.io import InputError, read_json
 
-BASELINES = {"knn": "k-NN: nearest training image's caption", "knn_consensus": "k-NN: consensus caption"}
+
+
+def baseline_name(k: int) -> str:
+    return "k-NN: nearest training image's caption" if k == 1 else "k-NN: consensus caption"
+
+
+def baselines(metrics: dict, split: str) -> list[int]:
+    """The k of every retrieval baseline scored on `split` ({split}_knn{k}), in order."""
+    return sorted(m["k"] for key, m in metrics.items()
+                  if key.startswith(f"{split}_knn") and key[len(split) + 4:].isdigit())
 
 
 def read_runs(folders: list[Path]) -> list[dict]:
@@ -48,6 +57,9 @@ def _read_metrics(path: Path) -> dict:
     if missing:
         raise InputError(f"{path} is not the metrics.json of a finished captioning-train run (it has no "
                          f"{', '.join(missing)}): move it out of the sweep folder, or run that run again")
+    for key in [k for k in metrics if k.endswith(("_knn", "_knn_consensus"))]:  # an earlier version's names
+        scores = metrics.pop(key)
+        metrics[f"{key.rsplit('_knn', 1)[0]}_knn{scores['k']}"] = scores
     return metrics
 
 
@@ -110,11 +122,10 @@ def table(runs: list[dict], scores: tuple[str, ...] = ("bleu4", "cider")) -> tup
         cells += [f"{r['parameters']:,}" if r["parameters"] else "", _mean_spread(r["minutes"], 1)]
         lines.append("| " + " | ".join(cells) + " |")
     first = runs[0]["metrics"]
-    for key, name in BASELINES.items():
-        if f"{tests[0]}_{key}" in first:
-            cells = [f"{name} (k={first[f'{tests[0]}_{key}']['k']})", ""] + [""] * len(scores)
-            cells += [f"{first[f'{t}_{key}'][k]:.3f}" for t in tests for k in scores] + ["", ""]
-            lines.append("| " + " | ".join(cells) + " |")
+    for k_nn in baselines(first, tests[0]):
+        cells = [f"{baseline_name(k_nn)} (k={k_nn})", ""] + [""] * len(scores)
+        cells += [f"{first[f'{t}_knn{k_nn}'][k]:.3f}" for t in tests for k in scores] + ["", ""]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines), rows
 
 
@@ -140,10 +151,9 @@ def plot(rows: list[dict], runs: list[dict], path: Path) -> Path:
         means = [statistics.mean(r[t]["cider"]) for r in rows]
         spreads = [statistics.stdev(r[t]["cider"]) if len(r[t]["cider"]) > 1 else 0 for r in rows]
         ax.barh(range(len(rows)), means, xerr=spreads, color="C0")
-        for key, colour in (("knn", "C1"), ("knn_consensus", "C3")):
-            if f"{t}_{key}" in runs[0]["metrics"]:
-                ax.axvline(runs[0]["metrics"][f"{t}_{key}"]["cider"], color=colour, linestyle="--",
-                           label=BASELINES[key])
+        for k_nn, colour in zip(baselines(runs[0]["metrics"], t), ("C1", "C3", "C4", "C5")):
+            ax.axvline(runs[0]["metrics"][f"{t}_knn{k_nn}"]["cider"], color=colour, linestyle="--",
+                       label=f"{baseline_name(k_nn)} (k={k_nn})")
         ax.set(yticks=range(len(rows)), yticklabels=labels, xlabel="CIDEr-D", title=t)
         ax.invert_yaxis()
         if ax.get_legend_handles_labels()[0]:  # validation has no baseline lines

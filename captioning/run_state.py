@@ -16,15 +16,16 @@ from __future__ import annotations
 import math
 import shutil
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from captioning.checkpoint import load_checkpoint, save_checkpoint
-from captioning.config import TrainerOptions
+from captioning.config import DecoderOptions, TrainerOptions
 from captioning.io import InputError, atomic_path
 from captioning.models.decoder import DecoderConfig
+from captioning.run_config import SCST_NEEDS_INIT
 
 # Decoder fields that change the shapes or names of the weights; the rest are hyper-parameters.
 ARCHITECTURE = ("embed_dim", "hidden_dim", "num_layers", "cell", "impl", "inject", "feature_norm", "attention_dim",
@@ -40,13 +41,13 @@ def from_checkpoint(key: str) -> bool:
     return key.startswith(("optim.optimizer.", "vocab.")) and not key.endswith(("._target_", "._partial_"))
 
 
-def decoder_from(init_decoder: dict, options: dict) -> tuple[dict, list[str]]:
+def decoder_from(init_decoder: dict, options: DecoderOptions) -> tuple[DecoderOptions, list[str]]:
     """The decoder options of a run started from a checkpoint (trainer.init_from): its sizes and kinds
     (ARCHITECTURE), this run's hyper-parameters (dropout, alpha_c); and each option the checkpoint overrode."""
     saved = asdict(DecoderConfig.from_dict(init_decoder))
-    taken = {k: saved[k] for k in ARCHITECTURE if k in options}
-    changed = [f"decoder.{k}={v} (not {options[k]})" for k, v in taken.items() if v != options[k]]
-    return {**options, **taken}, changed
+    taken = {k: saved[k] for k in ARCHITECTURE if hasattr(options, k)}
+    changed = [f"decoder.{k}={v} (not {getattr(options, k)})" for k, v in taken.items() if v != getattr(options, k)]
+    return replace(options, **taken), changed
 
 
 @dataclass
@@ -101,10 +102,6 @@ def resume_path(resume: str | None, run_dir: Path) -> Path | None:
         last = run_dir / "checkpoints" / "last.pt"
         return last if last.is_file() else None
     return Path(resume) if resume else None
-
-
-SCST_NEEDS_INIT = ("scst.enabled: SCST starts from a trained captioner; set trainer.init_from=CHECKPOINT "
-                   "(e.g. runs/xe/checkpoints/best.pt)")
 
 
 def starting_point(opts: TrainerOptions, scst: bool, ckpt_dir: Path, resume: Path | None, ckpt: dict | None

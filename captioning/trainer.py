@@ -35,10 +35,10 @@ if TYPE_CHECKING:
 
 def build_objective(run: RunInputs, device: torch.device) -> Objective:
     """SCST (rewarded with CIDEr-D against the training references) or teacher forcing, as the config says."""
-    if run.scst.enabled:
+    if run.config.scst.enabled:
         train = run.cocos["train"]
         reward = CiderReward({i: train.captions[i] for i in train.image_ids})
-        return SCSTObjective(run.scst, run.vocab, reward, device)
+        return SCSTObjective(run.config.scst, run.vocab, reward, device)
     return TeacherForcing(device, run.opts.label_smoothing, run.opts.scheduled_sampling, run.vocab.pad_id)
 
 
@@ -60,7 +60,7 @@ class Trainer:
     def __init__(self, run: RunInputs, model: Captioner, model_config: dict, splits: dict[str, SplitData],
                  make_optimizer: Callable, device: torch.device):
         self.run, self.model, self.model_config, self.splits, self.device = run, model, model_config, splits, device
-        opts, cfg, world = run.opts, run.cfg, distributed.world_size()
+        opts, optim, world = run.opts, run.config.optim, distributed.world_size()
         self.main, self.ckpt_dir = distributed.is_main(), run.run_dir / "checkpoints"
         self.objective = build_objective(run, device)
         self.local_batch = opts.batch_size // world
@@ -69,20 +69,20 @@ class Trainer:
         train = splits["train"]
         self.sampler = distributed.ResumableSampler(train.images if self.objective.per_image else train.captions,
                                                     num_replicas=world, rank=distributed.rank(), shuffle=True,
-                                                    seed=cfg["seed"] * 100_003)
+                                                    seed=run.config.seed * 100_003)
         self.loader = self._train_loader()
         steps_per_epoch = math.ceil(len(self.loader) / opts.accumulate)
         self.total_steps = opts.max_steps or opts.max_epochs * steps_per_epoch
-        if self.main and (message := warmup_warning(cfg["optim"], self.total_steps, steps_per_epoch)):
+        if self.main and (message := warmup_warning(optim, self.total_steps, steps_per_epoch)):
             warnings.warn(message)
-        params = param_groups(model, cfg["optim"].get("encoder_lr"))
-        self.optimizer, self.scheduler = build_optimizer(cfg["optim"], params, make_optimizer, self.total_steps,
+        params = param_groups(model, optim.encoder_lr)
+        self.optimizer, self.scheduler = build_optimizer(optim, params, make_optimizer, self.total_steps,
                                                          steps_per_epoch)
         self.state = TrainState()
         if run.ckpt is not None:
-            self.state = restore(run.resume, run.ckpt, run.run_dir, model, self.optimizer, self.scheduler, cfg,
+            self.state = restore(run.resume, run.ckpt, run.run_dir, model, self.optimizer, self.scheduler, run.config.as_dict(),
                                  copy_best=self.main, rank=distributed.rank(), world_size=world)
-            reconfigure(self.scheduler, cfg["optim"], self.total_steps, steps_per_epoch)
+            reconfigure(self.scheduler, optim, self.total_steps, steps_per_epoch)
         decoder = distributed.data_parallel(model.decoder, device)
         encoder = None if run.cached else distributed.data_parallel(model.encoder, device)  # the CNN, when it trains
         self.stepper = Stepper(decoder, encoder, self.optimizer, self.scheduler, opts, device, self.objective)
@@ -100,22 +100,22 @@ class Trainer:
 
     def finetune_if_due(self) -> None:
         """From epoch encoder.finetune_from_epoch on, train the CNN on images (also when a resumed run is there)."""
-        enc = self.run.cfg["encoder"]
-        finetune_from = enc.get("finetune_from_epoch")
-        if finetune_from is None or self.state.epoch < finetune_from or self.stepper.encoder is not None:
+        enc = self.run.config.encoder
+        if enc.finetune_from_epoch is None or self.state.epoch < enc.finetune_from_epoch or \
+                self.stepper.encoder is not None:
             return
-        self.model.encoder.finetune(enc.get("finetune_blocks"))
+        self.model.encoder.finetune(enc.finetune_blocks)
         self.stepper.encoder = distributed.data_parallel(self.model.encoder, self.device)
-        self.splits = image_splits(self.run.cocos, self.run.vocab, self.model.encoder, self.run.cfg)
+        self.splits = image_splits(self.run.cocos, self.run.vocab, self.model.encoder, self.run.config)
         self.loader = self._train_loader()
         if self.main:
-            blocks = enc.get("finetune_blocks")
+            blocks = enc.finetune_blocks
             what = f"its last {blocks} blocks" if blocks else "the whole CNN"
             print(f"epoch {self.state.epoch}: fine-tuning the CNN from now on ({what})", flush=True)
 
     def run_epoch(self, deadline: float | None) -> dict:
         """Train the epoch (or its rest): the same data order, augmentations and dropout masks after a resume."""
-        state, seed, world = self.state, self.run.cfg["seed"], distributed.world_size()
+        state, seed, world = self.state, self.run.config.seed, distributed.world_size()
         self.sampler.set_epoch(state.epoch)
         self.splits["train"].set_epoch(state.epoch)
         self.sampler.skip = state.batch * self.local_batch
@@ -130,7 +130,7 @@ class Trainer:
 
     def validate(self) -> tuple[dict, bool]:
         """The validation split's scores, and whether they beat the best so far (the same on every rank)."""
-        val, _ = engine.score_split(self.model, self.splits["val"], self.run.cfg, self.device, desc="val")
+        val, _ = engine.score_split(self.model, self.splits["val"], self.run.config, self.device, desc="val")
         select_on, state = self.run.opts.select_on, self.state
         improved = val[select_on] > state.best_score
         if improved:
@@ -158,7 +158,7 @@ class Trainer:
 
     def save(self, name: str, score: float | None = None, rng_per_rank: list[dict] | None = None) -> None:
         save_run_checkpoint(self.ckpt_dir / name, self.model, self.run.vocab, self.model_config, self.optimizer,
-                            self.scheduler, self.state, self.run.cfg, score, rng_per_rank)
+                            self.scheduler, self.state, self.run.config.as_dict(), score, rng_per_rank)
 
     def fit(self) -> None:
         """Epochs until finished (or trainer.max_minutes), saving last.pt at an interruption."""

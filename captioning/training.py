@@ -1,7 +1,7 @@
 """The training run: data -> vocabulary -> model -> (cached) features -> epochs -> test.
 
-`train(cfg, run_dir, make_optimizer)` takes the run's configuration as plain nested dicts
-(the Hydra entry point converts its DictConfig), so it can be driven from Python too.
+`train(cfg, run_dir, make_optimizer)` takes the run's configuration as a `RunConfig` or as plain nested dicts
+(the Hydra entry point converts its DictConfig), typed and checked once (`check_config`) before any work.
 Everything a run produces lands in `run_dir`: vocab.json, checkpoints/{best,last}.pt,
 metrics.csv, metrics.json, test_captions.json, curves.png and TensorBoard event files.
 Under torchrun every process runs `train`; rank 0 alone writes (see `captioning.distributed`).
@@ -24,93 +24,86 @@ import torch
 
 from captioning import distributed, interrupt
 from captioning.checkpoint import load_checkpoint
-from captioning.config import (AugmentOptions, DecodeOptions, DecoderOptions, SCSTOptions, TrainerOptions,
-                               unknown_options)
+from captioning.config import TrainerOptions
 from captioning.cpus import keep_freed_memory, set_threads
 from captioning.data.coco import CocoCaptions
 from captioning.data.features import cache_path, cached_features
-from captioning.data.splits import SplitData, check_images, load_splits, split_names
+from captioning.data.splits import SplitData, check_images, load_splits
 from captioning.engine import score_tests
-from captioning.finetune import cache_spec, finetune_problems, image_splits, prepare_encoder, trains_encoder
+from captioning.finetune import cache_spec, image_splits, prepare_encoder
 from captioning.io import InputError, atomic_write_json, remove_stale_temp_files
 from captioning.models import Captioner, DecoderConfig, build_decoder, build_encoder
-from captioning.optim import learning_rate_problems, schedule_problems
 from captioning.precision import resolve_device, resolve_precision, warn_if_slow
-from captioning.run_state import (SCST_NEEDS_INIT, check_resumable, check_same_model, decoder_from, resume_path,
-                                  starting_point)
+from captioning.run_config import RunConfig
+from captioning.run_state import check_resumable, check_same_model, decoder_from, resume_path, starting_point
 from captioning.trainer import Trainer
 from captioning.text import Vocabulary, tokenize
 
 
-def build_model(cfg: dict, vocab: Vocabulary) -> tuple[Captioner, dict]:
+def build_model(config: RunConfig, vocab: Vocabulary) -> tuple[Captioner, dict]:
     """The captioner a run's config describes (a pretrained encoder with its weights), and its model_config."""
-    enc, options = cfg["encoder"], cfg["decoder"]
-    encoder = build_encoder(enc["name"], pretrained=enc["pretrained"], weights=enc["weights"],
-                            trainable=trains_encoder(enc), image_size=enc["image_size"],
-                            grid=options.get("inject") == "attention")  # attention reads the grid
+    enc, options = config.encoder, config.decoder
+    encoder = build_encoder(enc.name, pretrained=enc.pretrained, weights=enc.weights, trainable=enc.trains,
+                            image_size=enc.image_size, grid=options.inject == "attention")  # attention reads the grid
     prepare_encoder(encoder, enc)  # the blocks to train, or frozen until encoder.finetune_from_epoch
-    dec_cfg = DecoderConfig.from_dict({**options, "vocab_size": len(vocab), "feature_dim": encoder.out_dim})
+    dec_cfg = DecoderConfig.from_dict({**asdict(options), "vocab_size": len(vocab), "feature_dim": encoder.out_dim})
     return Captioner(encoder, build_decoder(dec_cfg), vocab), {"encoder": encoder.spec, "decoder": asdict(dec_cfg)}
 
 
-def check_config(cfg: dict) -> TrainerOptions:
-    """Every option that cannot work, as one InputError, before anything is read."""
-    groups = [(TrainerOptions, cfg["trainer"], "trainer"), (SCSTOptions, cfg["scst"], "scst"),
-              (DecoderOptions, cfg["decoder"], "decoder"), (DecodeOptions, cfg["decode"], "decode"),
-              (AugmentOptions, cfg["dataset"].get("augment", {}), "dataset.augment")]
-    unknown = [problem for group in groups for problem in unknown_options(*group)]
-    if unknown:  # `+group.key=...` overrides: the schemas cannot be built with them
-        raise InputError("; ".join(unknown))
-    opts, scst, decoder, decode, augment = (schema(**values) for schema, values, _ in groups)
-    problems = [*opts.problems(), *decoder.problems(), *decode.problems(), *(scst.problems() if scst.enabled else []),
-                *finetune_problems(cfg["encoder"]), *augment.problems()]
-    if scst.enabled and not (opts.init_from or opts.resume):
-        problems.append(SCST_NEEDS_INIT)
-    if scst.enabled and trains_encoder(cfg["encoder"]):  # its captions are sampled from features, without gradient
-        problems.append("scst.enabled trains the decoder alone: drop encoder.trainable and "
-                        "encoder.finetune_from_epoch (to use a fine-tuned CNN, start from its run: "
-                        "trainer.init_from=RUN/checkpoints/best.pt caches that CNN's features)")
-    problems += schedule_problems(cfg["optim"]) + learning_rate_problems(cfg["optim"])
-    if opts.batch_size > 0 and opts.batch_size % distributed.world_size():
-        problems.append(f"trainer.batch_size={opts.batch_size} is the global batch: it must divide evenly over "
+def check_config(cfg: dict | RunConfig) -> RunConfig:
+    """The typed config, every option that cannot work refused as one InputError before anything is read."""
+    config = cfg if isinstance(cfg, RunConfig) else RunConfig.of(cfg)
+    problems = config.problems()
+    batch = config.trainer.batch_size
+    if batch > 0 and batch % distributed.world_size():
+        problems.append(f"trainer.batch_size={batch} is the global batch: it must divide evenly over "
                         f"the {distributed.world_size()} processes")
     if problems:
         raise InputError("; ".join(problems))
-    return opts
+    return config
 
 
 @dataclass
 class RunInputs:
-    """What a run starts from, read and checked before any work: its config as the checkpoints will record it,
-    options, directory, splits, vocabulary, the checkpoint it resumes and the one it starts from."""
-    cfg: dict
-    opts: TrainerOptions
-    scst: SCSTOptions
+    """What a run starts from, read and checked before any work: its config as the checkpoints will record it
+    (precision resolved, the checkpoint it started from, the decoder's sizes of that checkpoint), directory,
+    splits, vocabulary, the checkpoint it resumes and the one it starts from."""
+    config: RunConfig
     run_dir: Path
     cocos: dict[str, CocoCaptions]
-    names: list[str]
     vocab: Vocabulary
     resume: Path | None = None
     ckpt: dict | None = None
-    init_from: str | None = None
     init: dict | None = None
     threads: int = 1  # CPU threads the run uses
 
     @property
+    def opts(self) -> TrainerOptions:
+        return self.config.trainer
+
+    @property
+    def init_from(self) -> str | None:
+        return self.config.trainer.init_from
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.config.dataset.splits)
+
+    @property
     def cached(self) -> bool:
         """Whether the decoder trains on cached features (all run, or until encoder.finetune_from_epoch)."""
-        return not self.cfg["encoder"]["trainable"]
+        return not self.config.encoder.trainable
 
 
-def train(cfg: dict, run_dir: str | Path, make_optimizer: Callable) -> dict:
+def train(cfg: dict | RunConfig, run_dir: str | Path, make_optimizer: Callable) -> dict:
     """Train, validate every epoch, then score the best checkpoint on the test split.
 
     Under torchrun (WORLD_SIZE > 1) this joins the process group and trains data-parallel;
     `trainer.batch_size` stays the global batch, so the steps are those of one process.
     """
-    opts = check_config(cfg)
-    with distributed.process_group(resolve_device(opts.device)) as device, interrupt.catch_signals():
-        run = read_inputs(cfg, opts, Path(run_dir), device)
+    config = check_config(cfg)
+    with distributed.process_group(resolve_device(config.trainer.device)) as device, interrupt.catch_signals():
+        run = read_inputs(config, Path(run_dir), device)
         model, model_config, spec = load_model(run)
         splits, features = load_data(run, model, spec, device)
         trainer = Trainer(run, model, model_config, splits, make_optimizer, device)
@@ -122,49 +115,47 @@ def train(cfg: dict, run_dir: str | Path, make_optimizer: Callable) -> dict:
         return metrics
 
 
-def read_inputs(cfg: dict, opts: TrainerOptions, run_dir: Path, device: torch.device) -> RunInputs:
+def read_inputs(config: RunConfig, run_dir: Path, device: torch.device) -> RunInputs:
     """Precision and threads, the seeds, the splits, the checkpoints to resume or start from, the vocabulary."""
-    main = distributed.is_main()
+    main, opts = distributed.is_main(), config.trainer
     precision, why = resolve_precision(opts.precision, device)  # what trainer.precision=auto means here
     threads, threads_why = set_threads(opts.threads)
     keep_freed_memory()
-    opts, cfg = replace(opts, precision=precision), {**cfg, "trainer": {**cfg["trainer"], "precision": precision}}
+    config = config.with_trainer(precision=precision)
     if main:
         print(f"precision {precision} ({why}); {threads} CPU threads ({threads_why})", flush=True)
         warn_if_slow(device, opts.precision)
-        for folder in (run_dir, run_dir / "checkpoints", cfg["cache_dir"]):
+        for folder in (run_dir, run_dir / "checkpoints", config.cache_dir):
             remove_stale_temp_files(folder)  # left by a run killed while saving
-    random.seed(cfg["seed"])
-    torch.manual_seed(cfg["seed"])
-    cocos = load_splits(cfg["dataset"])
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    cocos = load_splits(config.dataset)
     resume = resume_path(opts.resume, run_dir)
     ckpt = load_checkpoint(resume) if resume is not None else None
-    scst = SCSTOptions(**cfg["scst"])
-    init_from = starting_point(opts, scst.enabled, run_dir / "checkpoints", resume, ckpt)
+    init_from = starting_point(opts, config.scst.enabled, run_dir / "checkpoints", resume, ckpt)
     init = load_checkpoint(init_from) if init_from else None  # its weights, vocabulary and decoder
-    cfg = {**cfg, "trainer": {**cfg["trainer"], "init_from": init_from}}  # as the run was started, in its checkpoints
+    config = config.with_trainer(init_from=init_from)  # as the run was started, in its checkpoints
     if ckpt is not None or init is not None:
         vocab = Vocabulary.from_dict((ckpt or init)["vocab"])
     else:
         vocab = Vocabulary.build((tokenize(c) for cs in cocos["train"].captions.values() for c in cs),
-                                 min_count=cfg["vocab"]["min_count"], max_size=cfg["vocab"]["max_size"])
+                                 min_count=config.vocab.min_count, max_size=config.vocab.max_size)
     if init is not None:  # its sizes, this command line's dropout: the run's config says what the model is
-        decoder, overridden = decoder_from(init["model_config"]["decoder"], cfg["decoder"])
-        cfg = {**cfg, "decoder": decoder}
+        decoder, overridden = decoder_from(init["model_config"]["decoder"], config.decoder)
+        config = replace(config, decoder=decoder)
         if main and ckpt is None:  # said when the run starts, not at every resume
             if overridden:
                 warnings.warn(f"trainer.init_from={init_from}: the decoder is the checkpoint's: {', '.join(overridden)}")
             if message := unknown_words(vocab, cocos["train"], init_from):
                 warnings.warn(message)
-    return RunInputs(cfg, opts, scst, run_dir, cocos, split_names(cfg["dataset"]), vocab, resume, ckpt, init_from, init,
-                     threads)
+    return RunInputs(config, run_dir, cocos, vocab, resume, ckpt, init, threads)
 
 
 def load_model(run: RunInputs) -> tuple[Captioner, dict, dict]:
     """The captioner, with the starting checkpoint's weights loaded before anything reads them (the cached
     features are those of the CNN the run started with, also when it resumes), its model_config and its feature
     cache's spec; every image that will be read checked now, not after an hour of feature extraction."""
-    model, model_config = build_model(run.cfg, run.vocab)
+    model, model_config = build_model(run.config, run.vocab)
     if run.init is not None:
         check_same_model(Path(run.init_from), run.init, model_config, action="start from")
         model.load_state_dict(run.init["model"])
@@ -172,8 +163,8 @@ def load_model(run: RunInputs) -> tuple[Captioner, dict, dict]:
         check_resumable(run.resume, run.ckpt, model_config, run.opts.batch_size)
     spec = cache_spec(model.encoder, run.init["model_config"]["encoder"] if run.init is not None else None)
     for s in run.names:
-        if trains_encoder(run.cfg["encoder"]) or \
-                not cache_path(spec, run.cocos[s], run.cfg["cache_dir"], run.opts.precision).is_file():
+        if run.config.encoder.trains or \
+                not cache_path(spec, run.cocos[s], run.config.cache_dir, run.opts.precision).is_file():
             check_images(run.cocos[s])
     if distributed.is_main():
         run.vocab.save(run.run_dir / "vocab.json")
@@ -187,12 +178,12 @@ def load_data(run: RunInputs, model: Captioner, spec: dict, device: torch.device
     model.to(device)
     features = {s: None for s in run.names}
     if not run.cached:
-        return image_splits(run.cocos, run.vocab, model.encoder, run.cfg), features
-    enc, main = run.cfg["encoder"], distributed.is_main()
+        return image_splits(run.cocos, run.vocab, model.encoder, run.config), features
+    enc, main = run.config.encoder, distributed.is_main()
 
     def split_features(build: bool) -> dict:
-        return {s: cached_features(model.encoder, run.cocos[s], run.cfg["cache_dir"], spec=spec, build=build,
-                                   batch_size=enc["batch_size"], num_workers=enc["num_workers"], device=device,
+        return {s: cached_features(model.encoder, run.cocos[s], run.config.cache_dir, spec=spec, build=build,
+                                   batch_size=enc.batch_size, num_workers=enc.num_workers, device=device,
                                    precision=run.opts.precision, progress=run.opts.progress if main else False)
                 for s in run.names}
     if main:
@@ -200,7 +191,7 @@ def load_data(run: RunInputs, model: Captioner, spec: dict, device: torch.device
     distributed.barrier()  # the cache is complete: the other ranks read it
     if not main:
         features = split_features(build=False)
-    max_len = run.cfg["dataset"]["max_caption_len"]
+    max_len = run.config.dataset.max_caption_len
     return {s: SplitData(run.cocos[s], run.vocab, features[s], None, max_len) for s in run.names}, features
 
 
@@ -214,7 +205,7 @@ def test_best(run: RunInputs, trainer: Trainer, features: dict, device: torch.de
     distributed.broadcast_module_(model)
     trained = [p for p in model.parameters() if p.requires_grad]
     try:
-        tests = score_tests(model, trainer.splits, features, run.cfg, device,
+        tests = score_tests(model, trainer.splits, features, run.config, device,
                             run.run_dir if distributed.is_main() else None)
     except interrupt.Interrupted as e:  # training is over: last.pt says so, and a resume scores the tests again
         e.checkpoint, e.where = run.run_dir / "checkpoints" / "last.pt", "the test scoring (training had finished)"

@@ -39,7 +39,7 @@ def test_the_knn_baseline_of_an_attention_checkpoint_compares_pooled_grids(shape
     assert set(report) == {"knn1", "knn2"} and all(s["cider"] >= 0 for s in report.values())
     # The same neighbours as the run's own retrieval rows, which pooled the same grid cache
     metrics = json.loads((attention_run / "metrics.json").read_text())
-    assert report["knn1"]["cider"] == pytest.approx(metrics["test_knn"]["cider"])
+    assert report["knn1"]["cider"] == pytest.approx(metrics["test_knn1"]["cider"])
 
 
 def test_attention_maps_of_a_pooled_captioner_are_one_clear_error(shapes, tmp_path):  # noqa: F811

@@ -20,10 +20,10 @@ from omegaconf import OmegaConf
 from captioning.cli._conf import CONF_DIR
 from captioning.config import DecodeOptions, DecoderOptions, TrainerOptions, check, options_from
 from captioning.io import InputError
-from captioning.data.splits import split_names
 from captioning.models import build_encoder
 from captioning.text import Vocabulary
 from captioning.optim import build_optimizer, param_groups
+from captioning.run_config import RunConfig, group_options as typed_group
 from captioning.training import build_model
 
 BIN = Path(sys.executable).parent
@@ -70,26 +70,27 @@ def test_option_composes_and_builds(entry, group, option):
     cfg = compose_with(entry, override)
     plain = OmegaConf.to_container(cfg, resolve=True)
     if entry == "baseline":  # its encoder and the split it captions
-        assert plain["split"] in split_names(plain["dataset"])
-        e = plain["encoder"]
-        assert build_encoder(e["name"], pretrained=False, image_size=e["image_size"]).out_dim > 0
+        assert plain["split"] in typed_group("dataset", plain["dataset"]).splits
+        e = typed_group("encoder", plain["encoder"])
+        assert build_encoder(e.name, pretrained=False, image_size=e.image_size).out_dim > 0
         return
     check(DecodeOptions(**plain["decode"]))
     if entry != "train":
         return
-    check(DecoderOptions(**plain["decoder"]), TrainerOptions(**plain["trainer"]))
+    config = RunConfig.of(plain)  # every group typed: a key no schema has is refused
+    check(config.dataset, config.encoder, config.decoder, config.optim, config.trainer)  # scst needs init_from
     for split in ("train", "val", "test"):
-        assert isinstance(plain["dataset"][split]["annotations"], str)
-    if plain["encoder"]["name"].startswith("resnet"):  # torchvision would download ImageNet weights
-        plain["encoder"]["pretrained"] = False
+        assert isinstance(getattr(config.dataset, split).annotations, str)
+    if config.encoder.name.startswith("resnet"):  # torchvision would download ImageNet weights
+        config.encoder.pretrained = False
     torch.manual_seed(0)
-    model, model_config = build_model(plain, Vocabulary(["a", "red", "circle"]))
-    assert model_config["decoder"]["vocab_size"] == 7 and model.decoder.config.cell == plain["decoder"]["cell"]
-    groups = param_groups(model, plain["optim"]["encoder_lr"])
-    optimizer, scheduler = build_optimizer(plain["optim"], groups, instantiate(cfg.optim.optimizer), total_steps=10,
+    model, model_config = build_model(config, Vocabulary(["a", "red", "circle"]))
+    assert model_config["decoder"]["vocab_size"] == 7 and model.decoder.config.cell == config.decoder.cell
+    groups = param_groups(model, config.optim.encoder_lr)
+    optimizer, scheduler = build_optimizer(config.optim, groups, instantiate(cfg.optim.optimizer), total_steps=10,
                                            steps_per_epoch=5)
     assert optimizer.param_groups[0]["lr"] > 0
-    grid = plain["decoder"]["inject"] == "attention"  # the attention decoder reads the encoder's grid
+    grid = config.decoder.inject == "attention"  # the attention decoder reads the encoder's grid
     assert model.encoder.grid == grid
     features = torch.randn(2, 4, model.encoder.out_dim) if grid else torch.randn(2, model.encoder.out_dim)
     captions = torch.randint(0, 7, (2, 5))

@@ -18,7 +18,8 @@ from captioning.data.augment import Augment, crop_box
 from captioning.data.coco import load_coco_captions
 from captioning.data.shapes import make_shapes_dataset
 from captioning.data.splits import SplitData
-from captioning.finetune import finetune_problems, prepare_encoder
+from captioning.finetune import prepare_encoder
+from captioning.run_config import EncoderOptions, OptimOptions
 from captioning.io import InputError
 from captioning.models import build_encoder
 from captioning.models.encoder import ImageTransform
@@ -124,29 +125,25 @@ def test_efficientnet_blocks_are_stem_mbconv_and_head():
         "trunk.net._conv_head.weight", "trunk.net._bn1.weight", "trunk.net._bn1.bias"}
 
 
-def encoder_cfg(**options) -> dict:
-    return {"trainable": False, "finetune_from_epoch": None, "finetune_blocks": None, **options}
-
-
 @pytest.mark.parametrize("options, message", [
     ({"finetune_from_epoch": 0}, "finetune_from_epoch must be an epoch number (1 or more) or null, got 0"),
     ({"finetune_from_epoch": 3, "trainable": True}, "encoder.trainable=true already trains the CNN"),
     ({"finetune_blocks": 2}, "encoder.finetune_blocks=2 needs a trained CNN"),
 ])
 def test_training_options_that_cannot_work_are_named(options, message):
-    problems = finetune_problems(encoder_cfg(**options))
+    problems = EncoderOptions(**options).problems()
     assert len(problems) == 1 and message in problems[0]
 
 
 def test_prepare_encoder_checks_the_blocks_now_and_freezes_until_the_epoch():
     encoder = build_encoder("small_cnn", trainable=True)
-    prepare_encoder(encoder, encoder_cfg(finetune_from_epoch=2, finetune_blocks=1))
+    prepare_encoder(encoder, EncoderOptions(finetune_from_epoch=2, finetune_blocks=1))
     assert not encoder.trainable and not any(p.requires_grad for p in encoder.parameters())
     with pytest.raises(InputError, match="between 1 and 4"):
-        prepare_encoder(build_encoder("small_cnn", trainable=True), encoder_cfg(finetune_from_epoch=2,
+        prepare_encoder(build_encoder("small_cnn", trainable=True), EncoderOptions(finetune_from_epoch=2,
                                                                                  finetune_blocks=9))
     trainable = build_encoder("small_cnn", trainable=True)
-    prepare_encoder(trainable, encoder_cfg(trainable=True, finetune_blocks=1))
+    prepare_encoder(trainable, EncoderOptions(trainable=True, finetune_blocks=1))
     assert sum(p.requires_grad for p in trainable.parameters()) == 4  # the last conv and batch norm
 
 
@@ -158,8 +155,6 @@ def test_augment_options_are_checked():
 
 
 def test_learning_rates_are_checked():
-    from captioning.optim import learning_rate_problems
-
-    assert learning_rate_problems({"optimizer": {"lr": 1e-3}, "encoder_lr": None}) == []
-    assert learning_rate_problems({"optimizer": {"lr": 1e-3}, "encoder_lr": 0}) == [
-        "optim.encoder_lr must be a positive number or null, got 0"]
+    assert OptimOptions().problems() == []
+    assert OptimOptions(encoder_lr=0).problems() == ["optim.encoder_lr must be a positive number or null, got 0"]
+    assert OptimOptions(optimizer={"lr": -1}).problems() == ["optim.optimizer.lr must be a positive number, got -1"]

@@ -122,8 +122,8 @@ def test_training_on_real_names_scores_both_test_splits_beside_retrieval(icon_se
     assert proc.returncode == 0, proc.stdout + proc.stderr
     metrics = json.loads((run / "metrics.json").read_text())
     for name in ("test", "test_shifted"):
-        assert {name, f"{name}_knn", f"{name}_knn_consensus", f"{name}_shuffled_images"} <= set(metrics)
-        assert metrics[name]["cider"] >= 0 and metrics[f"{name}_knn"]["cider"] > 0
+        assert {name, f"{name}_knn1", f"{name}_knn10", f"{name}_shuffled_images"} <= set(metrics)
+        assert metrics[name]["cider"] >= 0 and metrics[f"{name}_knn1"]["cider"] > 0
     scored = subprocess.run([str(BIN / "captioning-eval"), f"annotations={icon_set / 'captions_test_shifted.json'}",
                              f"results={run / 'test_shifted_captions.json'}", f"output={tmp_path / 'scores.json'}"],
                             capture_output=True, text=True, timeout=120)

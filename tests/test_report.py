@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from captioning.cli.report import main
+from captioning.report import read_runs
 
 
 def scores(b: float, c: float, loss: bool = True) -> dict:  # a model's scores have a loss, a baseline's do not
@@ -20,7 +21,7 @@ def fake_run(folder: Path, overrides: list[str], val: float, test_cider: float, 
     epochs = [{"epoch": e, "val_bleu4": 0.9, "val_cider": val if e == 3 else val + 1} for e in (1, 2, 3, 4)]
     metrics = {"select_on": select_on, "best_val_score": 0.9 if select_on == "bleu4" else val, "best_epoch": 3, "parameters": 1234, "train_seconds": 90,
                "test": scores(0.5, test_cider), "test_shifted": scores(0.3, test_cider / 2),
-               "test_knn": {"k": 1, **scores(0.4, 1.0, False)}, "test_shifted_knn": {"k": 1, **scores(0.2, 0.5, False)},
+               "test_knn1": {"k": 1, **scores(0.4, 1.0, False)}, "test_shifted_knn1": {"k": 1, **scores(0.2, 0.5, False)},
                "epochs": epochs}
     (folder / "metrics.json").write_text(json.dumps(metrics))
 
@@ -79,3 +80,15 @@ def test_a_failed_run_is_named_and_still_tells_the_finished_ones_apart(tmp_path,
     assert not any("transfomer" in row for row in rows)
     assert "1 runs, 1 settings" in err and f"left out 1 runs without metrics.json (failed, or still running): " \
                                              f"{tmp_path / 'cells' / '1'}" in err
+
+
+def test_an_earlier_versions_baseline_keys_are_read(tmp_path):
+    """metrics.json of runs made before baseline.k: test_knn (k=1) and test_knn_consensus (k=10)."""
+    fake_run(tmp_path / "old", ["seed=0"], 1.0, 2.0)
+    path = tmp_path / "old" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["test_knn"] = metrics.pop("test_knn1")
+    metrics["test_knn_consensus"] = {**metrics["test_knn"], "k": 10}
+    path.write_text(json.dumps(metrics))
+    run = read_runs([tmp_path])[0]["metrics"]
+    assert run["test_knn1"]["k"] == 1 and run["test_knn10"]["k"] == 10 and "test_knn" not in run

@@ -10,6 +10,7 @@ from captioning.engine import Stepper
 from captioning.io import InputError
 from captioning.models import CaptionDecoder, DecoderConfig
 from captioning.optim import build_optimizer, reconfigure, validated, warmup_warning
+from captioning.run_config import OptimOptions
 from captioning.run_state import TrainState
 
 CPU = torch.device("cpu")
@@ -63,8 +64,8 @@ def test_accumulate_is_checked():
 
 def schedule(kind: str, **options):
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    cfg = {"scheduler": kind, "warmup_steps": 0, "min_lr_ratio": 0.1, "decay_every": 2, "decay_rate": 0.5,
-           "plateau_patience": 2, **options}
+    cfg = OptimOptions(**{"scheduler": kind, "warmup_steps": 0, "min_lr_ratio": 0.1, "decay_every": 2,
+                          "decay_rate": 0.5, "plateau_patience": 2, **options})
     params = optimizer.param_groups[0]["params"]
     return build_optimizer(cfg, params, lambda params: optimizer, total_steps=16, steps_per_epoch=4)[1]
 
@@ -87,11 +88,11 @@ def test_step_decay_and_warmup():
 
 def test_a_warmup_that_takes_half_the_run_is_said():
     """40 images x 5 captions at the default batch 128 and warm-up 50: 2 steps an epoch, 6 in 3 epochs."""
-    message = warmup_warning({"warmup_steps": 50}, total_steps=6, steps_per_epoch=2)
+    message = warmup_warning(OptimOptions(warmup_steps=50), total_steps=6, steps_per_epoch=2)
     assert "warm-up (optim.warmup_steps=50) takes 6 of this run's 6 optimizer steps (2 an epoch)" in message
     assert "trainer.batch_size" in message
-    assert warmup_warning({"warmup_steps": 50}, total_steps=101, steps_per_epoch=2) is None
-    assert warmup_warning({"warmup_steps": 0}, total_steps=6, steps_per_epoch=2) is None
+    assert warmup_warning(OptimOptions(warmup_steps=50), total_steps=101, steps_per_epoch=2) is None
+    assert warmup_warning(OptimOptions(warmup_steps=0), total_steps=6, steps_per_epoch=2) is None
 
 
 def test_plateau_decays_after_patience_epochs_without_progress_and_resumes():
@@ -116,8 +117,8 @@ def test_a_resumed_schedule_takes_its_settings_from_the_new_run():
     lrs(old, 4)
     new.load_state_dict(old.state_dict())
     assert new.lr_lambdas[0].total_steps == 16
-    reconfigure(new, {"scheduler": "cosine", "warmup_steps": 0, "min_lr_ratio": 0.1, "decay_every": 2,
-                      "decay_rate": 0.5, "plateau_patience": 2}, total_steps=40, steps_per_epoch=4)
+    reconfigure(new, OptimOptions(warmup_steps=0, min_lr_ratio=0.1, decay_every=2, decay_rate=0.5,
+                                  plateau_patience=2), total_steps=40, steps_per_epoch=4)
     assert new.lr_lambdas[0].total_steps == 40 and new.last_epoch == 4  # the longer run, from where it was
 
 

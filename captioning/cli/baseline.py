@@ -20,18 +20,19 @@ from captioning.cli.common import require, run_entry_point, user_errors
 def knn_scores(cfg: DictConfig) -> dict:
     from captioning.baselines import NearestNeighbourCaptioner
     from captioning.data.features import cache_path, cached_features
-    from captioning.data.splits import check_images, load_splits, split_names
+    from captioning.data.splits import check_images, load_splits
     from captioning.engine import caption_scores
     from captioning.io import InputError, atomic_write_json
     from captioning.models import build_encoder, load_captioner
     from captioning.precision import resolve_device, resolve_precision
+    from captioning.run_config import BaselineOptions, group_options
 
-    dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
-    if cfg.split == "train" or cfg.split not in split_names(dataset):
-        raise InputError(f"split={cfg.split} is not one of {', '.join(split_names(dataset)[1:])} "
+    dataset = group_options("dataset", OmegaConf.to_container(cfg.dataset, resolve=True))
+    if cfg.split == "train" or cfg.split not in dataset.splits:
+        raise InputError(f"split={cfg.split} is not one of {', '.join(list(dataset.splits)[1:])} "
                          f"(the neighbours come from train)")
     ks = list(cfg.k) if OmegaConf.is_list(cfg.k) else [cfg.k]
-    if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
+    if not ks or BaselineOptions(k=ks).problems():
         raise InputError(f"k must be positive integers, got {ks}")
     device = resolve_device(cfg.device)
     precision, why = resolve_precision(cfg.precision, device)

@@ -27,20 +27,23 @@ EXAMPLE = ("captioning-train dataset=coco dataset.train.annotations=data/coco/ca
            "dataset.train.images=data/coco/images (and the same for val and test)")
 
 
-ROWS = [("", "the model"), ("_knn", "nearest training image's caption (k=1)"),
-        ("_knn_consensus", "consensus of the k nearest images' captions"),
-        ("_shuffled_images", "control: the model's captions on shuffled images")]
+def _rows(metrics: dict, split: str) -> list[tuple[str, dict]]:
+    """The split's rows of the summary: the model, the retrieval baselines ({split}_knn{k}), the control."""
+    from captioning.report import baselines
+
+    return [("the model", metrics[split]),
+            *(("nearest training image's caption (k=1)" if k == 1 else
+               f"consensus of the {k} nearest images' captions", metrics[f"{split}_knn{k}"])
+              for k in baselines(metrics, split)),
+            *([("control: the model's captions on shuffled images", metrics[f"{split}_shuffled_images"])]
+              if f"{split}_shuffled_images" in metrics else [])]
 
 
 def _summary(metrics: dict, run_dir: str) -> str:
     lines = ["", "| split | captions | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | CIDEr-D |", "|---|---|---|---|---|---|---|"]
     for split in [k for k in metrics if isinstance(metrics[k], dict) and "loss" in metrics[k]]:
-        for suffix, what in ROWS:
-            if f"{split}{suffix}" in metrics:
-                m = metrics[f"{split}{suffix}"]
-                label = what.replace("the k nearest", f"the {m['k']} nearest") if "k" in m else what
-                lines.append(f"| {split} | {label} | " + " | ".join(f"{m[f'bleu{n}']:.4f}" for n in range(1, 5))
-                             + f" | {m['cider']:.4f} |")
+        lines += [f"| {split} | {what} | " + " | ".join(f"{m[f'bleu{n}']:.4f}" for n in range(1, 5))
+                  + f" | {m['cider']:.4f} |" for what, m in _rows(metrics, split)]
     name = {"cider": "CIDEr-D", "bleu4": "BLEU-4"}[metrics["select_on"]]
     lines += ["", f"best validation {name} {metrics['best_val_score']:.4f} (epoch {metrics['best_epoch']}); "
                   f"run directory: {run_dir}  (metrics.json, test_captions.json, curves.png, checkpoints/best.pt)"]

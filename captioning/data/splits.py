@@ -11,30 +11,14 @@ from captioning.data.collate import collate_captions
 from captioning.data.datasets import CaptionDataset
 from captioning.data.images import check_image_files
 from captioning.io import InputError
+from captioning.run_config import DatasetOptions
 from captioning.text import Vocabulary
 
-SPLITS = ("train", "val", "test")
-
-
-def split_names(dataset: dict) -> list[str]:
-    """train, val, test and the dataset's extra test splits (`dataset.extra_tests`, e.g. test_shifted)."""
-    extra = list(dataset.get("extra_tests") or {})
-    clash = [name for name in extra if name in SPLITS]
-    if clash:
-        raise InputError(f"dataset.extra_tests may not be called {', '.join(clash)}")
-    return [*SPLITS, *extra]
-
-
-def test_names(dataset: dict) -> list[str]:
-    return ["test", *(dataset.get("extra_tests") or {})]
-
-
-def load_splits(dataset: dict) -> dict[str, CocoCaptions]:
+def load_splits(dataset: DatasetOptions) -> dict[str, CocoCaptions]:
     """The annotations of `dataset.{train,val,test}` and `dataset.extra_tests.*`; InputError for a split
     without a captioned image."""
-    where = {**{s: dataset[s] for s in SPLITS}, **(dataset.get("extra_tests") or {})}
-    cocos = {s: load_coco_captions(where[s]["annotations"], where[s]["images"], check_images=False)
-             for s in split_names(dataset)}
+    cocos = {s: load_coco_captions(files.annotations, files.images, check_images=False)
+             for s, files in dataset.splits.items()}
     for split, coco in cocos.items():
         if len(coco) == 0:
             use = "train on" if split == "train" else "score"
