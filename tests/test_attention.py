@@ -69,7 +69,7 @@ def test_the_penalty_weighs_as_in_xu_et_al():
     decoder = make().train()
     decoder.config.alpha_c = 1.0
     features, captions = grid(2), torch.tensor([[1, 5, 6, 2, 0, 0], [1, 7, 2, 0, 0, 0]])
-    loss, n, _ = batch_loss(decoder, None, CaptionBatch(features, captions, torch.tensor([4, 3]), torch.arange(2)),
+    loss, n, _ = batch_loss(decoder, None, CaptionBatch(features, captions, torch.arange(2)),
                          torch.device("cpu"), pad_id=0)
     logp = decoder(features, captions).logits.log_softmax(-1).gather(2, captions[:, 1:, None])[..., 0]
     alpha = torch.stack(alphas_of(decoder, features, captions), 1) * (captions[:, 1:] != 0)[..., None]

@@ -51,7 +51,7 @@ def test_bf16_training_step_learns_with_fp32_weights(impl):
     decoder.out.register_forward_hook(lambda m, i, out: logit_dtypes.append(out.dtype))
     captions = torch.randint(3, 20, (8, 7))
     captions[:, 0], captions[:, -1] = 1, 2
-    batch = CaptionBatch(torch.randn(8, 6), captions, torch.full((8,), 7), torch.arange(8))
+    batch = CaptionBatch(torch.randn(8, 6), captions, torch.arange(8))
     optimizer = torch.optim.Adam(decoder.parameters(), lr=3e-2)
     opts = TrainerOptions(precision="bf16", progress=False)
     stepper = Stepper(decoder, None, optimizer, None, opts, CPU)

@@ -85,7 +85,7 @@ def test_the_loss_is_the_reinforce_estimator_sign_and_size(top_k, seed, baseline
     # The SCST loss on many samples (either baseline: unbiased) estimates -dJ/dtheta.
     objective = SCSTObjective(SCSTOptions(samples=20000, baseline=baseline, max_len=MAX_LEN, top_k=top_k), VOCAB, count_a,
                               torch.device("cpu"))
-    batch = CaptionBatch(feature, torch.zeros(1, 2, dtype=torch.long), torch.tensor([2]), torch.tensor([0]))
+    batch = CaptionBatch(feature, torch.zeros(1, 2, dtype=torch.long), torch.tensor([0]))
     torch.manual_seed(1)
     loss, n, extras = objective(decoder, None, batch)
     decoder.zero_grad()
@@ -100,7 +100,7 @@ def test_mean_baseline_gives_no_gradient_when_every_sample_is_rewarded_alike():
     decoder = toy_decoder()
     objective = SCSTObjective(SCSTOptions(samples=8, baseline="mean", max_len=MAX_LEN), VOCAB,
                               lambda captions, ids: torch.full((len(captions),), 3.0), torch.device("cpu"))
-    batch = CaptionBatch(torch.randn(4, 4), torch.zeros(4, 2, dtype=torch.long), torch.tensor([2] * 4), torch.arange(4))
+    batch = CaptionBatch(torch.randn(4, 4), torch.zeros(4, 2, dtype=torch.long), torch.arange(4))
     loss, _, extras = objective(decoder, None, batch)
     loss.backward()
     assert loss.item() == 0.0 and extras["reward"] == extras["baseline"] == 3.0
@@ -118,7 +118,7 @@ def test_samples_worse_than_the_greedy_caption_all_get_a_negative_advantage_and_
 
     objective = SCSTObjective(SCSTOptions(samples=4, baseline="greedy", max_len=MAX_LEN), VOCAB, reward,
                               torch.device("cpu"))
-    batch = CaptionBatch(torch.randn(3, 4), torch.zeros(3, 2, dtype=torch.long), torch.tensor([2] * 3), torch.arange(3))
+    batch = CaptionBatch(torch.randn(3, 4), torch.zeros(3, 2, dtype=torch.long), torch.arange(3))
     _, n, extras = objective(toy_decoder(), None, batch)
     assert calls == [12, 3] and n == 12
     assert (extras["reward"], extras["baseline"], extras["advantage"], extras["positive"]) == (1.0, 5.0, -4.0, 0.0)
@@ -132,7 +132,7 @@ def test_scst_learns_the_best_caption_of_each_image():
     decoder, features = toy_decoder(seed=3), torch.randn(2, 4)
     objective = SCSTObjective(SCSTOptions(samples=8, baseline="greedy", max_len=MAX_LEN), VOCAB, reward,
                               torch.device("cpu"))
-    batch = CaptionBatch(features, torch.zeros(2, 2, dtype=torch.long), torch.tensor([2, 2]), torch.tensor([0, 1]))
+    batch = CaptionBatch(features, torch.zeros(2, 2, dtype=torch.long), torch.tensor([0, 1]))
     optimizer = torch.optim.Adam(decoder.parameters(), lr=0.05)
     torch.manual_seed(0)
     rewards = []
@@ -158,7 +158,7 @@ def test_every_cell_injection_and_sampling_option(cell, inject, baseline, top_k,
                                            cell=cell, inject=inject, impl="explicit" if cell == "gru" else "fused"))
     objective = SCSTObjective(SCSTOptions(samples=3, baseline=baseline, top_k=top_k, temperature=temperature,
                                           max_len=MAX_LEN), VOCAB, count_a, torch.device("cpu"))
-    batch = CaptionBatch(torch.randn(5, 4), torch.zeros(5, 2, dtype=torch.long), torch.tensor([2] * 5), torch.arange(5))
+    batch = CaptionBatch(torch.randn(5, 4), torch.zeros(5, 2, dtype=torch.long), torch.arange(5))
     loss, n, extras = objective(decoder, None, batch)
     loss.backward()
     assert n == 15 and math.isfinite(loss.item()) and extras["baseline"] >= 0

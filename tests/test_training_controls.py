@@ -192,7 +192,7 @@ def test_attention_penalty_is_logged_beside_the_loss():
     decoder = build_decoder(DecoderConfig(vocab_size=20, feature_dim=6, embed_dim=8, hidden_dim=16, inject="attention",
                                           attention_dim=8))
     batch = collate_captions(items(4))
-    batch = CaptionBatch(torch.randn(4, 5, 6), batch.captions, batch.lengths, batch.image_ids)  # a 5-cell grid
+    batch = CaptionBatch(torch.randn(4, 5, 6), batch.captions, batch.image_ids)  # a 5-cell grid
     state = TrainState()
     Stepper(decoder, None, torch.optim.SGD(decoder.parameters(), lr=0.1), None,
             TrainerOptions(precision="fp32", progress=False), CPU).epoch([batch], state)

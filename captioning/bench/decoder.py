@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     features = torch.randn(args.batch, args.feature_dim)  # (B, D)
     captions = torch.randint(EOS + 2, args.vocab, (args.batch, args.seq_len))  # (B, T), no padding
     captions[:, 0], captions[:, -1] = BOS, EOS
-    batch = CaptionBatch(features, captions, torch.full((args.batch,), args.seq_len), torch.arange(args.batch))
+    batch = CaptionBatch(features, captions, torch.arange(args.batch))
     runs = {}
     for impl in args.impls:
         for precision in args.precisions:

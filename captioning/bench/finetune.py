@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     captions[:, 0], captions[:, -1] = 1, 2
     with torch.no_grad():
         features = encoder.eval()(images)
-    lengths, ids = torch.full((args.batch,), args.seq_len), torch.arange(args.batch)
+    ids = torch.arange(args.batch)
     opts = TrainerOptions(precision=args.precision, progress=False)
     n_blocks = len(encoder.blocks())
     rows = {"cached features (decoder only)": None, "images, CNN frozen": 0,  # name -> blocks trained
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         else:
             encoder.freeze()
         params = list(decoder.parameters()) + [p for p in encoder.parameters() if p.requires_grad]
-        batch = CaptionBatch(features if blocks is None else images, captions, lengths, ids)
+        batch = CaptionBatch(features if blocks is None else images, captions, ids)
         Stepper(decoder, None if blocks is None else encoder, torch.optim.Adam(params, lr=1e-5), None, opts,
                 torch.device("cpu")).epoch([batch] * args.steps, TrainState())
 
