@@ -11,7 +11,11 @@ from contextlib import contextmanager
 from typing import Iterator
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
-_received: int | None = None
+
+
+class _Received:
+    """The signal that arrived inside `catch_signals()` (None: none yet); the handler sets it, the loop reads it."""
+    signum: int | None = None
 
 
 class Interrupted(Exception):
@@ -26,16 +30,14 @@ class Interrupted(Exception):
 
 
 def _handler(signum: int, frame) -> None:
-    global _received
-    if _received is not None and signum == signal.SIGINT:
+    if _Received.signum is not None and signum == signal.SIGINT:
         raise KeyboardInterrupt  # Ctrl-C twice: the user really wants out now
-    _received = signum
+    _Received.signum = signum
 
 
 @contextmanager
 def catch_signals() -> Iterator[None]:
     """Turn SIGTERM/SIGINT into a flag for the block (main thread only: elsewhere signals stay as they are)."""
-    global _received
     try:
         previous = {s: signal.signal(s, _handler) for s in SIGNALS}
     except ValueError:  # not the main thread: Python delivers signals there only
@@ -46,15 +48,15 @@ def catch_signals() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        _received = None
+        _Received.signum = None
 
 
 def received() -> int | None:
     """The signal that arrived since the block began, if any."""
-    return _received
+    return _Received.signum
 
 
 def check() -> None:
     """Raise Interrupted if a signal arrived since the block began."""
-    if _received is not None:
-        raise Interrupted(_received)
+    if _Received.signum is not None:
+        raise Interrupted(_Received.signum)
