@@ -83,6 +83,15 @@ COVERAGE = {
             "screen_big"), ("decoder.feature_dropout=0.5", "screen_feature_dropout")]},
     "captioning-report multirun/icons_old_default multirun/icons_default --output icons_budget.md": COMPOSE,
     "captioning-report multirun/icons_default multirun/icons_label_smoothing --output icons_label_smoothing.md": COMPOSE,
+    "captioning-train -m dataset=icons seed=0,1 decoder.embed_dropout=0.5 decoder.output_dropout=0.5 trainer.threads=1 "
+    "trainer.tensorboard=false hydra.sweep.dir=multirun/icons_dropout": COMPOSE,
+    "captioning-train -m dataset=icons seed=0,1 decoder=attention trainer.threads=1 trainer.tensorboard=false "
+    "hydra.sweep.dir=multirun/icons_attention": COMPOSE,
+    "captioning-report multirun/icons_label_smoothing multirun/icons_dropout multirun/icons_attention "
+    "--output icons_attention.md": COMPOSE,
+    "captioning-train dataset=icons decoder=attention +experiment=scst seed=0 "
+    "trainer.init_from=multirun/icons_attention/0/checkpoints/best.pt trainer.threads=1 trainer.tensorboard=false "
+    "hydra.run.dir=runs/icons_attention_scst": COMPOSE,
     "captioning-report multirun/shapes_default multirun/shapes_label_smoothing --output shapes_label_smoothing.md": COMPOSE,
     "captioning-train -m dataset=icons +experiment=scst seed=0 "
     "trainer.init_from=multirun/screen_budget/0/checkpoints/best.pt scst.baseline=greedy,mean "
