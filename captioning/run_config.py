@@ -178,7 +178,7 @@ _GROUPS = {"dataset": DatasetOptions, "encoder": EncoderOptions, "decoder": Deco
            "baseline": BaselineOptions}
 
 
-def group_options(group: str, values: Mapping[str, Any]):
+def group_options(group: str, values: Mapping[str, Any]) -> Any:
     """One group's typed options (`dataset` -> DatasetOptions, ...), an earlier version's spelling taken with a
     warning; InputError for a key the group does not have or a required one left out."""
     try:
