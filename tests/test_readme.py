@@ -85,7 +85,7 @@ COVERAGE = {
     "captioning-report multirun/icons_default multirun/icons_label_smoothing --output icons_label_smoothing.md": COMPOSE,
     "captioning-train -m dataset=icons seed=0,1 decoder.embed_dropout=0.5 decoder.output_dropout=0.5 trainer.threads=1 "
     "trainer.tensorboard=false hydra.sweep.dir=multirun/icons_dropout": COMPOSE,
-    "captioning-train -m dataset=icons seed=0,1 decoder=attention trainer.threads=1 trainer.tensorboard=false "
+    "captioning-train -m dataset=icons seed=0,1,2 decoder=attention trainer.threads=1 trainer.tensorboard=false "
     "hydra.sweep.dir=multirun/icons_attention": COMPOSE,
     "captioning-report multirun/icons_label_smoothing multirun/icons_dropout multirun/icons_attention "
     "--output icons_attention.md": COMPOSE,
