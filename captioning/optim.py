@@ -6,7 +6,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from captioning.config import check
+from captioning.io import InputError
 from captioning.run_config import OptimOptions
 
 
@@ -84,7 +84,8 @@ def build_optimizer(options: OptimOptions, params: Iterable, make_optimizer: Cal
     """`make_optimizer` (Hydra's partial of cfg.optim.optimizer) over `params` (parameters or `param_groups`), and
     the schedule, one factor for every group (`scheduler.lr_lambdas[0]` is the `Schedule`; options as in
     conf/optim/adam.yaml)."""
-    check(options)
+    if problems := options.schedule_problems():
+        raise InputError("; ".join(problems))
     optimizer = make_optimizer(params)
     schedule = Schedule(*_settings(options, total_steps, steps_per_epoch))
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

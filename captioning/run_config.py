@@ -73,10 +73,8 @@ class OptimOptions:
     decay_rate: float = 0.8             # step and plateau: the factor of each decay
     plateau_patience: int = 2           # plateau: decay after this many epochs without a better validation score
 
-    def problems(self) -> list[str]:
-        def positive(x) -> bool:
-            return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
-
+    def schedule_problems(self) -> list[str]:
+        """The schedule's options that cannot work (what `optim.build_optimizer` needs; it is given the optimizer)."""
         problems = []
         if self.scheduler not in SCHEDULES:
             problems.append(f"optim.scheduler must be one of {', '.join(SCHEDULES)}, got {self.scheduler!r}")
@@ -84,6 +82,13 @@ class OptimOptions:
             problems.append(f"optim.decay_rate must be in (0, 1], got {self.decay_rate}")
         problems += [f"optim.{name} must be at least 1, got {getattr(self, name)}"
                      for name in ("decay_every", "plateau_patience") if getattr(self, name) < 1]
+        return problems
+
+    def problems(self) -> list[str]:
+        def positive(x) -> bool:
+            return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+        problems = self.schedule_problems()
         lr = self.optimizer.get("lr")
         if not positive(lr):
             problems.append(f"optim.optimizer.lr must be a positive number, got {lr}")

@@ -54,6 +54,9 @@ def test_values_that_cannot_work_are_listed_together_with_the_rules_between_grou
     assert any(p.startswith("scst.enabled trains the decoder alone") for p in problems)
     assert "baseline.k must be positive integers, got [0]" in problems
     assert EncoderOptions(finetune_from_epoch=2).trains and not EncoderOptions().trains
+    files = SplitFiles("a.json", "images")
+    assert DatasetOptions(files, files, files, extra_tests={"test": files}).problems() == [
+        "dataset.extra_tests may not be called test"]
     assert OptimOptions(decay_rate=0).problems() == ["optim.decay_rate must be in (0, 1], got 0"]
 
 

@@ -125,6 +125,10 @@ def test_a_resumed_schedule_takes_its_settings_from_the_new_run():
 def test_schedule_options_are_checked():
     with pytest.raises(InputError, match="optim.plateau_patience must be at least 1, got 0"):
         schedule("plateau", plateau_patience=0)
+    # the optimizer comes built (make_optimizer): options without Hydra's optimizer spec still schedule it
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    assert build_optimizer(OptimOptions(optimizer={}), optimizer.param_groups[0]["params"], lambda params: optimizer,
+                           total_steps=4, steps_per_epoch=2)[0] is optimizer
 
 
 def test_scheduled_sampling_probability_zero_is_teacher_forcing_and_one_feeds_own_samples():

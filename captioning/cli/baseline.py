@@ -25,9 +25,11 @@ def knn_scores(cfg: DictConfig) -> dict:
     from captioning.io import InputError, atomic_write_json
     from captioning.models import build_encoder, load_captioner
     from captioning.precision import resolve_device, resolve_precision
+    from captioning.config import check
     from captioning.run_config import BaselineOptions, group_options
 
     dataset = group_options("dataset", OmegaConf.to_container(cfg.dataset, resolve=True))
+    check(dataset)  # an extra test split may not be called train, val or test
     if cfg.split == "train" or cfg.split not in dataset.splits:
         raise InputError(f"split={cfg.split} is not one of {', '.join(list(dataset.splits)[1:])} "
                          f"(the neighbours come from train)")
