@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   ?= runs/demo
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench docs clean
 
 install: $(STAMP)
 
@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,docs]'
 	touch $(STAMP)
 
 test: install
@@ -25,8 +25,13 @@ demo: install
 	$(VENV)/bin/captioning-eval annotations=data/shapes/captions_test.json results=$(DEMO)/test_captions.json output=$(DEMO)/test_scores.json
 	$(VENV)/bin/captioning-caption checkpoint=$(DEMO)/checkpoints/best.pt images=data/shapes/demo_images output=$(DEMO)/gallery
 
+# The manual: the configuration reference generated from the code, then the site (site/), failing on any warning.
+docs: install
+	$(PY) -m captioning.cli.reference > docs/reference/configuration.md
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
 bench: install
 	$(VENV)/bin/captioning-bench all
 
 clean:
-	rm -rf runs outputs multirun .pytest_cache
+	rm -rf runs outputs multirun site .pytest_cache

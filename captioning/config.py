@@ -64,9 +64,9 @@ def check(*options) -> None:
 class DecoderOptions:
     """Hyper-parameters of the caption decoder (`captioning.models.decoder.CaptionDecoder`)."""
 
-    embed_dim: int = 256
-    hidden_dim: int = 512
-    num_layers: int = 1
+    embed_dim: int = 256          # the word embedding's size
+    hidden_dim: int = 512         # the recurrent core's state size (h, and c for an LSTM)
+    num_layers: int = 1           # stacked recurrent layers
     cell: str = "lstm"      # lstm | gru | rnn
     impl: str = "fused"     # fused (torch's cuDNN/oneDNN kernels) | explicit (the lecture's equations)
     inject: str = "init"    # init: h0 = tanh(W_ih v + b) | pre: image is the first input | par: added at every step
@@ -201,8 +201,9 @@ class TrainerOptions:
     threads: Optional[int] = None         # CPU threads; null: the CPUs this process may use (affinity, cgroup quota)
     grad_clip: Optional[float] = 5.0      # clip the global gradient norm to this; null: no clipping
     label_smoothing: float = 0.1          # target (1 - eps) on the reference word, eps / V on every word: chosen
-                                          # on the icons and shapes_shifted sets, 3 seeds each (README "Beating
-                                          # retrieval": higher test CIDEr-D on every split of both; 0: plain)
+                                          # on the icons and shapes_shifted sets, 3 seeds each (higher mean test
+                                          # CIDEr-D on every split of both: docs/experiments/label-smoothing.md;
+                                          # 0: plain)
     patience: int = 5                     # early stopping: epochs without a better validation score
     select_on: str = "cider"              # the validation score that picks best.pt and stops early: cider | bleu4
     nonfinite: str = "stop"               # a NaN/inf loss or gradient: stop the run (non-zero exit) | skip the step
@@ -213,7 +214,7 @@ class TrainerOptions:
     overwrite: bool = False               # a new run into a directory that holds another run's checkpoints replaces
                                           # them (false: refused, naming trainer.resume=auto and this option)
     scheduled_sampling: ScheduledSamplingOptions = field(default_factory=ScheduledSamplingOptions)  # off by default
-    tensorboard: bool = True
+    tensorboard: bool = True              # also write TensorBoard event files (runs/X/tensorboard)
     progress: Any = "auto"                # auto: a bar on a terminal, a line every 30 s in a log file; true | false
 
     def __post_init__(self):
@@ -271,7 +272,7 @@ class AugmentOptions:
 class SCSTOptions:
     """Self-critical sequence training (captioning/scst.py), the `scst` group: `enabled` turns it on."""
 
-    enabled: bool = False
+    enabled: bool = False       # train with SCST's reward instead of cross-entropy (scst=enabled)
     samples: int = 5               # captions drawn per image
     baseline: str = "mean"         # mean: the other samples' mean reward (leave-one-out) | greedy: the greedy
                                    # caption's reward, which stalls where samples are far worse than argmax

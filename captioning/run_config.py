@@ -28,8 +28,8 @@ SCST_NEEDS_INIT = ("scst.enabled: SCST starts from a trained captioner; set trai
 class EncoderOptions:
     """The CNN (`captioning.models.build_encoder`) and whether and when the run trains it (captioning/finetune.py)."""
 
-    name: str = "efficientnet_lite0"
-    pretrained: bool = True
+    name: str = "efficientnet_lite0"            # efficientnet_lite0 | small_cnn | any torchvision classifier
+    pretrained: bool = True                     # ImageNet weights (false: random init)
     weights: Optional[str] = None               # a local state dict instead of the packaged or downloaded weights
     trainable: bool = False                     # true: train the CNN end to end from the first epoch
     finetune_from_epoch: Optional[int] = None   # N: cached features until epoch N, then train the CNN
@@ -63,8 +63,11 @@ class OptimOptions:
     """The optimizer (`optimizer`: a Hydra partial, instantiated by the entry point) and the learning-rate
     schedule of captioning/optim.py (`Schedule`)."""
 
-    optimizer: Dict[str, Any] = field(default_factory=lambda: {"_target_": "torch.optim.Adam", "_partial_": True,
-                                                               "lr": 2.0e-3, "weight_decay": 0.0})
+    optimizer: Dict[str, Any] = field(default_factory=lambda: {  # a Hydra partial, instantiated by the entry point
+        "_target_": "torch.optim.Adam",  # the optimizer class (optim=adamw: torch.optim.AdamW)
+        "_partial_": True,               # the parameters are passed at run time
+        "lr": 2.0e-3,                    # the decoder's learning rate (the schedule's peak)
+        "weight_decay": 0.0})            # L2 penalty (Adam) or decoupled weight decay (AdamW)
     encoder_lr: Optional[float] = None  # the CNN's lr while it trains; null: optimizer.lr
     scheduler: str = "cosine"           # cosine (to lr * min_lr_ratio over the run) | constant | step | plateau
     min_lr_ratio: float = 0.05          # cosine: the last step's lr, as a fraction of lr
@@ -100,8 +103,8 @@ class OptimOptions:
 @dataclass
 class SplitFiles:
     """One split: a COCO-format annotations file and the folder its `file_name`s are relative to."""
-    annotations: str
-    images: str
+    annotations: str   # a COCO captions file
+    images: str        # the folder its file_name values are relative to
 
 
 @dataclass
@@ -205,7 +208,7 @@ class RunConfig:
     scst: SCSTOptions = field(default_factory=SCSTOptions)
     vocab: VocabOptions = field(default_factory=VocabOptions)
     baseline: BaselineOptions = field(default_factory=BaselineOptions)
-    seed: int = 0
+    seed: int = 0                       # data order, dropout and sampling (each epoch from (seed, epoch))
     cache_dir: str = ".cache/features"  # pooled encoder features, keyed by encoder + annotation file content
     control: bool = True                # also score the test splits with the captions shuffled across images
 

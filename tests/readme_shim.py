@@ -1,6 +1,6 @@
-"""Stand-in for the programs README's commands call, used by tests/test_readme.py.
+"""Stand-in for the programs README's commands call, used by tests/test_docs.py.
 
-test_readme.py runs every README command verbatim in bash, with a folder of wrappers first on PATH: each
+test_docs.py runs every command of the README and docs/ verbatim in bash, with a folder of wrappers first on PATH: each
 wrapper calls `python readme_shim.py PROGRAM ARGS...`, and this script runs the real PROGRAM at tiny size.
 README_MODE says how:
 

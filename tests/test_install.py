@@ -104,8 +104,9 @@ def test_nothing_reads_outside_the_repository():
     """A user's clone has nothing beside it: no code, test, notebook, script or doc may reach for the
     reference-data folder that sits beside this project's own checkout."""
     needle = "/".join(["..", "shared"])  # spelled so that this file does not match itself
-    files = [p for folder in ("captioning", "tests", "datasets", "conf", "notebooks") for p in (REPO / folder).rglob("*")
+    folders = ("captioning", "tests", "datasets", "conf", "notebooks", "docs")
+    files = [p for folder in folders for p in (REPO / folder).rglob("*")
              if p.is_file() and p.suffix in {".py", ".yaml", ".ipynb", ".md", ".txt"}]
-    files += [REPO / "Makefile", REPO / ".ci" / "run", REPO / "README.md", REPO / "setup.cfg"]
+    files += [REPO / "Makefile", REPO / ".ci" / "run", REPO / "README.md", REPO / "setup.cfg", REPO / "mkdocs.yml"]
     offenders = [str(p.relative_to(REPO)) for p in files if needle in p.read_text(encoding="utf-8")]
     assert not offenders

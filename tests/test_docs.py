@@ -1,15 +1,17 @@
-"""README.md under test: every shell command in its ```bash blocks runs (at tiny size) or, where it cannot
-run offline on a CPU, composes.
+"""The README and the manual (docs/) under test: every shell command in their ```bash blocks runs (at tiny size)
+or, where it cannot run offline on a CPU, composes; every ```python block runs; the configuration reference is what
+the code generates; `mkdocs build --strict` builds the site.
 
-The commands run verbatim in bash, in README order (a later command may use what an earlier one made,
-as a reader's would), in a sandbox that looks like the repository root: datasets/, tests/, Makefile, the
-Flickr8k release and a Karpathy COCO file unpacked where README says, a few photos in ~/photos. The
-programs they call are wrappers (tests/readme_shim.py) that append tiny sizes, or compose instead of
-running. COVERAGE says which, for each command: a command added to README without an entry here fails.
+The commands run verbatim in bash, in the pages' order (README, then docs/ in mkdocs.yml's nav; a later command may
+use what an earlier one made, as a reader's would), each distinct command once, in a sandbox that looks like the
+repository root: datasets/, tests/, Makefile, the Flickr8k release and a Karpathy COCO file unpacked where the Data
+page says, a few photos in ~/photos. The programs they call are wrappers (tests/readme_shim.py) that append tiny
+sizes, or compose instead of running. COVERAGE says which, for each command: a command added to a page without an
+entry here fails. A Python block runs as it is, unless its first line says what it needs that a CPU offline lacks
+(`# needs: the network ...`, `# needs: a GPU ...`): then it is only compiled.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import shutil
@@ -20,20 +22,44 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
 from test_real_layouts import karpathy_file
 
 REPO = Path(__file__).resolve().parents[1]
-README = REPO / "README.md"
 SHIMMED = ["captioning-train", "captioning-eval", "captioning-caption", "captioning-gradflow", "captioning-lm",
            "captioning-bench", "captioning-baseline", "captioning-report", "torchrun", "python", "make"]
 
+
+def nav_pages(nav: list) -> list[str]:
+    """The pages of mkdocs.yml's nav, in order."""
+    pages = []
+    for entry in nav:
+        for value in (entry.values() if isinstance(entry, dict) else [entry]):
+            pages += nav_pages(value) if isinstance(value, list) else [value]
+    return pages
+
+
+NAV = nav_pages(yaml.safe_load((REPO / "mkdocs.yml").read_text(encoding="utf-8"))["nav"])
+PAGES = [REPO / "README.md", *(REPO / "docs" / page for page in NAV)]
+# The second lane: pages whose commands need only what `make demo` made (see test_every_docs_command_runs).
+SECOND_LANE = ("lecture.md", "performance.md", "experiments/bf16-vs-fp32.md")
+
 RUN, COMPOSE = "run", "compose"
-# Every command of README's bash blocks, and how it is covered. COMPOSE only where running is impossible here.
+# Every command of the pages' bash blocks, and how it is covered. COMPOSE only where running is impossible here.
 COVERAGE = {
     "make demo": RUN,
     "make test": COMPOSE,  # this suite is what it runs
+    "make install": COMPOSE,  # the suite runs in what it installed
+    "make docs": COMPOSE,  # test_the_configuration_reference_is_generated_from_the_code and test_mkdocs_build_strict
+    # README's tour: the demo's shapes files stand in for a user's COCO-format folder
+    "captioning-train dataset=coco dataset.train.annotations=data/shapes/captions_train.json "
+    "dataset.train.images=data/shapes/images/train dataset.val.annotations=data/shapes/captions_val.json "
+    "dataset.val.images=data/shapes/images/val dataset.test.annotations=data/shapes/captions_test.json "
+    "dataset.test.images=data/shapes/images/test hydra.run.dir=runs/my_data": RUN,
+    "captioning-caption checkpoint=runs/my_data/checkpoints/best.pt images=~/photos output=~/photos_captions": RUN,
+    "captioning-eval annotations=data/shapes/captions_test.json results=runs/my_data/test_captions.json": RUN,
     "python datasets/make_shapes.py --out data/shapes --train 3000 --val 300 --test 300 --seed 0": RUN,
     "python datasets/flickr8k_to_coco.py --captions data/flickr8k/text/Flickr8k.token.txt "
     "--splits-dir data/flickr8k/text --out data/flickr8k": RUN,
@@ -61,7 +87,7 @@ COVERAGE = {
     "captioning-baseline dataset=shapes_shifted 'k=[1,5,10,25]'": RUN,
     "captioning-baseline dataset=shapes_shifted split=test_shifted 'k=[1,5,10,25]'": RUN,
     "captioning-baseline dataset=icons split=test_shifted 'k=[1,5,10,25]'": RUN,
-    # The icons / shapes_shifted study (README "Beating retrieval"): 3-seed sweeps of full runs, composed here
+    # The icons / shapes_shifted study (docs/experiments/): 3-seed sweeps of full runs, composed here
     **{f"captioning-train -m dataset={data} seed=0,1,2 {factor}trainer.threads=1 trainer.tensorboard=false hydra.sweep.dir=multirun/{name}": COMPOSE
        for data, factor, name in [
            ("icons", "trainer.max_epochs=15 trainer.patience=4 decode=greedy ", "icons_old_default"),
@@ -247,58 +273,117 @@ def strip_comment(line: str) -> str:
     return line
 
 
+def blocks(text: str) -> list[tuple[str, str]]:
+    """(language, body) of every fenced ```bash and ```python block, in order."""
+    return re.findall(r"^```(bash|python)\n(.*?)^```", text, flags=re.S | re.M)
+
+
 def readme_commands(text: str) -> list[str]:
     """Every command in the ```bash blocks: continuation lines joined, comments dropped, blanks squeezed."""
     commands = []
-    for block in re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M):
-        for line in block.replace("\\\n", " ").splitlines():
-            line = " ".join(strip_comment(line).split())
-            if line:
-                commands.append(line)
+    for language, block in blocks(text):
+        if language == "bash":
+            for line in block.replace("\\\n", " ").splitlines():
+                line = " ".join(strip_comment(line).split())
+                if line:
+                    commands.append(line)
     return commands
 
 
-def test_every_readme_command_is_covered():
-    commands = readme_commands(README.read_text(encoding="utf-8"))
+def page_items(page: Path) -> list[tuple[str, str]]:
+    """("bash", command) and ("python", block) of one page, in its order."""
+    items = []
+    for language, block in blocks(page.read_text(encoding="utf-8")):
+        items += ([("bash", c) for c in readme_commands(f"```bash\n{block}```\n")] if language == "bash"
+                  else [("python", block)])
+    return items
+
+
+def all_commands() -> list[str]:
+    return [c for page in PAGES for kind, c in page_items(page) if kind == "bash"]
+
+
+def needs(block: str) -> str | None:
+    """What a Python block says it needs beyond a CPU offline (its first line `# needs: ...`), or None."""
+    match = re.match(r"# needs: (.+)", block)
+    return match[1] if match else None
+
+
+def test_every_command_is_covered():
+    commands = all_commands()
     assert len(commands) > 20
     uncovered = [c for c in commands if c not in COVERAGE]
-    assert not uncovered, f"README commands with no entry in COVERAGE (run or compose them here): {uncovered}"
+    assert not uncovered, f"commands in the pages with no entry in COVERAGE (run or compose them here): {uncovered}"
     stale = [c for c in COVERAGE if c not in commands]
-    assert not stale, f"COVERAGE entries no longer in README: {stale}"
+    assert not stale, f"COVERAGE entries no longer in any page: {stale}"
 
 
-def test_the_configuration_table_names_real_fields():
-    """Each row of the Configuration table names a schema that exists, and lists (after "fields") only fields the
-    schema has."""
-    import captioning.config
-    import captioning.run_config
+def test_every_page_is_in_the_nav_and_the_readme_is_short():
+    pages = {p.relative_to(REPO / "docs").as_posix() for p in (REPO / "docs").rglob("*.md")}
+    assert pages == set(NAV), f"pages not in mkdocs.yml's nav: {sorted(pages - set(NAV))}; missing: {sorted(set(NAV) - pages)}"
+    assert len((REPO / "README.md").read_text(encoding="utf-8").splitlines()) <= 300
 
-    rows = [line for line in README.read_text(encoding="utf-8").splitlines()
-            if line.startswith("| `") and "schema `" in line]
-    assert len(rows) >= 5 and sum("fields" in row for row in rows) >= 2
-    for row in rows:
-        name = re.search(r"schema `(\w+)`", row)[1]
-        schema = getattr(captioning.config, name, None) or getattr(captioning.run_config, name)
-        if "fields" in row:
-            fields = {f.name for f in dataclasses.fields(schema)}
-            listed = set(re.findall(r"`([a-z_0-9]+)`", row.split("fields", 1)[1]))
-            assert listed and listed <= fields, f"{row[:40]}...: not fields: {sorted(listed - fields)}"
+
+def test_python_blocks_compile_and_say_what_they_need():
+    python = [(page, block) for page in PAGES for kind, block in page_items(page) if kind == "python"]
+    assert len(python) >= 3
+    for page, block in python:
+        compile(block, str(page), "exec")
+        assert needs(block) is None or re.search(r"network|GPU", needs(block)), f"{page.name}: {needs(block)}"
+
+
+def test_no_machine_paths_or_who_ran_it():
+    """The repository speaks of the project: the hardware and the command, not where or by whom it ran."""
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        for pattern in (r"/work/", r"/home/\w", r"\bsessions?\b", r"\blent\b"):
+            assert not re.search(pattern, text, flags=re.I), f"{page.name}: {pattern}"
+
+
+def test_the_configuration_reference_is_generated_from_the_code():
+    from captioning.cli.reference import render
+
+    page = REPO / "docs" / "reference" / "configuration.md"
+    assert page.read_text(encoding="utf-8") == render(), \
+        "docs/reference/configuration.md differs from the code: run `make docs` and commit it"
+
+
+def test_every_configuration_key_has_a_default_and_a_meaning():
+    text = (REPO / "docs" / "reference" / "configuration.md").read_text(encoding="utf-8")
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert len(rows) > 100
+    blank = [row.split(" | ")[0] for row in rows if row.rstrip().endswith("|  |")]
+    assert not blank, f"keys without a meaning (comment the field or the yaml key): {blank}"
+    for key in ("decode.beam_groups", "decode.diversity_lambda", "decode.num_return", "trainer.init_from",
+                "trainer.select_on", "trainer.nonfinite", "trainer.scheduled_sampling.start_epoch", "scst.baseline",
+                "baseline.k", "vocab.min_count", "cache_dir", "control", "optim.optimizer.lr"):
+        assert f"| `{key}` |" in text, key
+
+
+@pytest.mark.slow
+def test_mkdocs_build_strict(tmp_path):
+    mkdocs = Path(sys.executable).parent / "mkdocs"
+    proc = subprocess.run([str(mkdocs), "build", "--strict", "--site-dir", str(tmp_path / "site")], cwd=REPO,
+                          capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert (tmp_path / "site" / "reference" / "api" / "index.html").read_text(encoding="utf-8").count("load_captioner")
 
 
 def test_comment_and_continuation_parsing():
     text = "```bash\ncaptioning-x a=1 \\\n    b='#not' # note\n# only a comment\n\n```\n```python\nx = 1\n```\n"
     assert readme_commands(text) == ["captioning-x a=1 b='#not'"]
+    assert blocks(text)[1] == ("python", "x = 1\n")
 
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory, flickr8k_release, reference_data) -> dict:
-    """A folder laid out like the repository root with README's inputs in place, and the wrapper folder."""
-    root = tmp_path_factory.mktemp("readme")
+    """A folder laid out like the repository root with the pages' inputs in place, and the wrapper folder."""
+    root = tmp_path_factory.mktemp("docs")
     for name in ("datasets", "tests", "captioning", "conf", "Makefile", "setup.cfg", "pyproject.toml"):
         (root / name).symlink_to(REPO / name)
     flickr = root / "data" / "flickr8k"
     flickr.mkdir(parents=True)
-    for name in ("text", "Flicker8k_Dataset"):  # README: the release unpacked into data/flickr8k
+    for name in ("text", "Flicker8k_Dataset"):  # the Data page: the release unpacked into data/flickr8k
         (flickr / name).symlink_to(flickr8k_release / name, target_is_directory=True)
     lines = (reference_data / "flickr8k" / "Flickr8k.token.txt").read_text(encoding="utf-8").splitlines()
     karpathy_file(root / "data" / "coco" / "dataset_coco.json", [ln.split("\t")[1] for ln in lines[:70]])
@@ -321,33 +406,46 @@ def sandbox(tmp_path_factory, flickr8k_release, reference_data) -> dict:
     return {"root": root, "env": env}
 
 
-def run_command(command: str, sandbox: dict) -> str | None:
-    """Run one README command in the sandbox; None, or what went wrong."""
-    env = {**sandbox["env"], "README_MODE": COVERAGE[command]}
+def run_item(item: tuple[str, str], sandbox: dict) -> str | None:
+    """Run one command (in bash, through the wrappers) or Python block (as it is) in the sandbox; None, or what
+    went wrong."""
+    kind, text = item
+    if kind == "python":
+        if needs(text):
+            return None  # compiled by test_python_blocks_compile_and_say_what_they_need
+        args, mode = [sys.executable, "-c", text], "python"
+    else:
+        args, mode = ["bash", "-o", "pipefail", "-c", text], COVERAGE[text]
     start = time.perf_counter()
-    proc = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=sandbox["root"], env=env,
+    proc = subprocess.run(args, cwd=sandbox["root"], env={**sandbox["env"], "README_MODE": mode},
                           capture_output=True, text=True, timeout=600)
-    print(f"{time.perf_counter() - start:5.1f} s  {COVERAGE[command]:7}  {command}")  # shown with pytest -s
+    print(f"{time.perf_counter() - start:5.1f} s  {mode:7}  {text.splitlines()[0]}")  # shown with pytest -s
     if proc.returncode != 0 or "Traceback" in proc.stderr:
-        return f"$ {command}  [{COVERAGE[command]}, exit {proc.returncode}]\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+        return f"$ {text}  [{mode}, exit {proc.returncode}]\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     return None
 
 
-LECTURE = "## The lecture's ideas"  # from this section on, the commands need only what `make demo` made
+def lanes() -> tuple[list, list]:
+    """Every command and Python block after `make demo`, each command once, in two lanes: the pages of SECOND_LANE
+    and all the others, each in page order."""
+    seen, first, second = {"make demo"}, [], []
+    for page in PAGES:
+        lane = second if page.relative_to(REPO).as_posix().removeprefix("docs/") in SECOND_LANE else first
+        for item in page_items(page):
+            if item[0] == "python" or item[1] not in seen:
+                seen.add(item[1])
+                lane.append(item)
+    return first, second
 
 
 @pytest.mark.slow
-def test_every_readme_command_runs_or_composes(sandbox):
-    """In README order. The first command (`make demo`) runs alone; then two lanes run side by side, each in
-    order: the sections before the lecture's tools, and the lecture's tools and benchmarks. Most commands
-    spend their time starting Python and torch on one core: two lanes halve the wait on two."""
-    text = README.read_text(encoding="utf-8")
-    first, *rest = readme_commands(text)
-    lanes = (readme_commands(text[:text.index(LECTURE)])[1:], readme_commands(text[text.index(LECTURE):]))
-    assert first == "make demo" and [*lanes[0], *lanes[1]] == rest
-    failures = [run_command(first, sandbox)]
+def test_every_docs_command_runs_or_composes(sandbox):
+    """`make demo` runs alone first; then two lanes run side by side, each in order. Most commands spend their
+    time starting Python and torch on one core: two lanes halve the wait on two."""
+    assert ("bash", "make demo") in page_items(REPO / "README.md")
+    failures = [run_item(("bash", "make demo"), sandbox)]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for lane in pool.map(lambda commands: [run_command(c, sandbox) for c in commands], lanes):
+        for lane in pool.map(lambda items: [run_item(item, sandbox) for item in items], lanes()):
             failures += lane
     failures = [f for f in failures if f]
     assert not failures, "\n\n".join(failures)
