@@ -25,6 +25,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from captioning.cli.reference import trailing_comment
 from test_real_layouts import karpathy_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -260,19 +261,6 @@ COVERAGE = {
 }
 
 
-def strip_comment(line: str) -> str:
-    """The line without a trailing `# comment` (a # at the start or after a blank, outside quotes)."""
-    quote = None
-    for i, ch in enumerate(line):
-        if quote:
-            quote = None if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch == "#" and (i == 0 or line[i - 1].isspace()):
-            return line[:i]
-    return line
-
-
 def blocks(text: str) -> list[tuple[str, str]]:
     """(language, body) of every fenced ```bash and ```python block, in order."""
     return re.findall(r"^```(bash|python)\n(.*?)^```", text, flags=re.S | re.M)
@@ -284,7 +272,7 @@ def readme_commands(text: str) -> list[str]:
     for language, block in blocks(text):
         if language == "bash":
             for line in block.replace("\\\n", " ").splitlines():
-                line = " ".join(strip_comment(line).split())
+                line = " ".join(trailing_comment(line)[0].split())
                 if line:
                     commands.append(line)
     return commands
@@ -330,6 +318,14 @@ def test_python_blocks_compile_and_say_what_they_need():
     for page, block in python:
         compile(block, str(page), "exec")
         assert needs(block) is None or re.search(r"network|GPU", needs(block)), f"{page.name}: {needs(block)}"
+
+
+def test_every_study_names_its_question_and_its_data():
+    studies = [REPO / "docs" / page for page in NAV if page.startswith("experiments/")]
+    assert len(studies) >= 8
+    for page in studies:
+        text = page.read_text(encoding="utf-8")
+        assert "**Question.**" in text and "**Data.**" in text and "```bash" in text and "\n|---|" in text, page.name
 
 
 def test_no_machine_paths_or_who_ran_it():

@@ -37,14 +37,15 @@ the command line (`captioning-train decoder.hidden_dim=1024`); a group's option 
 
 
 def trailing_comment(line: str) -> tuple[str, str]:
-    """(code, comment) of one line: the comment after a `#` outside quotes, stripped."""
+    """(code, comment) of one line of Python, yaml or bash: the comment starts at a `#` at the line's start or after
+    a blank, outside quotes."""
     quote = None
     for i, ch in enumerate(line):
         if quote:
             quote = None if ch == quote else quote
         elif ch in "'\"":
             quote = ch
-        elif ch == "#":
+        elif ch == "#" and (i == 0 or line[i - 1].isspace()):
             return line[:i], line[i + 1:].strip()
     return line, ""
 

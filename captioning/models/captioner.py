@@ -46,7 +46,8 @@ class Captioner(nn.Module):
                           precision: str = "fp32", **options) -> list[dict]:
         """For image features (B, D), or a grid (B, L, D) for the attention decoder: one dict per image,
         {"caption", "score": mean log-probability per token, "words", ["attention": (len(words) + 1, L),
-        one map per word and one for <end>], [with num_return > 1: "captions", "scores", best first]}. Options as
+        one map per word and one for <end> (len(words) maps for a caption cut at max_len, which has no <end>)],
+        [with num_return > 1: "captions", "scores", best first]}. Options as
         in `caption_features`; `precision` of the decoder's matrix products (auto | fp32 | bf16: autocast; the
         log-probabilities and scores are fp32 either way)."""
         if with_attention:
