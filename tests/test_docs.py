@@ -48,6 +48,7 @@ PAGES = [REPO / "README.md", *(REPO / "docs" / page for page in NAV)]
 SECOND_LANE = ("lecture.md", "performance.md", "experiments/bf16-vs-fp32.md")
 
 RUN, COMPOSE = "run", "compose"
+PREVIOUS = "trainer.label_smoothing=0 decode=greedy trainer.max_epochs=15 trainer.patience=4"  # the 15-epoch defaults
 # Every command of the pages' bash blocks, and how it is covered. COMPOSE only where running is impossible here.
 COVERAGE = {
     "make demo": RUN,
@@ -119,6 +120,11 @@ COVERAGE = {
     "captioning-train dataset=icons decoder=attention +experiment=scst seed=0 "
     "trainer.init_from=multirun/icons_attention/0/checkpoints/best.pt trainer.threads=1 trainer.tensorboard=false "
     "hydra.run.dir=runs/icons_attention_scst": COMPOSE,
+    **{"captioning-train dataset=icons decoder=attention +experiment=scst seed=0 "
+       f"trainer.init_from=multirun/icons_attention/0/checkpoints/best.pt {option} trainer.threads=1 "
+       f"trainer.tensorboard=false hydra.run.dir=runs/icons_attention_scst_{name}": COMPOSE
+       for option, name in (("optim.optimizer.lr=1e-7 trainer.max_epochs=1", "lr1e-7"),
+                            ("optim.optimizer.lr=2e-5", "lr2e-5"))},
     "captioning-report multirun/shapes_default multirun/shapes_label_smoothing --output shapes_label_smoothing.md": COMPOSE,
     "captioning-train -m dataset=icons +experiment=scst seed=0 "
     "trainer.init_from=multirun/screen_budget/0/checkpoints/best.pt scst.baseline=greedy,mean "
@@ -156,27 +162,31 @@ COVERAGE = {
                               "multirun/icons_scst_s2/0/checkpoints/best.pt"], "icons_scst_ensemble"))},
     "captioning-report multirun/shapes_budget50 multirun/shapes_default --output shapes_budget.md": COMPOSE,
     "captioning-report multirun/screen_budget multirun/screen_big multirun/screen_norm --output screen.md": COMPOSE,
-    **{f"captioning-train -m dataset=shapes_shifted seed=0,1,2 {factor} trainer.tensorboard=false "
-       f"hydra.sweep.dir=multirun/{name}": COMPOSE  # the study: 24 full training runs (each composed here)
-       for factor, name in [("decoder.feature_norm=none,l2,layernorm", "feature_norm"),
-                            ("decoder.embed_dropout=0 decoder.output_dropout=0", "no_dropout"),
-                            ("decoder.feature_dropout=0.3", "feature_dropout"), ("optim=adamw", "adamw"),
-                            ("trainer.label_smoothing=0.1", "label_smoothing"),
-                            ("trainer.select_on=bleu4", "select_bleu4")]},
-    "captioning-train decoder=attention hydra.run.dir=runs/attention": RUN,
+    **{f"captioning-train -m dataset=shapes_shifted seed={seeds} {factor} trainer.tensorboard=false "
+       f"hydra.sweep.dir=multirun/{name}": COMPOSE  # the study: 20 full training runs (each composed here)
+       for seeds, factor, name in [
+           ("0,1,2", f"{PREVIOUS} decoder.feature_norm=none,l2,layernorm", "feature_norm"),
+           ("0", f"{PREVIOUS} decoder.embed_dropout=0 decoder.output_dropout=0", "no_dropout"),
+           ("0,1,2", f"{PREVIOUS} decoder.feature_dropout=0.3", "feature_dropout"),
+           ("0,1,2", f"{PREVIOUS} optim=adamw", "adamw"),
+           ("0,1,2", "decode=greedy trainer.max_epochs=15 trainer.patience=4 trainer.label_smoothing=0.1",
+            "label_smoothing"),
+           ("0", f"{PREVIOUS} trainer.select_on=bleu4", "select_bleu4")]},
+"captioning-train decoder=attention hydra.run.dir=runs/attention": RUN,
     "captioning-caption checkpoint=runs/attention/checkpoints/best.pt images=data/shapes/demo_images "
     "output=runs/attention/gallery with_attention=true": RUN,
-    "captioning-train -m dataset=shapes_shifted seed=0,1,2 decoder.inject=init,pre,par decoder.cell=rnn,gru "
+    "captioning-train -m dataset=shapes_shifted seed=0,1,2 trainer.label_smoothing=0 decode=greedy decoder.inject=init,pre,par decoder.cell=rnn,gru "
     "trainer.max_epochs=8 trainer.tensorboard=false hydra.sweep.dir=multirun/conditioning": COMPOSE,  # 18 full runs
-    "captioning-train -m dataset=shapes_shifted seed=0,1,2 decoder.inject=init,pre,par decoder.cell=lstm "
+    "captioning-train -m dataset=shapes_shifted seed=0,1,2 trainer.label_smoothing=0 decode=greedy decoder.inject=init,pre,par decoder.cell=lstm "
     "trainer.max_epochs=8 trainer.tensorboard=false hydra.sweep.dir=multirun/conditioning_lstm": COMPOSE,  # 9 runs
-    "captioning-train -m dataset=shapes_shifted seed=0,1,2 decoder=attention trainer.max_epochs=8 "
+    "captioning-train -m dataset=shapes_shifted seed=0,1,2 trainer.label_smoothing=0 decode=greedy decoder=attention trainer.max_epochs=8 "
     "trainer.tensorboard=false hydra.sweep.dir=multirun/conditioning_attention": COMPOSE,  # 3 full runs
     "captioning-report multirun/conditioning multirun/conditioning_lstm multirun/conditioning_attention "
     "--scores bleu1,bleu2,bleu3,bleu4,cider --output conditioning.md": COMPOSE,  # reads the study's runs
     "captioning-train +experiment=scst trainer.init_from=runs/demo/checkpoints/best.pt "
     "hydra.run.dir=runs/demo_scst": RUN,
-    **{f"captioning-train dataset=shapes_shifted +experiment=scst seed={s} "
+    **{f"captioning-train dataset=shapes_shifted +experiment=scst scst.baseline=greedy optim.optimizer.lr=5e-5 "
+       f"trainer.max_epochs=10 decode=greedy seed={s} "
        f"trainer.init_from=multirun/feature_norm/{3 * s}/checkpoints/best.pt trainer.tensorboard=false "
        f"hydra.run.dir=runs/scst_s{s}": COMPOSE for s in range(3)},  # 3 full runs from the study's checkpoints
     "captioning-report multirun/feature_norm/0 multirun/feature_norm/3 multirun/feature_norm/6 runs/scst_s0 "
