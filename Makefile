@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   ?= runs/demo
 
-.PHONY: install test demo bench docs clean
+.PHONY: install test demo bench docs gpu-check clean
 
 install: $(STAMP)
 
@@ -32,6 +32,10 @@ docs: install
 
 bench: install
 	$(VENV)/bin/captioning-bench all
+
+# On a machine with CUDA: the CUDA tests, training, DDP, beam search and the benchmarks' CUDA rows, as one table.
+gpu-check: install
+	$(VENV)/bin/captioning-bench gpu
 
 clean:
 	rm -rf runs outputs multirun site .pytest_cache

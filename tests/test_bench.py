@@ -139,3 +139,13 @@ def test_eval(capsys, tmp_path):
     assert len(rows) == 2 and rows[0]["images"] == "2"
     assert float(rows[0]["BLEU-4"]) > 0.1 and rows[0]["BLEU-4"] == rows[1]["BLEU-4"]  # ours equals the official
     assert float(rows[0]["CIDEr-D"]) >= 0 and rows[0]["CIDEr-D"] == rows[1]["CIDEr-D"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: make gpu-check runs the whole check")
+def test_the_gpu_check_stops_in_one_line_without_cuda(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["gpu"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 1
+    said = [line for line in out.splitlines() if line.startswith("gpu check:")]
+    assert len(said) == 1 and "no CUDA device" in said[0] and "nothing ran on a GPU" in said[0]

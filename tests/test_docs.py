@@ -267,6 +267,8 @@ COVERAGE = {
     "captioning-bench eval": RUN,
     "captioning-bench data": RUN,
     "captioning-bench all": COMPOSE,  # minutes: every benchmark at full size
+    "make gpu-check": COMPOSE,  # no GPU here: tests/test_bench.py checks its one line without CUDA
+    "captioning-bench gpu": COMPOSE,
     "make bench": COMPOSE,
 }
 

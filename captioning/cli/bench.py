@@ -9,7 +9,8 @@
     captioning-bench finetune    # raw-image training step: CNN frozen, last blocks trained, whole CNN
     captioning-bench data        # a dataset's vocabulary, caption lengths and decoder speed (Flickr8k)
     captioning-bench scale       # COCO's size: annotations, vocabulary, dataset, feature cache, decoder epoch
-    captioning-bench all
+    captioning-bench all         # every one of the above
+    captioning-bench gpu         # the GPU check (make gpu-check): CUDA tests, training, DDP, beam search, CUDA rows
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ import sys
 from captioning.bench.common import machine_description, markdown_table
 from captioning.io import InputError
 
-SUBCOMMANDS = ["beam", "eval", "encoder", "caption", "allocator", "decoder", "finetune", "data", "scale"]
+SUBCOMMANDS = ["beam", "eval", "encoder", "caption", "allocator", "decoder", "finetune", "data", "scale", "gpu"]
+NOT_IN_ALL = {"gpu"}  # it needs CUDA, and runs the others' CUDA rows itself
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
         modules[name].add_arguments(p)
     sub.add_parser("all", help="run every benchmark with its defaults")
     args = parser.parse_args(argv)
-    names = list(modules) if args.command == "all" else [args.command]
+    names = [n for n in modules if n not in NOT_IN_ALL] if args.command == "all" else [args.command]
     print(f"Machine: {machine_description()}\n")
     for name in names:
         run_args = args if args.command != "all" else _defaults(modules[name])
