@@ -54,6 +54,7 @@ def process_group(device: torch.device) -> Iterator[torch.device]:
     """
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    if device.type == "cuda" and device.index is not None:  # the "current" device of RNG states and bf16 checks
         torch.cuda.set_device(device)
     if int(os.environ.get("WORLD_SIZE", "1")) == 1 or dist.is_initialized():
         yield device

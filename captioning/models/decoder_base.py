@@ -12,6 +12,13 @@ from captioning.config import DecoderOptions, check
 from captioning.models.cells import State
 
 
+
+def _cast(state: State | None, dtype: torch.dtype) -> State | None:
+    """A recurrent state (h, or (h, c)) in `dtype`."""
+    if state is None:
+        return None
+    return tuple(s.to(dtype) for s in state) if isinstance(state, tuple) else state.to(dtype)
+
 class Forward(NamedTuple):
     """Teacher forcing's output: logits (B, T-1, V) for captions[:, 1:], and the loss's extra terms (the attention
     decoder's doubly stochastic penalty), each a scalar to add to the cross-entropy."""
@@ -68,11 +75,14 @@ class DecoderBase(nn.Module):
         """The core on inputs (B, T, E) from `state`. Under autocast torch's fused RNNs cast their
         weights but not their inputs, and oneDNN wants one dtype for all: cast input and state."""
         device = x.device.type
+        if device == "cuda" and torch.is_autocast_enabled(device):
+            # cuDNN's RNN under autocast runs in fp16 whatever dtype autocast was given (torch's _cudnn_rnn
+            # wrapper), and nothing here scales the loss for fp16: the core runs in fp32 on CUDA, the rest in bf16.
+            with torch.autocast("cuda", enabled=False):
+                return self.rnn(x.float(), _cast(state, torch.float32))
         if torch.is_autocast_enabled(device):
             dtype = torch.get_autocast_dtype(device)
-            x = x.to(dtype)
-            if state is not None:
-                state = tuple(s.to(dtype) for s in state) if isinstance(state, tuple) else state.to(dtype)
+            x, state = x.to(dtype), _cast(state, dtype)
         return self.rnn(x, state)
 
     @staticmethod
