@@ -144,6 +144,13 @@ COVERAGE = {
     "captioning-report multirun/icons_label_smoothing "
     + " ".join(f"multirun/icons_ls_scst_{v}s{s}" for v in ("", "samples10_", "topk5_") for s in range(3))
     + " --output icons_scst_options.md": COMPOSE,
+    **{f"for s in 0 1 2; do captioning-train -m dataset={data} +experiment=scst scst.temperature=0.5 seed=$s "
+       f"trainer.init_from=multirun/{data.split('_')[0]}_label_smoothing/$s/checkpoints/best.pt trainer.threads=1 "
+       f"trainer.tensorboard=false hydra.sweep.dir=multirun/{data.split('_')[0]}_ls_scst_temp05_s$s; done": COMPOSE
+       for data in ("icons", "shapes_shifted")},
+    **{f"captioning-report multirun/{d}_label_smoothing "
+       + " ".join(f"multirun/{d}_ls_scst_{v}s{s}" for v in ("", "temp05_") for s in range(3))
+       + f" --output {d}_scst_temperature.md": COMPOSE for d in ("icons", "shapes")},
     **{f"captioning-report multirun/{d}_label_smoothing multirun/{d}_ls_scst_s0 multirun/{d}_ls_scst_s1 "
        f"multirun/{d}_ls_scst_s2 --output {d}_ls_scst.md": COMPOSE for d in ("icons", "shapes")},
     "captioning-train -m dataset=icons +experiment=scst seed=0 trainer.init_from=multirun/icons_default/0/checkpoints/best.pt "
