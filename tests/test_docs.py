@@ -117,6 +117,9 @@ COVERAGE = {
     "hydra.sweep.dir=multirun/icons_attention": COMPOSE,
     "captioning-report multirun/icons_label_smoothing multirun/icons_dropout multirun/icons_attention "
     "--output icons_attention.md": COMPOSE,
+    "captioning-train -m dataset=shapes_shifted seed=0,1,2 decoder=attention trainer.threads=1 trainer.tensorboard=false "
+    "hydra.sweep.dir=multirun/shapes_attention": COMPOSE,
+    "captioning-report multirun/shapes_label_smoothing multirun/shapes_attention --output shapes_attention.md": COMPOSE,
     "captioning-train dataset=icons decoder=attention +experiment=scst seed=0 "
     "trainer.init_from=multirun/icons_attention/0/checkpoints/best.pt trainer.threads=1 trainer.tensorboard=false "
     "hydra.run.dir=runs/icons_attention_scst": COMPOSE,
