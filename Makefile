@@ -28,7 +28,7 @@ demo: install
 # The manual: the configuration reference generated from the code, then the site (site/), failing on any warning.
 docs: install
 	$(PY) -m captioning.cli.reference > docs/reference/configuration.md
-	$(VENV)/bin/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 bench: install
 	$(VENV)/bin/captioning-bench all
