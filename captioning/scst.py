@@ -105,7 +105,8 @@ class SCSTObjective:
         rewards = self.reward(self._text(drawn), image_ids).to(self.device).view(-1, K)  # (B, K)
         if o.baseline == "greedy":
             with torch.no_grad():
-                best = greedy(policy, features, DecodeOptions(method="greedy", max_len=o.max_len), v).ids
+                best = greedy(policy, features, DecodeOptions(method="greedy", max_len=o.max_len), v,
+                              with_scores=False).ids
             baseline = self.reward(self._text(best), batch.image_ids.tolist()).to(self.device)[:, None]  # (B, 1)
         else:  # the mean of the other samples' rewards
             baseline = (rewards.sum(1, keepdim=True) - rewards) / (K - 1)  # (B, K)

@@ -228,3 +228,11 @@ def test_a_length_penalty_prunes_as_it_ranks(beam_size):
     raw = beam_search(StepChain(), torch.zeros(1, 1), D(beam_size=beam_size, max_len=6, length_penalty="none"),
                       SIDS)
     assert raw.ids[0, 0].item() == 2  # without a penalty "<end>" alone is the best caption: log 0.35
+
+
+def test_greedy_without_scores_gives_the_same_ids():
+    decoder, feats = make(eos_bias=0.5), features(16)
+    with torch.no_grad():
+        scored = greedy(decoder, feats, D(max_len=10, block_ngram_repeat=2, min_len=2), SIDS)
+        bare = decode(decoder, feats, "greedy", max_len=10, block_ngram_repeat=2, min_len=2, with_scores=False, **IDS)
+    assert torch.equal(scored.ids, bare.ids) and bare.score is None and scored.score.shape == (16,)

@@ -46,6 +46,9 @@ def test_an_ensemble_of_one_is_the_model_and_three_average_their_log_probabiliti
         b = alone.describe_features(features, method=method, **options)
         assert [r["caption"] for r in a] == [r["caption"] for r in b]
         assert [r["score"] for r in a] == pytest.approx([r["score"] for r in b], abs=1e-5)
+        if method == "greedy":  # without scores (the validation path's): the same captions
+            bare = alone.describe_features(features, method=method, with_scores=False)
+            assert [r["caption"] for r in bare] == [r["caption"] for r in b] and not any("score" in r for r in bare)
     three = load_captioner(members, device="cpu")
     singles = [load_captioner(m, device="cpu") for m in members]
     with torch.no_grad():  # one step: the ensemble's distribution is the normalised mean of the members' log p

@@ -43,13 +43,13 @@ class Captioner(nn.Module):
 
     @torch.no_grad()
     def describe_features(self, features: Tensor, seed: int | None = None, with_attention: bool = False,
-                          precision: str = "fp32", **options) -> list[dict]:
+                          precision: str = "fp32", with_scores: bool = True, **options) -> list[dict]:
         """For image features (B, D), or a grid (B, L, D) for the attention decoder: one dict per image,
         {"caption", "score": mean log-probability per token, "words", ["attention": (len(words) + 1, L),
         one map per word and one for <end> (len(words) maps for a caption cut at max_len, which has no <end>)],
         [with num_return > 1: "captions", "scores", best first]}. Options as
         in `caption_features`; `precision` of the decoder's matrix products (auto | fp32 | bf16: autocast; the
-        log-probabilities and scores are fp32 either way)."""
+        log-probabilities and scores are fp32 either way). `with_scores=False`: greedy rows without "score"."""
         if with_attention:
             self.check_attention("with_attention")
         generator = None
@@ -59,12 +59,13 @@ class Captioner(nn.Module):
         with _evaluating(self.decoder), autocast(self.device, precision):
             out = decode(self.decoder, features.to(self.device, torch.float32), bos_id=v.bos_id, eos_id=v.eos_id,
                          pad_id=v.pad_id, unk_id=v.unk_id, generator=generator, with_attention=with_attention,
-                         **options)
+                         with_scores=with_scores, **options)
         per_image = len(out.ids) // len(features)  # decode.num_return: that many rows per image, best first
         rows = []
-        for n, (ids, score) in enumerate(zip(out.ids.tolist(), out.score.tolist())):
+        scores = [None] * len(out.ids) if out.score is None else out.score.tolist()
+        for n, (ids, score) in enumerate(zip(out.ids.tolist(), scores)):
             words = self.vocab.decode(ids)
-            row = {"caption": " ".join(words), "score": score, "words": words}
+            row = {"caption": " ".join(words), "words": words} | ({} if score is None else {"score": score})
             if with_attention:
                 row["attention"] = out.attention[n, :len(words) + 1].cpu()
             if per_image == 1:
@@ -83,7 +84,7 @@ class Captioner(nn.Module):
         length_penalty, top_p, block_ngram_repeat, ...; its defaults, which `conf/decode/` extends) and `seed`
         for sampling.
         """
-        return [row["caption"] for row in self.describe_features(features, **options)]
+        return [row["caption"] for row in self.describe_features(features, with_scores=False, **options)]
 
     def check_attention(self, asked: str, source: str = "this captioner") -> None:
         """InputError unless this captioner has attention maps to draw (`asked`: the option that asked for them,
