@@ -48,6 +48,7 @@ TINY_BENCH = {
     "finetune": ["--encoder", "small_cnn", "--image-size", "32", "--batch", "4", "--blocks", "1", "--vocab", "30",
                  "--steps", "1", "--repeats", "1"],
     "data": ["--repeats", "1", "--batch", "8", "--hidden", "16", "--embed", "8"],
+    "projection": ["--hidden", "16", "--vocab", "50", "--batch-sizes", "1", "7", "--repeats", "1"],
 }
 TINY_SHAPES = ["--train", "24", "--val", "6", "--test", "6"]
 # The icons set from the committed 300-icon slice of the same tarballs (tests/data/icons), offline.

@@ -112,6 +112,14 @@ def test_decoder_flops_match_torchs_flop_counter(cell, inject):
     assert step_flops(config, batch=4, seq_len=6) == counter.get_total_flops()
 
 
+def test_projection(capsys):
+    rows = bench(capsys, "projection", "--hidden", "16", "--vocab", "50", "--batch-sizes", "1", "7", "--repeats", "1")
+    assert [r["rows"] for r in rows] == ["1", "7"]
+    for r in rows:
+        assert float(r["nn.Linear ms"]) > 0 and float(r["oneDNN ms"]) > 0 and float(r["largest difference"]) < 1e-4
+        assert r["decoding uses"].split()[0] in ("oneDNN", "nn.Linear")
+
+
 def test_beam(capsys):
     rows = bench(capsys, "beam", "--images", "3", "--beam-sizes", "2", "--batch-sizes", "3", "--vocab", "30",
                  "--hidden", "16", "--embed", "8", "--feature-dim", "12", "--max-len", "5")

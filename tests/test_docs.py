@@ -276,6 +276,7 @@ COVERAGE = {
     "OMP_NUM_THREADS=1 captioning-bench beam --repeats 3": RUN,
     "captioning-bench eval": RUN,
     "captioning-bench data": RUN,
+    "captioning-bench projection": RUN,
     "captioning-bench all": COMPOSE,  # minutes: every benchmark at full size
     "make gpu-check": COMPOSE,  # no GPU here: tests/test_bench.py checks its one line without CUDA
     "captioning-bench gpu": COMPOSE,

@@ -6,6 +6,7 @@
     captioning-bench caption     # captioning a folder: plain CNN in the main process vs captioning-caption
     captioning-bench allocator   # the CNN per image with glibc's malloc defaults vs keep_freed_memory
     captioning-bench decoder     # decoder training step: tokens/s and GFLOP/s vs matmul peak
+    captioning-bench projection  # decoding's vocabulary projection: nn.Linear vs oneDNN, and which is used
     captioning-bench finetune    # raw-image training step: CNN frozen, last blocks trained, whole CNN
     captioning-bench data        # a dataset's vocabulary, caption lengths and decoder speed (Flickr8k)
     captioning-bench scale       # COCO's size: annotations, vocabulary, dataset, feature cache, decoder epoch
@@ -21,7 +22,8 @@ import sys
 from captioning.bench.common import machine_description, markdown_table
 from captioning.io import InputError
 
-SUBCOMMANDS = ["beam", "eval", "encoder", "caption", "allocator", "decoder", "finetune", "data", "scale", "gpu"]
+SUBCOMMANDS = ["beam", "eval", "encoder", "caption", "allocator", "decoder", "projection", "finetune", "data", "scale",
+               "gpu"]
 NOT_IN_ALL = {"gpu"}  # it needs CUDA, and runs the others' CUDA rows itself
 
 

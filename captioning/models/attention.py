@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from captioning.models.cells import build_recurrent
 from captioning.models.decoder_base import DecoderBase, Forward, StepOut
+from captioning.models.projection import vocab_logits
 from captioning.text import Vocabulary
 
 
@@ -103,7 +104,7 @@ class AttentionDecoder(DecoderBase):
     def step(self, tokens: Tensor, state: tuple[Tensor, ...], features: Tensor) -> StepOut:
         """One decoding step for N sequences: tokens (N,) -> logits (N, V), the next state, alpha (N, L)."""
         out, state, alpha = self._step(tokens, state)
-        return StepOut(self.out(out), state, alpha)
+        return StepOut(vocab_logits(self.out, out), state, alpha)
 
     @staticmethod
     def reorder_state(state: tuple[Tensor, ...], index: Tensor) -> tuple[Tensor, ...]:

@@ -22,6 +22,7 @@ from captioning.config import DecoderOptions, check
 from captioning.models.attention import AttentionDecoder
 from captioning.models.cells import State, build_recurrent
 from captioning.models.decoder_base import DecoderBase, Forward, StepOut
+from captioning.models.projection import vocab_logits
 
 
 @dataclass(kw_only=True)
@@ -106,7 +107,7 @@ class CaptionDecoder(DecoderBase):
     def step(self, tokens: Tensor, state: State, features: Tensor) -> StepOut:
         """One decoding step for N sequences: tokens (N,) -> logits (N, V) and the next state."""
         out, state = self._recurrent(self._inputs(tokens[:, None], features), state)  # (N, 1, H)
-        return StepOut(self.out(out[:, 0]), state)
+        return StepOut(vocab_logits(self.out, out[:, 0]), state)
 
     @staticmethod
     def reorder_state(state: State, index: Tensor) -> State:
