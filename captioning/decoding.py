@@ -345,11 +345,13 @@ def _diverse_topk(rank: Tensor, finished: Tensor, groups: int, diversity_lambda:
 
 def decode(decoder, features: Tensor, method: str = D.method, *, bos_id: int, eos_id: int, pad_id: int = 0,
            unk_id: int | None = None, generator: torch.Generator | None = None, with_attention: bool = False,
-           with_scores: bool = True, **options) -> Decoded:
+           **options) -> Decoded:
     """Dispatch on `method` (greedy | sample | beam) with `options`, any fields of DecodeOptions (checked, defaults
     there); returns token ids (B, L) and scores (B,), and with `with_attention` (the attention decoder only) each
-    token's attention weights over the grid. `unk_id` is needed for suppress_unk. `with_scores=False` lets greedy
-    skip its scores (None); sampling and beam search need log p to choose, and always return them."""
+    token's attention weights over the grid. `unk_id` is needed for suppress_unk. One more option,
+    `with_scores=False`, lets greedy skip its scores (None); sampling and beam search need log p to choose, and
+    always return them."""
+    with_scores = options.pop("with_scores", True)
     o = DecodeOptions(method=method, **options)
     check(o)
     if o.suppress_unk and unk_id is None:
