@@ -1,7 +1,9 @@
 """Recorded runs: a set of tiny fixed-seed runs, one per decoder, objective, start mode and decoding method, whose
 captions and scores were written to tests/data/recorded_runs.json.gz by the code before a redesign; a change meant
-to keep behaviour must reproduce them (captions exactly, scores to 1e-6, losses to 1e-5 relative: fp32 on one
-thread, but matrix kernels differ a little between CPUs).
+to keep behaviour must reproduce them (captions exactly, scores to 1e-6, losses to 2e-4 relative: fp32 on one
+thread, but matrix and convolution kernels differ a little between CPUs: recorded on one with AVX512, the runs
+reproduced every caption and score on an AVX2-only CPU, with losses within 8e-5 relative, the largest those of
+the run whose CNN is fine-tuned in its last epochs).
 
 To record them again after a change that means to alter behaviour: `python tests/test_recorded_runs.py`.
 """
@@ -86,7 +88,7 @@ def record_all(root: Path, runs_dir: Path) -> dict:
 
 
 def assert_same(now, then, where: str = "") -> None:
-    """Strings and integers equal; scores (in [0, 10]) to 1e-6; losses and other floats to 1e-5 relative."""
+    """Strings and integers equal; scores (in [0, 10]) to 1e-6; losses and other floats to 2e-4 relative."""
     if isinstance(then, dict):
         assert now.keys() == then.keys(), where
         for k in then:
@@ -97,7 +99,7 @@ def assert_same(now, then, where: str = "") -> None:
             assert_same(a, b, f"{where}[{i}]")
     elif isinstance(then, float):
         scored = any(m in where for m in ("bleu", "cider", "best_val_score"))
-        assert now == pytest.approx(then, abs=1e-6 if scored else 1e-9, rel=0 if scored else 1e-5), where
+        assert now == pytest.approx(then, abs=1e-6 if scored else 1e-9, rel=0 if scored else 2e-4), where
     else:
         assert now == then, where
 
