@@ -8,15 +8,11 @@ from typing import Callable, Sequence
 
 import torch
 
+from captioning.models.projection import cpuinfo
+
 
 def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
+    cpu = cpuinfo("model name") or platform.processor() or platform.machine()
     parts = [f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}, {torch.get_num_threads()} threads"]
     if torch.cuda.is_available():
         parts.append(f"GPU: {torch.cuda.get_device_name()}")

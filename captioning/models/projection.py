@@ -21,16 +21,22 @@ import torch
 from torch import Tensor, nn
 
 
-def cpu_vendor() -> str:
-    """The CPU vendor string on Linux ("GenuineIntel", "AuthenticAMD", ...), "" where it is not known."""
+def cpuinfo(field: str) -> str:
+    """The first value of `field` in Linux's /proc/cpuinfo ("vendor_id": "AuthenticAMD", "model name": ...), ""
+    where there is none."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("vendor_id"):
+                if line.split(":", 1)[0].strip() == field:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return ""
+
+
+def cpu_vendor() -> str:
+    """The CPU vendor string on Linux ("GenuineIntel", "AuthenticAMD", ...), "" where it is not known."""
+    return cpuinfo("vendor_id")
 
 
 @functools.cache
