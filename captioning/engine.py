@@ -102,7 +102,9 @@ class Stepper:
             if world > 1:  # the global batch's summed loss, item count and logged sums
                 summed, n, *extra_sums = distributed.all_reduce_sum(
                     torch.tensor([summed, n, *extra_sums], dtype=torch.float64, device=self.device)).tolist()
-            (loss * (world * tokens)).backward()  # also when not finite: under DDP every rank joins the all-reduce
+            # also when not finite: under DDP every rank joins the all-reduce. With one batch per step N = n is known
+            # now, and backpropagating W * S_r / N spares the step a pass over the gradients to divide them.
+            (loss * (world * tokens / (n if opts.accumulate == 1 else 1))).backward()
             window.add(summed, n, dict(zip(extras, extra_sums)))
             state.batch += 1
             if window.batches == opts.accumulate:
@@ -121,10 +123,14 @@ class Stepper:
     def _step(self, window: _Window, state: TrainState, deadline: float | None, bar, on_step, since: tuple) -> bool:
         """Scale the window's summed gradients by 1/N and step (or stop or skip), report it; True when the deadline
         says to stop (a signal raises `interrupt.Interrupted`)."""
-        for p in self.params:
-            if p.grad is not None:
-                p.grad.div_(window.n)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.opts.grad_clip or math.inf))
+        # g = the summed gradient times `to_mean` (1 where the backward already divided by N); the division and
+        # the clipping are one multiplication, skipped when it is by 1 (clip_grad_norm_ would always make it)
+        to_mean = 1.0 if self.opts.accumulate == 1 else 1.0 / window.n
+        grads = [p.grad for p in self.params if p.grad is not None]
+        grad_norm = float(torch.nn.utils.get_total_norm(grads)) * to_mean if grads else 0.0
+        factor = to_mean * min(1.0, (self.opts.grad_clip or math.inf) / (grad_norm + 1e-6))
+        if grads and factor != 1.0 and math.isfinite(factor):
+            torch._foreach_mul_(grads, factor)
         where = f"step {state.step + 1} (epoch {state.epoch}, batch {state.batch})"
         loss = window.summed / window.n
         if math.isfinite(window.summed) and math.isfinite(grad_norm):

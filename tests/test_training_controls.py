@@ -8,10 +8,11 @@ from captioning.config import DecodeOptions, TrainerOptions, check
 from captioning.data.collate import collate_captions
 from captioning.engine import Stepper
 from captioning.io import InputError
-from captioning.models import CaptionDecoder, DecoderConfig
+from captioning.models import CaptionDecoder, DecoderConfig, caption_loss
 from captioning.optim import build_optimizer, reconfigure, validated, warmup_warning
 from captioning.run_config import OptimOptions
 from captioning.run_state import TrainState
+from captioning.text import Vocabulary
 
 CPU = torch.device("cpu")
 
@@ -55,6 +56,33 @@ def test_a_shorter_last_window_still_steps():
     data = items(20)
     batches = [collate_captions(data[i:i + 4]) for i in range(0, 20, 4)]  # 5 batches: windows of 4 and 1
     trained(batches, accumulate=4, steps_expected=2)
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+@pytest.mark.parametrize("clip_fraction", [0.25, None])
+def test_a_step_moves_by_the_mean_gradient_clipped_to_grad_clip_and_reports_its_norm(accumulate, clip_fraction):
+    """SGD with lr 1 moves the weights by -g, g the mean gradient over the step's target tokens (computed here by
+    hand from the whole step's batch), scaled to norm grad_clip where ||g|| exceeds it; on_step gets ||g||."""
+    data = items(8)
+    torch.manual_seed(0)
+    decoder = CaptionDecoder(DecoderConfig(vocab_size=20, feature_dim=6, embed_dim=8, hidden_dim=16,
+                                           embed_dropout=0.0, output_dropout=0.0))
+    before = [p.detach().clone() for p in decoder.parameters()]
+    whole = collate_captions(data)
+    loss = caption_loss(decoder(whole.images, whole.captions).logits, whole.captions[:, 1:], Vocabulary.pad_id)
+    g = torch.autograd.grad(loss, list(decoder.parameters()))
+    norm = float(torch.sqrt(sum((x.double() ** 2).sum() for x in g)))
+    clip = None if clip_fraction is None else clip_fraction * norm
+    opts = TrainerOptions(accumulate=accumulate, grad_clip=clip, label_smoothing=0.0, precision="fp32", progress=False)
+    steps = []
+    size = len(data) // accumulate
+    batches = [collate_captions(data[i:i + size]) for i in range(0, len(data), size)]
+    Stepper(decoder, None, torch.optim.SGD(decoder.parameters(), lr=1.0), None, opts, CPU).epoch(
+        batches, TrainState(), on_step=steps.append)
+    assert len(steps) == 1 and steps[0]["grad_norm"] == pytest.approx(norm, rel=1e-5)
+    scale = 1.0 if clip_fraction is None else clip_fraction
+    for p, p0, gp in zip(decoder.parameters(), before, g):
+        assert torch.allclose(p0 - p.detach(), scale * gp, atol=1e-6, rtol=1e-4)
 
 
 def test_accumulate_is_checked():
