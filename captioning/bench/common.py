@@ -9,6 +9,13 @@ from typing import Callable, Sequence
 import torch
 
 from captioning.models.projection import cpuinfo
+from captioning.run_config import OptimOptions
+
+
+def adam(params, lr: float) -> torch.optim.Adam:
+    """Adam over `params` with captioning-train's settings (OptimOptions' defaults: the fused update) at `lr`."""
+    settings = {k: v for k, v in OptimOptions().optimizer.items() if not k.startswith("_") and k != "lr"}
+    return torch.optim.Adam(params, lr=lr, **settings)
 
 
 def machine_description() -> str:

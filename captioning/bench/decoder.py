@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from captioning.bench.common import best_time
+from captioning.bench.common import adam, best_time
 from captioning.config import TrainerOptions
 from captioning.cpus import keep_freed_memory
 from captioning.data.collate import CaptionBatch
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             config = DecoderConfig(vocab_size=args.vocab, feature_dim=args.feature_dim, embed_dim=args.embed,
                                    hidden_dim=args.hidden, cell=args.cell, impl=impl)
             decoder = CaptionDecoder(config).to(device)
-            runs[(impl, precision)] = (config, decoder, torch.optim.Adam(decoder.parameters(), lr=1e-4))
+            runs[(impl, precision)] = (config, decoder, adam(decoder.parameters(), lr=1e-4))
 
     def train_steps(key: tuple[str, str], n: int) -> float:
         _, decoder, optimizer = runs[key]

@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from captioning.bench.common import best_time
+from captioning.bench.common import adam, best_time
 from captioning.config import TrainerOptions
 from captioning.cpus import keep_freed_memory
 from captioning.data.collate import CaptionBatch
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             encoder.freeze()
         params = list(decoder.parameters()) + [p for p in encoder.parameters() if p.requires_grad]
         batch = CaptionBatch(features if blocks is None else images, captions, ids)
-        Stepper(decoder, None if blocks is None else encoder, torch.optim.Adam(params, lr=1e-5), None, opts,
+        Stepper(decoder, None if blocks is None else encoder, adam(params, lr=1e-5), None, opts,
                 torch.device("cpu")).epoch([batch] * args.steps, TrainState())
 
     for blocks in rows.values():  # warm-up: allocator, oneDNN kernel choice

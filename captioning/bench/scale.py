@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from captioning.bench.common import adam
 from captioning.bench.eval import DEFAULT_CAPTIONS
 from captioning.config import TrainerOptions
 from captioning.cpus import keep_freed_memory
@@ -116,7 +117,7 @@ def _epoch(args: argparse.Namespace, data: SplitData, vocab: Vocabulary) -> dict
     loader = data.loader(False, args.batch, 0, vocab.pad_id, sampler=sampler)
     opts = TrainerOptions(precision=precision, max_steps=args.steps, progress=False)
     state = TrainState()
-    stats = Stepper(decoder, None, torch.optim.Adam(decoder.parameters(), lr=1e-3), None, opts,
+    stats = Stepper(decoder, None, adam(decoder.parameters(), lr=1e-3), None, opts,
                     torch.device("cpu")).epoch(loader, state)
     epoch_s = stats["seconds"] * len(loader) / state.batch
     what = "one decoder epoch" if state.batch == len(loader) else f"one decoder epoch, projected from {state.batch} steps"
