@@ -245,6 +245,20 @@ def test_resume_refuses_another_architecture_and_warns_about_changed_settings(sh
         train(cfg, tmp_path / "c", make_optimizer)
 
 
+def test_a_run_of_the_per_tensor_adam_resumes_with_it_under_the_fused_default(shapes, tmp_path):
+    """Runs started before `optim.optimizer.fused` became the default continue as they began: the optimizer's
+    settings come from the checkpoint, so the resumed run is the uninterrupted one, weight for weight."""
+    run(shapes, tmp_path / "full", "trainer.max_epochs=2", "optim.optimizer.fused=false")
+    run(shapes, tmp_path / "part", "trainer.max_epochs=1", "optim.optimizer.fused=false")
+    last = tmp_path / "part" / "checkpoints" / "last.pt"
+    cfg, make_optimizer = config(shapes, f"trainer.resume={last}", "trainer.max_epochs=2")
+    with pytest.warns(UserWarning, match=r"taken from the checkpoint: optim.optimizer.fused=False \(not True\)"):
+        train(cfg, tmp_path / "part", make_optimizer)
+    assert same_weights(tmp_path / "full" / "checkpoints" / "last.pt", last)
+    run(shapes, tmp_path / "fused", "trainer.max_epochs=2")  # the check can fail: the fused update rounds otherwise
+    assert not same_weights(tmp_path / "full" / "checkpoints" / "last.pt", tmp_path / "fused" / "checkpoints" / "last.pt")
+
+
 def test_resuming_a_finished_run_scores_it_again(shapes, tmp_path, capsys):
     first = run(shapes, tmp_path / "a", "trainer.max_epochs=1")
     again = run(shapes, tmp_path / "a", "trainer.max_epochs=1", "trainer.resume=auto")
