@@ -31,10 +31,10 @@ def counting(n: int, fn, when=lambda *a, **k: True, then=die):
 
 
 def sigterm_at_step(n: int) -> None:
-    """SIGTERM to this process while its optimizer step n is taken (each step clips the gradient once)."""
+    """SIGTERM to this process while its optimizer step n is taken (each step measures the gradient's norm once)."""
     import torch
-    torch.nn.utils.clip_grad_norm_ = counting(n, torch.nn.utils.clip_grad_norm_,
-                                              then=lambda: os.kill(os.getpid(), signal.SIGTERM))
+    torch.nn.utils.get_total_norm = counting(n, torch.nn.utils.get_total_norm,
+                                             then=lambda: os.kill(os.getpid(), signal.SIGTERM))
 
 
 def main() -> None:

@@ -119,16 +119,16 @@ def launch(run_dir: Path, cell: dict, args: list[str], sigterm_at: int | None = 
     if cell["processes"] == 1:
         with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
             cfg = compose("train", overrides=args)
-        real = torch.nn.utils.clip_grad_norm_
+        real = torch.nn.utils.get_total_norm
         if sigterm_at is not None:
             calls = []
 
-            def clip(*a, **k):  # every optimizer step clips once: the signal arrives during step `sigterm_at`
+            def norm(*a, **k):  # each optimizer step measures the gradient norm once: SIGTERM in step `sigterm_at`
                 calls.append(1)
                 if len(calls) == sigterm_at:
                     os.kill(os.getpid(), signal.SIGTERM)
                 return real(*a, **k)
-            torch.nn.utils.clip_grad_norm_ = clip
+            torch.nn.utils.get_total_norm = norm
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # resumed runs warn about changed limits; init_from about sizes
@@ -136,7 +136,7 @@ def launch(run_dir: Path, cell: dict, args: list[str], sigterm_at: int | None = 
         except interrupt.Interrupted:
             assert sigterm_at is not None
         finally:
-            torch.nn.utils.clip_grad_norm_ = real
+            torch.nn.utils.get_total_norm = real
         return
     point = f"sigterm:{sigterm_at}" if sigterm_at is not None else "never"
     proc = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", str(DRIVER), point, *args,
