@@ -75,6 +75,8 @@ class Stepper:
         self.opts, self.device = opts, device
         self.objective = objective or TeacherForcing(device, opts.label_smoothing, opts.scheduled_sampling)
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        # with one batch per step its count N is known before the backward, which then takes the mean directly
+        self.mean_in_backward = opts.accumulate == 1
 
     def epoch(self, loader: Iterable[CaptionBatch], state: TrainState, deadline: float | None = None,
               on_step: Callable[[dict], None] | None = None) -> dict:
@@ -102,9 +104,9 @@ class Stepper:
             if world > 1:  # the global batch's summed loss, item count and logged sums
                 summed, n, *extra_sums = distributed.all_reduce_sum(
                     torch.tensor([summed, n, *extra_sums], dtype=torch.float64, device=self.device)).tolist()
-            # also when not finite: under DDP every rank joins the all-reduce. With one batch per step N = n is known
-            # now, and backpropagating W * S_r / N spares the step a pass over the gradients to divide them.
-            (loss * (world * tokens / (n if opts.accumulate == 1 else 1))).backward()
+            # also when not finite: under DDP every rank joins the all-reduce. W * S_r / N where N = n is known now
+            # (`mean_in_backward`) spares the step a pass over the gradients to divide them.
+            (loss * (world * tokens / (n if self.mean_in_backward else 1))).backward()
             window.add(summed, n, dict(zip(extras, extra_sums)))
             state.batch += 1
             if window.batches == opts.accumulate:
@@ -125,7 +127,7 @@ class Stepper:
         says to stop (a signal raises `interrupt.Interrupted`)."""
         # g = the summed gradient times `to_mean` (1 where the backward already divided by N); the division and
         # the clipping are one multiplication, skipped when it is by 1 (clip_grad_norm_ would always make it)
-        to_mean = 1.0 if self.opts.accumulate == 1 else 1.0 / window.n
+        to_mean = 1.0 if self.mean_in_backward else 1.0 / window.n
         grads = [p.grad for p in self.params if p.grad is not None]
         grad_norm = float(torch.nn.utils.get_total_norm(grads)) * to_mean if grads else 0.0
         factor = to_mean * min(1.0, (self.opts.grad_clip or math.inf) / (grad_norm + 1e-6))

@@ -1,6 +1,8 @@
 """The optimizer over a model's trainable parameters, and its learning-rate schedule."""
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from typing import Callable, Iterable
 
@@ -78,6 +80,19 @@ def param_groups(model: torch.nn.Module, encoder_lr: float | None) -> list[dict]
             {"params": list(model.encoder.parameters()), **({"lr": encoder_lr} if encoder_lr else {})}]
 
 
+def with_fused_update(make_optimizer: Callable[[Iterable], torch.optim.Optimizer]
+                      ) -> Callable[[Iterable], torch.optim.Optimizer]:
+    """`make_optimizer` with its `fused=None` (optim.optimizer.fused's default) resolved: torch's fused update (one
+    kernel for every parameter: Adam, AdamW, SGD, Adagrad) where the class has one, the class's own default where it
+    has none (RMSprop, NAdam, ...); true or false are passed as they are."""
+    if not isinstance(make_optimizer, functools.partial) or make_optimizer.keywords.get("fused", False) is not None:
+        return make_optimizer
+    keywords = {k: v for k, v in make_optimizer.keywords.items() if k != "fused"}
+    if "fused" in inspect.signature(make_optimizer.func).parameters:
+        keywords["fused"] = True
+    return functools.partial(make_optimizer.func, *make_optimizer.args, **keywords)
+
+
 def build_optimizer(options: OptimOptions, params: Iterable, make_optimizer: Callable[[Iterable], torch.optim.Optimizer],
                     total_steps: int, steps_per_epoch: int
                     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
@@ -86,7 +101,7 @@ def build_optimizer(options: OptimOptions, params: Iterable, make_optimizer: Cal
     conf/optim/adam.yaml)."""
     if problems := options.schedule_problems():
         raise InputError("; ".join(problems))
-    optimizer = make_optimizer(params)
+    optimizer = with_fused_update(make_optimizer)(params)
     schedule = Schedule(*_settings(options, total_steps, steps_per_epoch))
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 

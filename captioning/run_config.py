@@ -68,7 +68,7 @@ class OptimOptions:
         "_partial_": True,               # the parameters are passed at run time
         "lr": 2.0e-3,                    # the decoder's learning rate (the schedule's peak)
         "weight_decay": 0.0,             # L2 penalty (Adam) or decoupled weight decay (AdamW)
-        "fused": True})                  # one kernel per step (CPU and CUDA): on CPU 3-5x faster than torch's default
+        "fused": None})                  # null: torch's fused update where the class has one (optim.with_fused_update)
     encoder_lr: Optional[float] = None  # the CNN's lr while it trains; null: optimizer.lr
     scheduler: str = "cosine"           # cosine (to lr * min_lr_ratio over the run) | constant | step | plateau
     min_lr_ratio: float = 0.05          # cosine: the last step's lr, as a fraction of lr

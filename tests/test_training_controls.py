@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from captioning.config import DecodeOptions, TrainerOptions, check
 from captioning.data.collate import collate_captions
@@ -83,6 +84,18 @@ def test_a_step_moves_by_the_mean_gradient_clipped_to_grad_clip_and_reports_its_
     scale = 1.0 if clip_fraction is None else clip_fraction
     for p, p0, gp in zip(decoder.parameters(), before, g):
         assert torch.allclose(p0 - p.detach(), scale * gp, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("target, fused, expected", [("torch.optim.Adam", None, True), ("torch.optim.AdamW", None, True),
+                                                     ("torch.optim.Adam", False, False), ("torch.optim.RMSprop", None, None)])
+def test_the_fused_update_is_taken_where_the_optimizer_class_has_one(target, fused, expected):
+    """optim.optimizer as the entry point instantiates it: fused=null becomes torch's fused update for Adam and AdamW,
+    and is left out for a class without one (RMSprop would refuse the keyword); false stays false."""
+    spec = {**OptimOptions().optimizer, "_target_": target, "fused": fused}
+    params = [torch.zeros(3, requires_grad=True)]
+    optimizer, _ = build_optimizer(OptimOptions(), params, instantiate(spec), total_steps=4, steps_per_epoch=2)
+    assert type(optimizer).__name__ == target.rsplit(".", 1)[1]
+    assert optimizer.defaults.get("fused") is expected
 
 
 def test_accumulate_is_checked():

@@ -1,6 +1,7 @@
 """Helpers shared by the benchmarks: the machine's description and markdown tables."""
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import time
@@ -9,13 +10,14 @@ from typing import Callable, Sequence
 import torch
 
 from captioning.models.projection import cpuinfo
+from captioning.optim import with_fused_update
 from captioning.run_config import OptimOptions
 
 
 def adam(params, lr: float) -> torch.optim.Adam:
     """Adam over `params` with captioning-train's settings (OptimOptions' defaults: the fused update) at `lr`."""
     settings = {k: v for k, v in OptimOptions().optimizer.items() if not k.startswith("_") and k != "lr"}
-    return torch.optim.Adam(params, lr=lr, **settings)
+    return with_fused_update(functools.partial(torch.optim.Adam, lr=lr, **settings))(params)
 
 
 def machine_description() -> str:
