@@ -257,7 +257,8 @@ def score_tests(model: Captioner, splits: dict[str, SplitData], features: dict, 
                 out_dir: Path | None) -> dict:
     """Every test split (`test` and the dataset's extra ones): the model's captions and, beside them, what
     they would score given to the wrong images (the control) and the retrieval baselines on the same
-    features (with a frozen encoder): {name: scores, name_shuffled_images, name_knn1, name_knn10 (baseline.k)}.
+    features (with a frozen encoder): {name: scores, name_shuffled_images, name_knn1, name_knn10 (baseline.k),
+    name_fallback (the model's captions, retrieval for the images unlike training: baseline.fallback)}.
     The model's captions go to out_dir/{name}_captions.json."""
     knn = None
     if config.baseline.k and features["train"] is not None:
@@ -272,6 +273,11 @@ def score_tests(model: Captioner, splits: dict[str, SplitData], features: dict, 
         for k in config.baseline.k if knn is not None else []:
             captions = knn.caption_split(splits[name].coco, features[name], k)
             metrics[f"{name}_knn{k}"] = {"k": k, **caption_scores(captions, references)}
+        if knn is not None and config.baseline.fallback is not None and splits[name].cached:  # reads these features
+            hybrid = knn.caption_with_fallback(model, features[name], features["val"], config.baseline.fallback,
+                                               max(config.baseline.k), asdict(config.decode))
+            metrics[f"{name}_fallback"] = {**hybrid.summary(), **caption_scores(
+                dict(zip(splits[name].coco.image_ids, hybrid.captions)), references)}
         if out_dir is not None:
             atomic_write_json(out_dir / f"{name}_captions.json",
                               [{"image_id": i, "caption": c} for i, c in sorted(results.items())])

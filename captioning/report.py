@@ -7,7 +7,8 @@ scores (BLEU-4 and CIDEr-D unless told) on validation, at the epoch each run kep
 every test split, with the number of trainable parameters and the training time. Runs of a second stage (SCST)
 start from their seed's checkpoint: `trainer.init_from` is pooled like the seed, and so is `trainer.resume` (a
 finished run resumed into a new directory scores its best checkpoint again, e.g. with other `decode.*` options). The retrieval baselines, which do
-not depend on the seed, come last as rows of their own. Rows are sorted by validation CIDEr-D.
+not depend on the seed, come last as rows of their own. Rows are sorted by validation CIDEr-D; a setting whose runs
+scored the retrieval fallback (baseline.fallback) has a second row, its captions with the fallback.
 """
 from __future__ import annotations
 
@@ -112,6 +113,8 @@ def table(runs: list[dict], scores: tuple[str, ...] = ("bleu4", "cider")) -> tup
                "parameters": m[0].get("parameters"), "minutes": [x.get("train_seconds", 0) / 60 for x in m]}
         for t in tests:
             row[t] = {k: [x[t][k] for x in m] for k in NAMES}
+        if all(f"{t}_fallback" in x for t in tests for x in m):
+            row["fallback"] = {t: {k: [x[f"{t}_fallback"][k] for x in m] for k in NAMES} for t in tests}
         rows.append(row)
     rows.sort(key=lambda r: -statistics.mean(r["val"]["cider"]))
     splits = ["val", *tests]
@@ -121,6 +124,10 @@ def table(runs: list[dict], scores: tuple[str, ...] = ("bleu4", "cider")) -> tup
         cells = [label(r), str(r["seeds"])] + [_mean_spread(r[t][k], 3) for t in splits for k in scores]
         cells += [f"{r['parameters']:,}" if r["parameters"] else "", _mean_spread(r["minutes"], 1)]
         lines.append("| " + " | ".join(cells) + " |")
+        if "fallback" in r:  # the same runs' captions, with retrieval for the test images unlike training
+            cells = [f"{label(r)}, retrieval fallback", str(r["seeds"])] + [""] * len(scores)
+            cells += [_mean_spread(r["fallback"][t][k], 3) for t in tests for k in scores] + ["", ""]
+            lines.append("| " + " | ".join(cells) + " |")
     first = runs[0]["metrics"]
     for k_nn in baselines(first, tests[0]):
         cells = [f"{baseline_name(k_nn)} (k={k_nn})", ""] + [""] * len(scores)

@@ -159,10 +159,17 @@ class BaselineOptions:
     captioning-baseline scores them: k = 1 copies the nearest training image's caption, k > 1 is the consensus
     caption of the k nearest images; metrics.json keys `{split}_knn{k}`."""
     k: List[int] = field(default_factory=lambda: [1, 10])  # []: no baselines
+    # The model's captions with retrieval for the test images less like the training images than this fraction
+    # of the validation images are (`{split}_fallback`; the pool of the largest k); null: not scored.
+    fallback: Optional[float] = 0.05
 
     def problems(self) -> list[str]:
         bad = [k for k in self.k if not isinstance(k, int) or k < 1]
-        return [f"baseline.k must be positive integers, got {self.k}"] if bad else []
+        out = [f"baseline.k must be positive integers, got {self.k}"] if bad else []
+        if self.fallback is not None and not 0 < self.fallback < 1:
+            out.append(f"baseline.fallback must be a fraction of the validation images in (0, 1) or null, "
+                       f"got {self.fallback}")
+        return out
 
 
 def _take_renamed(group: str, values: Mapping[str, Any]) -> dict:

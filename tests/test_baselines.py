@@ -63,6 +63,31 @@ def test_shifted_shapes_set(tmp_path):
     assert 0 < coloured(outline) < 0.8 * coloured(filled)
 
 
+def test_fallback_keeps_the_models_caption_for_familiar_images_and_asks_the_neighbours_for_the_rest():
+    features = torch.eye(4)
+    captions = [["a red circle", "one red circle"], ["a red ball", "a red circle on the left"],
+                ["a red circle", "the red circle"], ["a blue square", "two blue squares"]]
+    knn = NearestNeighbourCaptioner(features, captions)
+    familiar, strange = [0.99, 0.1, 0.0, 0.0], [0.5, 0.45, 0.45, 0.0]  # cosine 0.99 and about 0.65 to the nearest
+    queries = torch.tensor([familiar, strange, strange])
+    assert knn.familiarity(queries)[0] == pytest.approx(0.99 / torch.tensor(familiar).norm().item())
+    model = [["a green triangle"], ["a green triangle"], ["a green triangle", "a red circle in the middle"]]
+    captions_out, fell_back = knn.fallback(queries, model, threshold=0.9, k=3)
+    assert fell_back.tolist() == [False, True, True]
+    assert captions_out[0] == "a green triangle"  # familiar: the model's, however unlike its neighbours
+    assert captions_out[1] == "a red circle"  # strange: the neighbours' consensus beats the model's lone caption
+    assert captions_out[2] == "a red circle"  # "a red circle" twice among the neighbours' captions: hard to beat
+    assert not knn.fallback(queries, model, threshold=0.5, k=3)[1].any()  # every image familiar enough
+    # A model's beam wins where it is what the neighbours share: here their common middle
+    left_right = NearestNeighbourCaptioner(torch.eye(3), [["a red circle on the left", "a small red circle at the left"],
+                                                          ["a red circle on the right", "a large red circle at the right"],
+                                                          ["a blue square", "two blue squares"]])
+    between = torch.tensor([[0.5, 0.5, 0.0]])
+    beams = [["a green triangle", "a red circle at the"]]
+    assert left_right.fallback(between, beams, threshold=0.9, k=2)[0] == ["a red circle at the"]
+    assert left_right.fallback(between, [beams[0][:1]], threshold=0.9, k=2)[0] == ["a red circle on the left"]
+
+
 @pytest.mark.slow
 def test_baseline_cli_scores_and_writes_captions(tmp_path):
     make_shapes_dataset(tmp_path / "shapes", n_train=24, n_val=4, n_test=6, seed=0, image_size=32, demo_images=0,
@@ -80,3 +105,6 @@ def test_baseline_cli_scores_and_writes_captions(tmp_path):
     bad = subprocess.run([str(BIN / "captioning-baseline"), f"dataset.root={tmp_path / 'shapes'}", "split=train"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "split=train is not one of val, test" in bad.stderr
+    no_model = subprocess.run([str(BIN / "captioning-baseline"), f"dataset.root={tmp_path / 'shapes'}", "fallback=0.05"],
+                              capture_output=True, text=True, timeout=120)
+    assert no_model.returncode == 1 and "fallback=0.05 needs a checkpoint=" in no_model.stderr

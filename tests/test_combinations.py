@@ -33,13 +33,18 @@ def attention_run(shapes, tmp_path_factory):  # noqa: F811 - the fixture importe
 def test_the_knn_baseline_of_an_attention_checkpoint_compares_pooled_grids(shapes, attention_run, tmp_path):  # noqa: F811
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         cfg = compose("baseline", overrides=[f"dataset.root={shapes}", f"cache_dir={shapes / 'cache'}",
-                                             f"checkpoint={attention_run / 'checkpoints/best.pt'}", "k=[1,2]",
-                                             "encoder.num_workers=0", "progress=false", f"output={tmp_path}"])
+                                             f"checkpoint={attention_run / 'checkpoints/best.pt'}", "k=[1,10]",
+                                             "encoder.num_workers=0", "progress=false", f"output={tmp_path}",
+                                             "fallback=0.05"])
     report = knn_scores(cfg)
-    assert set(report) == {"knn1", "knn2"} and all(s["cider"] >= 0 for s in report.values())
-    # The same neighbours as the run's own retrieval rows, which pooled the same grid cache
+    assert set(report) == {"knn1", "knn10", "model", "fallback"} and all(s["cider"] >= 0 for s in report.values())
+    # The same neighbours as the run's own retrieval rows, which pooled the same grid cache; the same captions and
+    # the same fallback as the run's report (its defaults: baseline.fallback=0.05 with the k=10 pool, beam 3)
     metrics = json.loads((attention_run / "metrics.json").read_text())
     assert report["knn1"]["cider"] == pytest.approx(metrics["test_knn1"]["cider"])
+    assert report["model"]["cider"] == pytest.approx(metrics["test"]["cider"])
+    assert report["fallback"] == pytest.approx(metrics["test_fallback"])
+    assert 0 < report["fallback"]["fell_back"] <= report["fallback"]["images"]
 
 
 def test_attention_maps_of_a_pooled_captioner_are_one_clear_error(shapes, tmp_path):  # noqa: F811

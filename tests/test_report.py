@@ -61,6 +61,22 @@ def test_runs_scored_again_from_each_seeds_checkpoint_pool_like_the_seed(tmp_pat
     assert [row.split(" | ")[:2] for row in rows[1:3]] == [["| decode.beam_size=1", "2"], ["| decode.beam_size=3", "2"]]
 
 
+def test_a_setting_scored_with_the_retrieval_fallback_has_a_second_row(tmp_path, capsys):
+    for seed, fallback in ((0, 1.5), (1, 2.5)):
+        fake_run(tmp_path / "sweep" / str(seed), ["dataset=icons", f"seed={seed}"], 1.0, 2.0)
+        path = tmp_path / "sweep" / str(seed) / "metrics.json"
+        metrics = json.loads(path.read_text())
+        for split, cider in (("test", fallback), ("test_shifted", fallback + 1)):
+            metrics[f"{split}_fallback"] = {"threshold": 0.8, "fell_back": 3, "images": 10, **scores(0.45, cider, False)}
+        path.write_text(json.dumps(metrics))
+    main([str(tmp_path / "sweep")])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert rows[1].startswith("| defaults | 2 | 0.900 ± 0.000 | 1.000 ± 0.000 | 0.500 ± 0.000 | 2.000 ± 0.000 |")
+    assert rows[2].startswith("| defaults, retrieval fallback | 2 |  |  | 0.450 ± 0.000 | 2.000 ± 0.707 | "
+                              "0.450 ± 0.000 | 3.000 ± 0.707 |")
+    assert rows[3].startswith("| k-NN: nearest training image's caption (k=1) |")
+
+
 def test_no_runs_is_one_error_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit) as e:

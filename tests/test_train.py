@@ -35,6 +35,10 @@ def train(run_dir: Path, data: Path, *overrides: str, multirun: bool = False) ->
     return proc
 
 
+def split_images(data: Path, split: str) -> list[dict]:
+    return json.loads((data / f"captions_{split}.json").read_text())["images"]
+
+
 def test_run_writes_checkpoints_metrics_and_captions(tmp_path, tiny_shapes):
     run = tmp_path / "run"
     proc = train(run, tiny_shapes, "trainer.max_epochs=2")
@@ -45,6 +49,10 @@ def test_run_writes_checkpoints_metrics_and_captions(tmp_path, tiny_shapes):
     assert set(metrics["test"]) >= {"bleu1", "bleu2", "bleu3", "bleu4", "cider", "loss"}
     assert metrics["test_knn1"]["k"] == 1 and metrics["test_knn10"]["k"] == 10  # the baselines, beside it
     assert all(set(metrics[k]) >= {"bleu4", "cider"} for k in ("test_knn1", "test_knn10", "test_shuffled_images"))
+    fallback = metrics["test_fallback"]  # the model's captions, retrieval for the images unlike training
+    assert 0 <= fallback["fell_back"] <= fallback["images"] == len(split_images(tiny_shapes, "test"))
+    assert f"| test | the model, retrieval for the {fallback['fell_back']} of {fallback['images']} images unlike " \
+           f"training | " in proc.stdout
     assert metrics["select_on"] == "cider" and metrics["parameters"] > 0 and metrics["train_seconds"] > 0
     auto = resolve_precision("auto", torch.device("cpu"))[0]  # trainer.precision=auto: what this machine has
     assert metrics["precision"] == auto and f"precision {auto} (auto: this CPU" in proc.stdout

@@ -28,13 +28,16 @@ EXAMPLE = ("captioning-train dataset=coco dataset.train.annotations=data/coco/ca
 
 
 def _rows(metrics: dict, split: str) -> list[tuple[str, dict]]:
-    """The split's rows of the summary: the model, the retrieval baselines ({split}_knn{k}), the control."""
+    """The split's rows of the summary: the model, the retrieval baselines ({split}_knn{k}), the model with the
+    retrieval fallback ({split}_fallback), the control."""
     from captioning.report import baselines
 
     return [("the model", metrics[split]),
             *(("nearest training image's caption (k=1)" if k == 1 else
                f"consensus of the {k} nearest images' captions", metrics[f"{split}_knn{k}"])
               for k in baselines(metrics, split)),
+            *([(f"the model, retrieval for the {m['fell_back']} of {m['images']} images unlike training", m)
+               for m in [metrics[f"{split}_fallback"]]] if f"{split}_fallback" in metrics else []),
             *([("control: the model's captions on shuffled images", metrics[f"{split}_shuffled_images"])]
               if f"{split}_shuffled_images" in metrics else [])]
 
