@@ -30,7 +30,8 @@ def test_the_composed_defaults_are_the_dataclasses_defaults():
     plain = composed()
     config = RunConfig.of(plain)
     assert config == RunConfig(dataset=config.dataset)
-    assert config.as_dict() == {**plain, "baseline": {"k": [1, 10]},  # the old baseline keys are null, and leave
+    # the old baseline keys are null, and leave
+    assert config.as_dict() == {**plain, "baseline": {"k": [1, 10], "fallback": 0.05},
                                 "dataset": {**plain["dataset"], "extra_tests": {}}}
 
 
