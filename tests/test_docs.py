@@ -171,6 +171,22 @@ COVERAGE = {
                             (["multirun/icons_scst_lr/1/checkpoints/best.pt", "multirun/icons_scst_s1/0/checkpoints/best.pt",
                               "multirun/icons_scst_s2/0/checkpoints/best.pt"], "icons_scst_ensemble"))},
     "captioning-report multirun/shapes_budget50 multirun/shapes_default --output shapes_budget.md": COMPOSE,
+    # The retrieval fallback, capacity and SCST from the current defaults (retrieval-fallback.md, capacity.md,
+    # scst.md): 3 seeds per set
+    **{cmd: COMPOSE for d, short in (("icons", "icons"), ("shapes_shifted", "shapes")) for cmd in (
+        f"for s in 0 1 2; do captioning-train dataset={d} seed=$s trainer.threads=1 trainer.tensorboard=false "
+        f"hydra.run.dir=multirun/{d}_default_now/$s; done",
+        f"captioning-report multirun/{d}_default_now --output {short}_fallback.md",
+        f"for s in 0 1 2; do for q in 0.01 0.02 0.1; do for split in test test_shifted; do captioning-baseline dataset={d} "
+        f"split=$split checkpoint=multirun/{d}_default_now/$s/checkpoints/best.pt fallback=$q 'k=[10]' "
+        f"output=multirun/qsweep/{d}/$s/q$q/$split; done; done; done",
+        f"for s in 0 1 2; do captioning-train dataset={d} seed=$s decoder.hidden_dim=1024 decoder.embed_dim=512 "
+        f"trainer.threads=1 trainer.tensorboard=false hydra.run.dir=multirun/{short}_big/$s; done",
+        f"captioning-report multirun/{d}_default_now multirun/{short}_big --output {short}_capacity.md",
+        f"for s in 0 1 2; do captioning-train dataset={d} +experiment=scst seed=$s "
+        f"trainer.init_from=multirun/{d}_default_now/$s/checkpoints/best.pt trainer.threads=1 trainer.tensorboard=false "
+        f"hydra.run.dir=multirun/{d}_scst_now/$s; done",
+        f"captioning-report multirun/{d}_default_now multirun/{d}_scst_now --output {short}_scst_now.md")},
     "captioning-report multirun/screen_budget multirun/screen_big multirun/screen_norm --output screen.md": COMPOSE,
     **{f"captioning-train -m dataset=shapes_shifted seed={seeds} {factor} trainer.tensorboard=false "
        f"hydra.sweep.dir=multirun/{name}": COMPOSE  # the study: 20 full training runs (each composed here)
