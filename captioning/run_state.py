@@ -91,7 +91,7 @@ def save_run_checkpoint(path: Path, model: torch.nn.Module, vocab, model_config:
     if state.batch:  # mid-epoch: dropout masks continue from here, on every rank
         train_state["rng_per_rank"] = rng_per_rank or [rng_states()]
     if score is not None:
-        train_state.update(best_score=score, best_epoch=state.epoch)
+        train_state.update(best_score=score, best_epoch=state.best_epoch)
     save_checkpoint(path, model_state=model.state_dict(), vocab=vocab, model_config=model_config,
                     train_state=train_state, run_config=run_config)
 

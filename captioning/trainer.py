@@ -3,6 +3,7 @@
 It owns the model (and its DistributedDataParallel wrappers), the objective, the optimizer and its schedule, the
 `TrainState`, the sampler and loader of the training split, and the log; `fit()` runs epochs until `finished()`:
 
+    [validate_start]     a run started from a checkpoint: that checkpoint is epoch 0
     while not finished:  finetune_if_due -> run_epoch -> validate -> end_epoch (row, log, best.pt, last.pt)
 
 An interruption (SIGTERM, Ctrl-C) saves last.pt exactly where the run is, with every process's random-number state;
@@ -138,6 +139,21 @@ class Trainer:
         validated(self.scheduler, 0 if improved else state.stale + 1)  # epochs since the best, this one included
         return val, improved
 
+    def validate_start(self) -> None:
+        """Score the checkpoint a new run starts from (trainer.init_from) as its epoch 0, the best so far: an epoch
+        must beat it to replace best.pt, and patience counts from it. So a second stage (SCST) never keeps weights
+        that validation scores below those it started from; where no epoch beats them, best.pt holds them."""
+        state = self.state
+        val, _ = engine.score_split(self.model, self.splits["val"], self.run.config, self.device, desc="val")
+        state.best_score, state.best_epoch = val[self.run.opts.select_on], 0
+        row = {"epoch": 0, "step": 0, **{f"val_{k}": v for k, v in val.items()}}
+        state.history.append(row)
+        if self.main:
+            self.log.log_epoch(row)
+            print(f"epoch   0  (trainer.init_from)  val loss {val['loss']:.3f}  val BLEU-4 {val['bleu4']:.4f}  "
+                  f"CIDEr-D {val['cider']:.3f}  *", flush=True)
+            self.save("best.pt", score=state.best_score)
+
     def end_epoch(self, stats: dict, val: dict, improved: bool) -> None:
         """The epoch's row (log, line), best.pt if it improved, then last.pt at the start of the next epoch."""
         state = self.state
@@ -169,6 +185,8 @@ class Trainer:
                   f"scoring best.pt on the test split", flush=True)
         deadline = time.time() + 60 * opts.max_minutes if opts.max_minutes else None
         try:
+            if self.run.init is not None and self.run.ckpt is None:
+                self.validate_start()
             while not self.finished() and not (deadline and distributed.any_rank(time.time() >= deadline,
                                                                                  self.device)):
                 self.finetune_if_due()

@@ -85,7 +85,9 @@ def test_scst_under_torchrun(tmp_path, tiny_shapes):
                                      f"trainer.init_from={tmp_path / 'xe' / 'checkpoints' / 'best.pt'}"])
     assert proc.stdout.count("reward") == 2  # rank 0 logs both epochs, with the mean reward of both ranks
     metrics = json.loads((scst / "metrics.json").read_text())
-    assert all(e["train_reward"] >= 0 and e["step"] > 0 for e in metrics["epochs"])
+    start, *epochs = metrics["epochs"]  # the checkpoint it started from, scored as epoch 0, then its two epochs
+    assert start["epoch"] == 0 and "val_cider" in start and metrics["best_epoch"] in (0, 1, 2)
+    assert len(epochs) == 2 and all(e["train_reward"] >= 0 and e["step"] > 0 for e in epochs)
     assert len(json.loads((scst / "test_captions.json").read_text())) == 7
 
 

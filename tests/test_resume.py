@@ -94,6 +94,22 @@ def test_resume_into_a_new_run_dir_scores_the_best_weights(shapes, tmp_path, mon
     assert resumed["best_val_score"] == 0.5
 
 
+def test_a_run_from_a_checkpoint_keeps_it_until_an_epoch_beats_it(shapes, tmp_path, monkeypatch):
+    """trainer.init_from: the starting checkpoint is scored as epoch 0. Where no epoch beats it on validation (an SCST
+    stage that overfits its training images, say), best.pt keeps its weights, the test split is scored on them and
+    patience counts from it; an epoch that beats it replaces it."""
+    xe = run(shapes, tmp_path / "xe", "trainer.max_epochs=1")
+    start = tmp_path / "xe" / "checkpoints" / "last.pt"
+    scripted_validation(monkeypatch, {0: 0.5, 1: 0.4, 2: 0.3, 3: 0.45, 4: 0.9})
+    kept = run(shapes, tmp_path / "kept", "trainer.max_epochs=5", "trainer.patience=3", f"trainer.init_from={start}")
+    assert [e["epoch"] for e in kept["epochs"]] == [0, 1, 2, 3]  # 3 epochs without beating epoch 0: stopped
+    assert kept["best_epoch"] == 0 and kept["best_val_score"] == 0.5 and "train_loss" not in kept["epochs"][0]
+    assert same_weights(tmp_path / "kept" / "checkpoints" / "best.pt", start) and kept["test"] == xe["test"]
+    scripted_validation(monkeypatch, {0: 0.5, 1: 0.6, 2: 0.1})
+    beaten = run(shapes, tmp_path / "beaten", "trainer.max_epochs=2", f"trainer.init_from={start}")
+    assert beaten["best_epoch"] == 1 and not same_weights(tmp_path / "beaten" / "checkpoints" / "best.pt", start)
+
+
 def test_a_kill_between_writing_best_and_last_loses_nothing(shapes, tmp_path, monkeypatch):
     """best.pt is written before last.pt: dying between the two leaves last.pt one epoch behind, and the
     resumed run repeats that epoch identically, so it ends with the uninterrupted run's best weights."""
@@ -329,7 +345,7 @@ def test_a_run_started_from_a_fine_tuned_cnn_resumes_on_that_cnns_features(shape
     assert set(cache.glob("*.pt")) - before == tuned
     assert all(torch.equal(torch.load(p, weights_only=True)["features"], saved[p]["features"]) for p in tuned)
     assert load_checkpoint(tmp_path / "moved/checkpoints/last.pt")["run_config"]["trainer"]["init_from"] == \
-        init.split("=", 1)[1] and len(resumed["epochs"]) == 3
+        init.split("=", 1)[1] and [e["epoch"] for e in resumed["epochs"]] == [0, 1, 2, 3]
 
 
 def test_sigterm_during_the_test_scoring_names_the_finished_run(shapes, tmp_path, monkeypatch):

@@ -194,16 +194,18 @@ def run(root, name: str, *overrides: str) -> dict:
 def test_scst_stage_from_a_checkpoint_logs_rewards_and_resumes_exactly(xe_checkpoint):
     root, xe = xe_checkpoint, f"trainer.init_from={xe_checkpoint / 'xe' / 'checkpoints' / 'best.pt'}"
     full = run(root, "full", "+experiment=scst", xe, "trainer.max_epochs=2", "optim.optimizer.lr=0.01")
+    start, *epochs = full["epochs"]  # epoch 0: the checkpoint it started from, scored before any step
+    assert start["epoch"] == start["step"] == 0 and "val_cider" in start and "train_reward" not in start
     assert all({"train_reward", "train_baseline", "train_advantage", "train_positive", "train_entropy", "val_cider"} <= set(e)
-               for e in full["epochs"])
-    assert [e["step"] for e in full["epochs"]] == [4, 8]  # 16 images / 4: one step per 4 images, not per caption
+               for e in epochs)
+    assert [e["step"] for e in epochs] == [4, 8]  # 16 images / 4: one step per 4 images, not per caption
     header = (root / "full" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"train_reward", "train_baseline", "train_entropy", "val_cider"} <= set(header)
     assert (root / "full" / "curves.png").stat().st_size > 10_000  # with the reward and baseline curves
     run(root, "run", "+experiment=scst", xe, "trainer.max_epochs=1", "optim.optimizer.lr=0.01")
     resumed = run(root, "run", "+experiment=scst", xe, "trainer.max_epochs=2", "optim.optimizer.lr=0.01",
                   "trainer.resume=auto")
-    assert [e["train_reward"] for e in resumed["epochs"]] == [e["train_reward"] for e in full["epochs"]]
+    assert [e.get("train_reward") for e in resumed["epochs"]] == [e.get("train_reward") for e in full["epochs"]]
     a, b = (load_checkpoint(root / d / "checkpoints" / "last.pt")["model"] for d in ("full", "run"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
