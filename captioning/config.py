@@ -279,6 +279,7 @@ class SCSTOptions:
     temperature: float = 1.0       # sampling: softmax(logits / temperature)
     top_k: Optional[int] = None    # sampling: from the k most likely words only
     max_len: int = 20              # tokens per sampled caption, <end> included
+    xe_weight: float = 0.0         # the mixed objective: SCST's loss + xe_weight * the references' cross-entropy
 
     def problems(self) -> list[str]:
         problems = []
@@ -293,4 +294,6 @@ class SCSTOptions:
             problems.append(f"scst.top_k must be at least 1 or null, got {self.top_k}")
         if self.max_len < 1:
             problems.append(f"scst.max_len must be at least 1, got {self.max_len}")
+        if not (self.xe_weight >= 0 and math.isfinite(self.xe_weight)):
+            problems.append(f"scst.xe_weight must be a finite number >= 0, got {self.xe_weight}")
         return problems

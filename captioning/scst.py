@@ -19,6 +19,15 @@ half of each image's samples is pushed up.
 
 The samples are drawn without dropout, and their log-probabilities come from one teacher-forced pass over
 the sampled captions, also without dropout: the policy that drew them is the one being differentiated.
+
+The mixed objective (Paulus et al. 2018, "A deep reinforced model for abstractive summarization") adds the
+cross-entropy of the image's references, in the same pass:
+
+    L_mixed = L_SCST + lambda * L_XE,    L_XE = -1/N sum_{references, t} log p(w_t | w_<t, v)
+
+(`scst.xe_weight` = lambda; label-smoothed as trainer.label_smoothing says). Where cross-entropy has already
+fitted the training images, the reward keeps rising on them while the captions of new images get worse; the
+cross-entropy term holds the policy near the distribution over every reference that cross-entropy taught.
 """
 from __future__ import annotations
 
@@ -31,6 +40,7 @@ from captioning.config import DecodeOptions, SCSTOptions
 from captioning.data.collate import CaptionBatch
 from captioning.decoding import greedy, keep_top_k, sample
 from captioning.metrics.cider import CiderD
+from captioning.models.decoder import caption_loss
 from captioning.text import Vocabulary, joined_tokens
 
 class CiderReward:
@@ -48,15 +58,15 @@ class CiderReward:
                             dtype=torch.float32)
 
 
-def sequence_logprobs(decoder: nn.Module, features: Tensor, ids: Tensor, bos_id: int, eos_id: int,
-                      temperature: float = 1.0, top_k: int | None = None) -> tuple[Tensor, Tensor]:
+def sequence_logprobs(logits: Tensor, ids: Tensor, eos_id: int, temperature: float = 1.0, top_k: int | None = None
+                      ) -> tuple[Tensor, Tensor]:
     """sum_t log p(w_t | w_<t, v) of each sampled caption (N,), with gradient, and the mean entropy of the
-    sampling distribution over its tokens (N,): one teacher-forced pass over <start> + ids (N, L).
+    sampling distribution over its tokens (N,), from the logits (N, L, V) of a teacher-forced pass over
+    <start> + ids (N, L).
 
     p is the distribution the words were drawn from: softmax(logits / temperature) over the top_k words
     (REINFORCE's gradient is that of the sampling policy's log-probability, not of the full softmax's)."""
-    captions = torch.cat([ids.new_full((len(ids), 1), bos_id), ids], 1)
-    logits = decoder(features, captions).logits.float() / temperature  # (N, L, V)
+    logits = logits.float() / temperature
     if top_k is not None:  # the drawn word stays in even if this pass's rounding puts it just outside the top k
         drawn = torch.zeros_like(logits, dtype=torch.bool).scatter_(2, ids[..., None], True)
         logits = torch.where(drawn, logits, keep_top_k(logits, top_k))
@@ -76,8 +86,13 @@ class SCSTObjective:
 
     per_image = True  # an image's references are its samples' reward
 
-    def __init__(self, opts: SCSTOptions, vocab: Vocabulary, reward: CiderReward, device: torch.device):
+    def __init__(self, opts: SCSTOptions, vocab: Vocabulary, reward: CiderReward, device: torch.device,
+                 references: Mapping[int, Sequence[Sequence[int]]] | None = None, label_smoothing: float = 0.0):
+        """`references`: each training image's encoded references (<start> ... <end>), for `opts.xe_weight`."""
         self.opts, self.vocab, self.reward, self.device = opts, vocab, reward, device
+        self.references, self.label_smoothing = references or {}, label_smoothing
+        if opts.xe_weight and not references:
+            raise ValueError("scst.xe_weight needs the training images' encoded references")
         self.sampling = DecodeOptions(method="sample", max_len=opts.max_len, temperature=opts.temperature,
                                       top_k=opts.top_k)
 
@@ -86,10 +101,17 @@ class SCSTObjective:
 
     def summary(self, row: dict) -> str:
         return (f"  reward {row['train_reward']:.3f} (baseline {row['train_baseline']:.3f}, "
-                f"{100 * row['train_positive']:.0f}% of samples above it)")
+                f"{100 * row['train_positive']:.0f}% of samples above it)" +
+                (f"  references' cross-entropy {row['train_xe']:.3f}" if "train_xe" in row else ""))
 
     def _text(self, ids: Tensor) -> list[str]:
         return [" ".join(self.vocab.decode(row)) for row in ids.tolist()]
+
+    def _reference_batch(self, image_ids: list[int]) -> tuple[Tensor, Tensor]:
+        """Every reference of the batch's images, padded (R, T), and the batch row of each one's image (R,)."""
+        refs = [(row, torch.tensor(r)) for row, i in enumerate(image_ids) for r in self.references[i]]
+        padded = nn.utils.rnn.pad_sequence([r for _, r in refs], batch_first=True, padding_value=self.vocab.pad_id)
+        return padded.to(self.device), torch.tensor([row for row, _ in refs], device=self.device)
 
     def __call__(self, decoder: nn.Module, encoder: nn.Module | None, batch: CaptionBatch
                  ) -> tuple[Tensor, int, dict[str, float]]:
@@ -110,12 +132,25 @@ class SCSTObjective:
             baseline = self.reward(self._text(best), batch.image_ids.tolist()).to(self.device)[:, None]  # (B, 1)
         else:  # the mean of the other samples' rewards
             baseline = (rewards.sum(1, keepdim=True) - rewards) / (K - 1)  # (B, K)
-        logp, entropy = sequence_logprobs(decoder, repeated, drawn, v.bos_id, v.eos_id, o.temperature, o.top_k)
+        sampled = torch.cat([drawn.new_full((len(drawn), 1), v.bos_id), drawn], 1)  # (B*K, L + 1)
+        extras = {}
+        if o.xe_weight:  # the samples and the references in one teacher-forced pass (one DDP forward per step)
+            refs, rows = self._reference_batch(batch.image_ids.tolist())  # (R, T), (R,)
+            width = max(sampled.shape[1], refs.shape[1])
+            logits = decoder(torch.cat([repeated, features[rows]]),
+                             torch.cat([nn.functional.pad(c, (0, width - c.shape[1]), value=v.pad_id)
+                                        for c in (sampled, refs)])).logits  # (B*K + R, width - 1, V)
+            xe = caption_loss(logits[len(sampled):, :refs.shape[1] - 1], refs[:, 1:], v.pad_id, self.label_smoothing)
+            logits, extras["xe"] = logits[:len(sampled), :drawn.shape[1]], xe.item()
+        else:
+            logits, xe = decoder(repeated, sampled).logits, 0.0  # (B*K, L, V)
+        logp, entropy = sequence_logprobs(logits, drawn, v.eos_id, o.temperature, o.top_k)
         advantage = (rewards - baseline).view(-1)  # (B*K,)
-        loss = -(advantage * logp).mean()
+        loss = -(advantage * logp).mean() + o.xe_weight * xe
         # The advantage's mean and the share of samples it reinforces tell a stalled run apart: with the greedy
         # baseline and samples far worse than the greedy caption, every advantage is negative and the policy only
         # learns what not to say (the mean baseline's advantages centre on 0 by construction).
         return loss, len(logp), {"reward": rewards.mean().item(), "baseline": baseline.mean().item(),
                                  "advantage": advantage.mean().item(),
-                                 "positive": (advantage > 0).float().mean().item(), "entropy": entropy.mean().item()}
+                                 "positive": (advantage > 0).float().mean().item(), "entropy": entropy.mean().item(),
+                                 **extras}

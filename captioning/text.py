@@ -73,6 +73,10 @@ class Vocabulary:
         ids = [self.stoi.get(t, self.unk_id) for t in tokens]
         return [self.bos_id, *ids, self.eos_id] if add_specials else ids
 
+    def encode_caption(self, caption: str, max_len: int | None = None) -> list[int]:
+        """A caption as the decoder reads it: <start>, its first `max_len` tokens (all: None), <end>."""
+        return self.encode(tokenize(caption)[:max_len])
+
     def decode(self, ids: Iterable[int]) -> list[str]:
         """Ids -> words, dropping <pad>/<start> and stopping at <end>."""
         words = []

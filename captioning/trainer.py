@@ -39,7 +39,10 @@ def build_objective(run: RunInputs, device: torch.device) -> Objective:
     if run.config.scst.enabled:
         train = run.cocos["train"]
         reward = CiderReward({i: train.captions[i] for i in train.image_ids})
-        return SCSTObjective(run.config.scst, run.vocab, reward, device)
+        max_len = run.config.dataset.max_caption_len
+        references = {i: [run.vocab.encode_caption(c, max_len) for c in train.captions[i]] for i in train.image_ids} \
+            if run.config.scst.xe_weight else None
+        return SCSTObjective(run.config.scst, run.vocab, reward, device, references, run.opts.label_smoothing)
     return TeacherForcing(device, run.opts.label_smoothing, run.opts.scheduled_sampling, run.vocab.pad_id)
 
 

@@ -18,7 +18,8 @@ from captioning.data.collate import CaptionBatch
 from captioning.data.shapes import make_shapes_dataset
 from captioning.decoding import keep_top_k
 from captioning.io import InputError
-from captioning.models import CaptionDecoder, DecoderConfig
+from captioning.models import CaptionDecoder, DecoderConfig, build_decoder
+from captioning.models.decoder import caption_loss
 from captioning.scst import CiderReward, SCSTObjective
 from captioning.text import Vocabulary
 from captioning.training import train
@@ -164,6 +165,38 @@ def test_every_cell_injection_and_sampling_option(cell, inject, baseline, top_k,
     assert n == 15 and math.isfinite(loss.item()) and extras["baseline"] >= 0
     assert decoder.out.weight.grad is not None  # the loss reaches the weights (zero where all samples tie)
     assert all(torch.isfinite(p.grad).all() for p in decoder.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("inject", ["init", "attention"])
+def test_the_mixed_objective_adds_the_references_cross_entropy(inject):
+    """scst.xe_weight: the samples and the references go through one teacher-forced pass, padded to one width;
+    the loss (and its gradient) is SCST's plus xe_weight times the references' cross-entropy computed apart."""
+    torch.manual_seed(0)
+    decoder = build_decoder(DecoderConfig(vocab_size=len(VOCAB), feature_dim=4, embed_dim=4, hidden_dim=6, inject=inject,
+                                          attention_dim=5, embed_dropout=0.0, output_dropout=0.0))
+    features = torch.randn(3, 2, 4) if inject == "attention" else torch.randn(3, 4)  # a 2-region grid, or pooled
+    references = {7: [[1, 4, 4, 4, 4, 5, 2], [1, 5, 2]], 8: [[1, 4, 2]], 9: [[1, 5, 5, 2], [1, 2], [1, 4, 5, 4, 2]]}
+    batch = CaptionBatch(features, torch.zeros(3, 2, dtype=torch.long), torch.tensor([7, 8, 9]))
+    refs = torch.nn.utils.rnn.pad_sequence([torch.tensor(r) for i in (7, 8, 9) for r in references[i]],
+                                           batch_first=True, padding_value=VOCAB.pad_id)
+    xe = caption_loss(decoder(features[[0, 0, 1, 2, 2, 2]], refs).logits, refs[:, 1:], VOCAB.pad_id, 0.1)
+    losses, grads = [], []
+    for weight in (0.0, 0.5):
+        objective = SCSTObjective(SCSTOptions(samples=4, max_len=MAX_LEN, xe_weight=weight), VOCAB, count_a,
+                                  torch.device("cpu"), references, label_smoothing=0.1)
+        torch.manual_seed(1)  # the same samples
+        decoder.zero_grad()
+        loss, n, extras = objective(decoder, None, batch)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(decoder.out.weight.grad.clone())
+    assert n == 12 and extras["xe"] == pytest.approx(xe.item(), rel=1e-6)
+    assert losses[1] == pytest.approx(losses[0] + 0.5 * xe.item(), rel=1e-6)
+    decoder.zero_grad()
+    (0.5 * xe).backward()
+    assert torch.allclose(grads[1], grads[0] + decoder.out.weight.grad, atol=1e-6)
+    with pytest.raises(ValueError, match="xe_weight needs the training images' encoded references"):
+        SCSTObjective(SCSTOptions(xe_weight=0.5), VOCAB, count_a, torch.device("cpu"))
 
 
 def test_cider_reward_is_cider_d_with_training_document_frequencies():

@@ -22,7 +22,7 @@ from captioning.data.augment import Augment
 from captioning.data.coco import CocoCaptions
 from captioning.data.images import open_image, to_tensor
 from captioning.io import InputError
-from captioning.text import Vocabulary, tokenize
+from captioning.text import Vocabulary
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
@@ -55,19 +55,13 @@ class CaptionDataset(Dataset):
         rows, ids, lengths = array("q"), array("q"), array("q")  # 8 bytes an entry, not a Python int each
         for row, image_id in enumerate(coco.image_ids):
             for caption in coco.captions[image_id][:1] if per_image else coco.captions[image_id]:
-                encoded = self.encode(caption)
+                encoded = vocab.encode_caption(caption, max_len)
                 rows.append(row)
                 ids.extend(encoded)
                 lengths.append(len(encoded))
         self.rows = np.frombuffer(rows, dtype=np.int64).copy()
         self.starts = np.concatenate([[0], np.cumsum(np.frombuffer(lengths, dtype=np.int64))])
         self.ids = torch.from_numpy(np.frombuffer(ids, dtype=np.int64).copy())
-
-    def encode(self, caption: str) -> list[int]:
-        tokens = tokenize(caption)
-        if self.max_len is not None:
-            tokens = tokens[:self.max_len]
-        return self.vocab.encode(tokens)
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch whose augmentations the next pass draws (set before the DataLoader's iterator starts)."""
