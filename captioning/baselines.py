@@ -16,14 +16,18 @@ model that does not beat this has learned little more than a lookup.
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from captioning.checkpoint import load_plain
 from captioning.data.coco import CocoCaptions
 from captioning.data.features import pooled
+from captioning.io import InputError, atomic_path, existing_file
 from captioning.metrics.cider import CiderD
 from captioning.text import joined_tokens
 
@@ -94,6 +98,10 @@ class NearestNeighbourCaptioner:
         """(Q,): each image's cosine similarity to its nearest training image."""
         return most_similar(features, self.features, 1)[0][:, 0]
 
+    def threshold(self, val_features, quantile: float) -> float:
+        """The familiarity below which `quantile` of the validation images fall (their cached features)."""
+        return float(torch.quantile(self.familiarity(pooled(val_features)), quantile))
+
     def fallback(self, features: torch.Tensor, model_captions: Sequence[Sequence[str]], threshold: float,
                  k: int = 10) -> tuple[list[str], torch.Tensor]:
         """The fallback hybrid: per image, its first model caption where `familiarity` >= `threshold`; elsewhere
@@ -130,6 +138,37 @@ class NearestNeighbourCaptioner:
             chunk = torch.as_tensor(np.asarray(features[start:start + 256], dtype=np.float32))  # a grid: a memmap
             rows = captioner.describe_features(chunk, **{**decode, "num_return": beams})
             own += [row.get("captions", [row["caption"]]) for row in rows]
-        threshold = float(torch.quantile(self.familiarity(pooled(val_features)), quantile))
+        threshold = self.threshold(val_features, quantile)
         captions, fell_back = self.fallback(pooled(features), own, threshold, k)
         return FallbackCaptions(captions, [c[0] for c in own], threshold, fell_back)
+
+
+@dataclass
+class FallbackIndex:
+    """What the fallback needs besides the captioner, written by a training run as retrieval.pt so that
+    captioning-caption applies it to new images: the training images' pooled features (float32, 4 bytes x D per
+    image) and captions, the familiarity threshold and the k of its neighbourhood, and the spec of the encoder that
+    made the features (only a captioner with that encoder may use them)."""
+    features: torch.Tensor
+    captions: list[list[str]]
+    threshold: float
+    quantile: float
+    k: int
+    encoder: dict
+
+    @property
+    def knn(self) -> NearestNeighbourCaptioner:
+        return NearestNeighbourCaptioner(self.features, self.captions)
+
+    def save(self, path: str | Path) -> None:
+        with atomic_path(Path(path)) as tmp:
+            torch.save({"retrieval_index": 1, **asdict(self)}, tmp)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FallbackIndex":
+        """InputError naming the file where it is missing or not a retrieval.pt of this project."""
+        path = existing_file(path, "retrieval index")
+        payload = load_plain(path, "a retrieval index (a training run's retrieval.pt)")
+        if not isinstance(payload, dict) or payload.pop("retrieval_index", None) != 1:
+            raise InputError(f"{path} is not a retrieval index (a training run's retrieval.pt)")
+        return cls(**payload)

@@ -37,21 +37,7 @@ def save_checkpoint(path: str | Path, *, model_state: dict, vocab: Vocabulary, m
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load and check a checkpoint; InputError names the file and what is wrong with it."""
     path = existing_file(path, "checkpoint")
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses
-            warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - unpickling junk can fail in many ways; all mean "not a checkpoint"
-        # Never repeat torch's advice to retry with weights_only=False: that runs whatever the file holds.
-        with path.open("rb") as f:
-            written_by_torch_save = f.read(4) == b"PK\x03\x04"  # torch.save writes a zip archive
-        if not written_by_torch_save:
-            why = "it is not a file written by torch.save"
-        elif type(e).__name__ == "UnpicklingError" and zipfile.is_zipfile(path):  # weights_only's refusal
-            why = "it holds Python objects other than tensors and plain data, which this project never loads"
-        else:
-            why = f"the file is damaged (truncated or changed after it was written): {type(e).__name__}"
-        raise InputError(f"{path} is not a checkpoint of this project: {why}") from None
+    ckpt = load_plain(path, "a checkpoint", map_location)
     if not isinstance(ckpt, dict) or "format_version" not in ckpt:
         raise InputError(f"{path} is not a captioning checkpoint (it has no format_version)")
     if ckpt["format_version"] != FORMAT_VERSION:
@@ -61,3 +47,24 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if missing:
         raise InputError(f"{path} is an incomplete checkpoint: missing {missing}")
     return ckpt
+
+
+def load_plain(path: Path, what: str, map_location: str | torch.device = "cpu"):
+    """torch.load(weights_only=True) of an existing file: tensors and plain data only; InputError names the file and
+    why it is not `what` (a file of this project)."""
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unpickling junk can fail in many ways; all mean "not such a file"
+        # Never repeat torch's advice to retry with weights_only=False: that runs whatever the file holds.
+        with path.open("rb") as f:
+            written_by_torch_save = f.read(4) == b"PK\x03\x04"  # torch.save writes a zip archive
+        if not written_by_torch_save:
+            why = "it is not a file written by torch.save"
+        elif type(e).__name__ == "UnpicklingError" and zipfile.is_zipfile(path):  # weights_only's refusal
+            why = "it holds Python objects other than tensors and plain data, which this project never loads"
+        else:
+            why = f"the file is damaged (truncated or changed after it was written): {type(e).__name__}"
+        raise InputError(f"{path} is not {what} of this project: {why}") from None
+    return payload

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from captioning import distributed, interrupt
-from captioning.baselines import NearestNeighbourCaptioner
+from captioning.baselines import FallbackIndex, NearestNeighbourCaptioner
 from captioning.config import TrainerOptions
 from captioning.data.collate import CaptionBatch
 from captioning.data.splits import SplitData
@@ -259,7 +259,8 @@ def score_tests(model: Captioner, splits: dict[str, SplitData], features: dict, 
     they would score given to the wrong images (the control) and the retrieval baselines on the same
     features (with a frozen encoder): {name: scores, name_shuffled_images, name_knn1, name_knn10 (baseline.k),
     name_fallback (the model's captions, retrieval for the images unlike training: baseline.fallback)}.
-    The model's captions go to out_dir/{name}_captions.json."""
+    The model's captions go to out_dir/{name}_captions.json; with the fallback, what captioning-caption needs to
+    apply it to other images goes to out_dir/retrieval.pt (`FallbackIndex`)."""
     knn = None
     if config.baseline.k and features["train"] is not None:
         knn = NearestNeighbourCaptioner.of_split(splits["train"].coco, features["train"])
@@ -281,4 +282,7 @@ def score_tests(model: Captioner, splits: dict[str, SplitData], features: dict, 
         if out_dir is not None:
             atomic_write_json(out_dir / f"{name}_captions.json",
                               [{"image_id": i, "caption": c} for i, c in sorted(results.items())])
+    if out_dir is not None and knn is not None and (q := config.baseline.fallback) is not None:
+        FallbackIndex(knn.features, knn.captions, knn.threshold(features["val"], q), q, max(config.baseline.k),
+                      model.encoder.spec).save(out_dir / "retrieval.pt")
     return metrics

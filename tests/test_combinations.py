@@ -12,10 +12,13 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from captioning.baselines import FallbackIndex
 from captioning.checkpoint import load_checkpoint
+from captioning.cli.caption import caption_folder
 from captioning.cli._conf import CONF_DIR
 from captioning.cli.baseline import knn_scores
 from captioning.io import InputError
+from captioning.metrics import score_captions
 from captioning.models import load_captioner
 from test_resume import config, run, shapes  # noqa: F401 - shapes: the tiny dataset fixture
 from captioning.training import train
@@ -45,6 +48,36 @@ def test_the_knn_baseline_of_an_attention_checkpoint_compares_pooled_grids(shape
     assert report["model"]["cider"] == pytest.approx(metrics["test"]["cider"])
     assert report["fallback"] == pytest.approx(metrics["test_fallback"])
     assert 0 < report["fallback"]["fell_back"] <= report["fallback"]["images"]
+
+
+def test_a_folder_captioned_with_the_runs_retrieval_index_gets_the_runs_fallback(shapes, attention_run, tmp_path):  # noqa: F811
+    """retrieval.pt: captioning-caption applies a training run's fallback to a folder; on the run's test images it
+    gives the run's own fallback row (the same features, threshold, pool of beams and neighbours), here for an
+    attention run's pooled grids. An index of another encoder, or a file that is no index, is one clear error."""
+    def caption(index, *more: str) -> list[dict]:
+        with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+            cfg = compose("caption", overrides=[f"checkpoint={attention_run / 'checkpoints/best.pt'}",
+                                                f"images={shapes / 'images' / 'test'}", f"fallback={index}",
+                                                f"references={shapes / 'captions_test.json'}", "progress=false",
+                                                "num_workers=0", f"output={tmp_path / 'out'}", *more])
+        return caption_folder(cfg)
+
+    rows = caption(attention_run / "retrieval.pt")
+    row = json.loads((attention_run / "metrics.json").read_text())["test_fallback"]
+    assert sum(r.get("retrieval", False) for r in rows) == row["fell_back"] > 0 and len(rows) == row["images"]
+    scores = score_captions({r["file_name"]: r["caption"] for r in rows}, {r["file_name"]: r["references"] for r in rows})
+    assert scores["cider"] == pytest.approx(row["cider"]) and scores["bleu4"] == pytest.approx(row["bleu4"])
+    assert all("model_caption" in r for r in rows if r.get("retrieval")) and not any("feature" in r for r in rows)
+    assert not any("captions" in r for r in rows) and all(len(r["captions"]) == 2 for r in caption(
+        attention_run / "retrieval.pt", "decode.num_return=2"))  # the beams the user asked for, not the pool's 3
+    other = FallbackIndex.load(attention_run / "retrieval.pt")
+    other.encoder = {**other.encoder, "name": "resnet18"}
+    other.save(tmp_path / "other.pt")
+    with pytest.raises(InputError, match="holds the features of another encoder than .* against small_cnn"):
+        caption(tmp_path / "other.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(InputError, match="junk.pt is not a retrieval index .* not a file written by torch.save"):
+        caption(tmp_path / "junk.pt")
 
 
 def test_attention_maps_of_a_pooled_captioner_are_one_clear_error(shapes, tmp_path):  # noqa: F811

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from captioning import distributed
+from captioning.baselines import FallbackIndex
 from captioning.checkpoint import load_checkpoint
 from captioning.data.shapes import make_shapes_dataset
 
@@ -69,6 +70,13 @@ def test_two_processes_match_one(tmp_path, tiny_shapes, overrides):
         assert eb["train_loss"] == pytest.approx(ea["train_loss"], rel=1e-5)
         assert eb["val_loss"] == pytest.approx(ea["val_loss"], rel=1e-5)
     assert mb["test"] == pytest.approx(ma["test"], rel=1e-5)
+    # the retrieval fallback (a row, and retrieval.pt written by rank 0) as the single process's; none where the CNN
+    # trained (no cached features of that CNN)
+    assert ("test_fallback" in ma) == ("test_fallback" in mb) == (two / "retrieval.pt").is_file() == (not overrides)
+    if not overrides:
+        assert mb["test_fallback"] == pytest.approx(ma["test_fallback"], rel=1e-5)
+        ia, ib = (FallbackIndex.load(r / "retrieval.pt") for r in (one, two))
+        assert torch.equal(ia.features, ib.features) and (ia.captions, ia.threshold) == (ib.captions, ib.threshold)
     # every test image captioned exactly once, the same caption as the single process wrote
     ca, cb = (json.loads((r / "test_captions.json").read_text()) for r in (one, two))
     assert len(cb) == 7 and cb == ca

@@ -250,6 +250,8 @@ COVERAGE = {
     "device=cuda": COMPOSE,  # no GPU here
     "captioning-caption checkpoint=runs/demo/checkpoints/best.pt images=data/shapes/images/test "
     "output=runs/demo/errors references=data/shapes/captions_test.json": RUN,
+    "captioning-caption checkpoint=runs/demo/checkpoints/best.pt fallback=runs/demo/retrieval.pt "
+    "images=data/shapes/images/test output=runs/demo/fallback references=data/shapes/captions_test.json": RUN,
     "captioning-eval annotations=data/shapes/captions_test.json results=runs/demo/test_captions.json": RUN,
     "captioning-eval annotations=data/shapes/captions_test.json results=runs/demo/test_captions.json "
     "output=scores.json": RUN,

@@ -52,6 +52,10 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
         raise InputError(f"images folder {not_there(root, folder=True)}: {root}")
     if out_dir.is_file():
         raise InputError(f"output={out_dir} is a file; give a folder for captions.json, captions.csv and index.html")
+    index = None
+    if cfg.fallback:  # read before any image, as the references
+        from captioning.baselines import FallbackIndex
+        index = FallbackIndex.load(Path(cfg.fallback).expanduser())
     references = None
     if cfg.references:  # read before any image: a bad file fails now
         coco = load_coco_captions(cfg.references)
@@ -65,6 +69,13 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
     captioner = load_captioner(cfg.checkpoint, device=device)  # a list of checkpoints: their ensemble
     if with_attention:
         captioner.check_attention("with_attention=true", source=str(cfg.checkpoint))
+    if index is not None and index.encoder != captioner.encoder.spec:
+        raise InputError(f"fallback={cfg.fallback} holds the features of another encoder than {cfg.checkpoint}'s "
+                         f"({index.encoder.get('name')} against {captioner.encoder.spec.get('name')}): give the "
+                         f"retrieval.pt of the training run the checkpoint comes from")
+    beams = decode["beam_size"] if decode["method"] == "beam" else 1
+    if index is not None:  # every beam in the fallback's pool, as in the training run's row
+        decode["num_return"] = max(decode["num_return"], beams)
     check_writable(out_dir)  # a read-only or full folder: now, not after the CNN has seen every image
     threads, threads_why = set_threads(cfg.threads)
     print(f"{len(paths)} images; CNN and decoder in {precision} ({why}); {threads} threads ({threads_why})",
@@ -73,7 +84,7 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
     thumbnails = Thumbnails(out_dir, cfg.thumbnail_size)
     described = captioner.describe_images(ImageFolderDataset(paths, captioner.transform, on_image=thumbnails),
                                           cfg.batch_size, cfg.seed, cfg.num_workers, precision,
-                                          with_attention=with_attention, **decode)
+                                          with_attention=with_attention, with_features=index is not None, **decode)
 
     def name(path: Path) -> str:  # os.fsdecode's form: a name that is not UTF-8 keeps its bytes as surrogates
         return path.relative_to(root).as_posix()
@@ -91,6 +102,11 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
                     rows[i].update(captions=d["captions"], scores=[round(x, 4) for x in d["scores"]])
                 if with_attention:
                     attention[i] = (d["words"], d["attention"])
+                if index is not None:  # for the fallback, which takes it out again
+                    rows[i]["feature"] = d["feature"]
+    if index is not None:
+        print(apply_fallback(rows, index, keep=options.num_return))
+        attention = {i: maps for i, maps in attention.items() if not rows[i].get("retrieval")}  # not its words
     rows += [{"file_name": name(path), "error": reason} for path, reason in problems]
     if references is not None:
         print(score_against(rows, references))
@@ -98,6 +114,32 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
                             attention=attention, thumbnails_made={i for i, r in enumerate(rows) if "caption" in r})
     print(f"{summary_line(rows)}; gallery: {written['html']}  (also {written['json'].name}, {written['csv'].name})")
     return rows
+
+
+def apply_fallback(rows: list[dict], index, keep: int) -> str:
+    """The fallback of the training run (`FallbackIndex`, captioning/baselines.py) on the captioned rows: an image
+    less like the training images than its threshold gets the consensus of its beams and its k nearest training
+    images' captions ("retrieval": true, its own caption kept as "model_caption"); the rows keep `keep` captions
+    of their beams. Returns the line that says how many fell back."""
+    import torch
+
+    captioned = [r for r in rows if "caption" in r]
+    if not captioned:
+        return "fallback: no image was captioned"
+    own = [r.get("captions", [r["caption"]]) for r in captioned]
+    captions, fell_back = index.knn.fallback(torch.stack([r.pop("feature") for r in captioned]), own,
+                                             index.threshold, index.k)
+    for row, caption, back in zip(captioned, captions, fell_back.tolist()):
+        if keep == 1:  # the beams were decoded for the pool alone
+            row.pop("captions", None)
+            row.pop("scores", None)
+        elif "captions" in row:
+            row["captions"], row["scores"] = row["captions"][:keep], row["scores"][:keep]
+        if back:
+            row.update(model_caption=row["caption"], caption=caption, retrieval=True)
+    return (f"fallback: {int(fell_back.sum())} of {len(captioned)} images are less like the training images than "
+            f"the threshold ({index.threshold:.4f}, the {index.quantile:g} quantile of validation) and were captioned "
+            f"by retrieval (k={index.k})")
 
 
 def score_against(rows: list[dict], references: dict[str, list[str]]) -> str:

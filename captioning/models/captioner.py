@@ -97,13 +97,15 @@ class Captioner(nn.Module):
                              "decoder=attention)")
 
     def describe_images(self, images: ImageFolderDataset, batch_size: int = 64, seed: int | None = None,
-                        num_workers: int = 0, precision: str = "auto", **options) -> Iterator[tuple]:
+                        num_workers: int = 0, precision: str = "auto", with_features: bool = False,
+                        **options) -> Iterator[tuple]:
         """The loop that captions images, for `caption` and captioning-caption: the CNN as in feature extraction
         (`encoded_batches`: its inference copy, channels_last; with `num_workers` on CPU, in worker processes that
         also read the images), then `describe_features` on `batch_size` images per call (call n seeded with
         `seed + n`), both in `precision`. Yields (indices, described, bad) per call: the dataset's indices of the
-        images described, their rows, and (index, reason) for each image that could not be read."""
-        from captioning.data.features import encoded_batches, in_chunks  # it imports models
+        images described, their rows, and (index, reason) for each image that could not be read. `with_features`:
+        each row also holds the image's pooled feature (D,) float32 on the CPU, as "feature"."""
+        from captioning.data.features import encoded_batches, in_chunks, pooled  # it imports models
 
         batches = encoded_batches(self.encoder, images, device=self.device, num_workers=num_workers,
                                   precision=precision)
@@ -111,6 +113,9 @@ class Captioner(nn.Module):
             for n, (indices, features, bad) in enumerate(in_chunks(batches, batch_size)):
                 described = [] if features is None else self.describe_features(
                     features, seed=None if seed is None else seed + n, precision=precision, **options)
+                if with_features and features is not None:
+                    for row, feature in zip(described, pooled(features.cpu())):
+                        row["feature"] = feature
                 yield indices, described, bad
 
     @torch.no_grad()
