@@ -282,7 +282,8 @@ def score_tests(model: Captioner, splits: dict[str, SplitData], features: dict, 
         if out_dir is not None:
             atomic_write_json(out_dir / f"{name}_captions.json",
                               [{"image_id": i, "caption": c} for i, c in sorted(results.items())])
-    if out_dir is not None and knn is not None and (q := config.baseline.fallback) is not None:
+    if out_dir is not None and knn is not None and (q := config.baseline.fallback) is not None and \
+            splits["val"].cached:  # as the rows: not for a CNN trained since the cache was made
         FallbackIndex(knn.features, knn.captions, knn.threshold(features["val"], q), q, max(config.baseline.k),
                       model.encoder.spec).save(out_dir / "retrieval.pt")
     return metrics
