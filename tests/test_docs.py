@@ -186,7 +186,20 @@ COVERAGE = {
         f"for s in 0 1 2; do captioning-train dataset={d} +experiment=scst seed=$s "
         f"trainer.init_from=multirun/{d}_default_now/$s/checkpoints/best.pt trainer.threads=1 trainer.tensorboard=false "
         f"hydra.run.dir=multirun/{d}_scst_now/$s; done",
-        f"captioning-report multirun/{d}_default_now multirun/{d}_scst_now --output {short}_scst_now.md")},
+        f"captioning-report multirun/{d}_default_now multirun/{d}_scst_now --output {short}_scst_now.md",
+        f"for s in 0 1 2; do captioning-train dataset={d} +experiment=scst seed=$s "
+        f"trainer.init_from=multirun/{d}_default_now/$s/checkpoints/best.pt trainer.threads=1 trainer.tensorboard=false "
+        f"hydra.run.dir=multirun/{d}_scst_e0/$s; done",
+        f"captioning-report multirun/{d}_default_now multirun/{d}_scst_e0 --output {d}_scst_e0.md")},
+    # SCST's settings on the icons' seed-1 checkpoint, and its captions by decoding (scst.md)
+    **{f"captioning-train dataset=icons seed=1 +experiment=scst "
+       f"trainer.init_from=multirun/icons_default_now/1/checkpoints/best.pt {setting} trainer.threads=1 "
+       f"trainer.tensorboard=false hydra.run.dir=multirun/icons_scst_{name}/1": COMPOSE
+       for setting, name in (("optim.optimizer.lr=3e-5", "lr3e-5"), ("optim.optimizer.lr=1e-5", "lr1e-5"),
+                             ("scst.xe_weight=1", "xe1"), ("scst.xe_weight=4", "xe4"))},
+    **{f"captioning-caption checkpoint=multirun/icons_{run}/1/checkpoints/best.pt images=data/icons/images/val "
+       f"references=data/icons/captions_val.json output=runs/icons_val_{short} decode=greedy num_workers=0 threads=1":
+       COMPOSE for run, short in (("default_now", "xe"), ("scst_now", "scst"))},
     "captioning-report multirun/screen_budget multirun/screen_big multirun/screen_norm --output screen.md": COMPOSE,
     **{f"captioning-train -m dataset=shapes_shifted seed={seeds} {factor} trainer.tensorboard=false "
        f"hydra.sweep.dir=multirun/{name}": COMPOSE  # the study: 20 full training runs (each composed here)
