@@ -147,14 +147,15 @@ class NearestNeighbourCaptioner:
 class FallbackIndex:
     """What the fallback needs besides the captioner, written by a training run as retrieval.pt so that
     captioning-caption applies it to new images: the training images' pooled features (float32, 4 bytes x D per
-    image) and captions, the familiarity threshold and the k of its neighbourhood, and the spec of the encoder that
-    made the features (only a captioner with that encoder may use them)."""
+    image) and captions, the familiarity threshold and the k of its neighbourhood, and the spec and a digest of the
+    weights of the encoder that made the features (only a captioner with that encoder may use them)."""
     features: torch.Tensor
     captions: list[list[str]]
     threshold: float
     quantile: float
     k: int
     encoder: dict
+    encoder_weights: str  # captioning.finetune.weights_digest
 
     @property
     def knn(self) -> NearestNeighbourCaptioner:
@@ -169,6 +170,7 @@ class FallbackIndex:
         """InputError naming the file where it is missing or not a retrieval.pt of this project."""
         path = existing_file(path, "retrieval index")
         payload = load_plain(path, "a retrieval index (a training run's retrieval.pt)")
-        if not isinstance(payload, dict) or payload.pop("retrieval_index", None) != 1:
-            raise InputError(f"{path} is not a retrieval index (a training run's retrieval.pt)")
+        if not isinstance(payload, dict) or payload.pop("retrieval_index", None) != 1 or \
+                payload.keys() != cls.__dataclass_fields__.keys():
+            raise InputError(f"{path} is not a retrieval index of this version (a training run's retrieval.pt)")
         return cls(**payload)

@@ -21,6 +21,7 @@ from captioning.baselines import FallbackIndex, NearestNeighbourCaptioner
 from captioning.config import TrainerOptions
 from captioning.data.collate import CaptionBatch
 from captioning.data.splits import SplitData
+from captioning.finetune import weights_digest
 from captioning.io import atomic_write_json
 from captioning.metrics import score_captions
 from captioning.models.captioner import Captioner
@@ -285,5 +286,5 @@ def score_tests(model: Captioner, splits: dict[str, SplitData], features: dict, 
     if out_dir is not None and knn is not None and (q := config.baseline.fallback) is not None and \
             splits["val"].cached:  # as the rows: not for a CNN trained since the cache was made
         FallbackIndex(knn.features, knn.captions, knn.threshold(features["val"], q), q, max(config.baseline.k),
-                      model.encoder.spec).save(out_dir / "retrieval.pt")
+                      model.encoder.spec, weights_digest(model.encoder)).save(out_dir / "retrieval.pt")
     return metrics

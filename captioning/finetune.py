@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 
+import torch
+
 from captioning.data.augment import Augment
 from captioning.data.coco import CocoCaptions
 from captioning.data.splits import SplitData
@@ -40,12 +42,17 @@ def cache_spec(encoder: Encoder, init_encoder_spec: dict | None = None) -> dict:
     never mixed with the pretrained CNN's."""
     spec = {**encoder.spec, "trainable": False}
     if init_encoder_spec is not None and init_encoder_spec.get("trainable"):
-        digest = hashlib.sha256()
-        for name, tensor in encoder.state_dict().items():
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        spec["weights"] = {"trained in a run": digest.hexdigest()[:24]}
+        spec["weights"] = {"trained in a run": weights_digest(encoder)}
     return spec
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """A digest of a module's weights (names and values): two CNNs with the same spec but other weights differ."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:24]
 
 
 def image_splits(cocos: dict[str, CocoCaptions], vocab: Vocabulary, encoder: Encoder, config: RunConfig

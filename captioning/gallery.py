@@ -64,8 +64,11 @@ def inert(cell: object) -> object:
 
 
 def _details(row: dict) -> str:
-    """The caption's score, and its CIDEr-D, BLEU-4 and references when there are some."""
+    """The caption's score (or that it came from retrieval, with the model's caption), and its CIDEr-D, BLEU-4 and
+    references when there are some."""
     parts = [f"score {row['score']:.2f}"] if "score" in row else []
+    if row.get("retrieval"):  # captioning-caption fallback=: the image is unlike the training images
+        parts.append(f"by retrieval; the model's: {html.escape(row['model_caption'])}")
     if "cider" in row:
         parts += [f"CIDEr-D {row['cider']:.2f}", f"BLEU-4 {row['bleu4']:.2f}"]
     refs = "".join(f"<li>{html.escape(r)}</li>" for r in row.get("references", []))
@@ -131,7 +134,8 @@ def write_outputs(rows: list[dict], images_root: Path, out_dir: Path, thumbnail_
     atomic_write_json(paths["json"], rows)
 
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["file_name", "caption", "score", "bleu4", "cider", "error"],
+    fallback = ["retrieval"] if any(row.get("retrieval") for row in rows) else []  # captioning-caption fallback=
+    writer = csv.DictWriter(buf, fieldnames=["file_name", "caption", "score", "bleu4", "cider", *fallback, "error"],
                             lineterminator="\n", extrasaction="ignore")  # references: in the JSON only
     writer.writeheader()
     writer.writerows({k: inert(v) for k, v in row.items()} for row in rows)

@@ -188,7 +188,7 @@ class Trainer:
                   f"scoring best.pt on the test split", flush=True)
         deadline = time.time() + 60 * opts.max_minutes if opts.max_minutes else None
         try:
-            if self.run.init is not None and self.run.ckpt is None:
+            if self.run.init is not None and not state.history and state.step == 0:  # also when a signal came in it
                 self.validate_start()
             while not self.finished() and not (deadline and distributed.any_rank(time.time() >= deadline,
                                                                                  self.device)):

@@ -67,14 +67,18 @@ def test_a_folder_captioned_with_the_runs_retrieval_index_gets_the_runs_fallback
     assert sum(r.get("retrieval", False) for r in rows) == row["fell_back"] > 0 and len(rows) == row["images"]
     scores = score_captions({r["file_name"]: r["caption"] for r in rows}, {r["file_name"]: r["references"] for r in rows})
     assert scores["cider"] == pytest.approx(row["cider"]) and scores["bleu4"] == pytest.approx(row["bleu4"])
-    assert all("model_caption" in r for r in rows if r.get("retrieval")) and not any("feature" in r for r in rows)
+    assert all("model_caption" in r and "model_score" in r and "score" not in r for r in rows if r.get("retrieval"))
+    assert not any("feature" in r for r in rows) and "retrieval" in (tmp_path / "out/captions.csv").read_text()
+    assert "by retrieval; the model's: " in (tmp_path / "out/index.html").read_text()  # the gallery says so
     assert not any("captions" in r for r in rows) and all(len(r["captions"]) == 2 for r in caption(
         attention_run / "retrieval.pt", "decode.num_return=2"))  # the beams the user asked for, not the pool's 3
-    other = FallbackIndex.load(attention_run / "retrieval.pt")
-    other.encoder = {**other.encoder, "name": "resnet18"}
-    other.save(tmp_path / "other.pt")
-    with pytest.raises(InputError, match="holds the features of another encoder than .* against small_cnn"):
-        caption(tmp_path / "other.pt")
+    for change in ({"encoder": {**FallbackIndex.load(attention_run / "retrieval.pt").encoder, "name": "resnet18"}},
+                   {"encoder_weights": "0" * 24}):  # another CNN, or the same one with other weights
+        other = FallbackIndex.load(attention_run / "retrieval.pt")
+        vars(other).update(change)
+        other.save(tmp_path / "other.pt")
+        with pytest.raises(InputError, match="holds the features of another encoder than .* against small_cnn"):
+            caption(tmp_path / "other.pt")
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(InputError, match="junk.pt is not a retrieval index .* not a file written by torch.save"):
         caption(tmp_path / "junk.pt")

@@ -184,7 +184,7 @@ def test_the_combination_runs_or_is_refused_in_one_line(cell, shapes, xe_checkpo
         same_run(run, whole)
     metrics = read_json(run / "metrics.json")
     started = cell["objective"] == "scst" or cell["start"] == "init_from"  # its checkpoint scored as epoch 0
-    assert [e["epoch"] for e in metrics["epochs"]] == [0, 1, 2] if started else [1, 2]
+    assert [e["epoch"] for e in metrics["epochs"]] == ([0, 1, 2] if started else [1, 2])
     scored = evaluate_files(shapes / "captions_test.json", run / "test_captions.json", metrics=["bleu", "cider"])
     assert all(scored[k] == pytest.approx(metrics["test"][k], abs=1e-12) for k in ("bleu4", "cider"))
     if cell["decoding"] == "ensemble":  # with the cross-entropy run it started from (or beside), on the test images

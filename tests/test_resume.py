@@ -110,6 +110,29 @@ def test_a_run_from_a_checkpoint_keeps_it_until_an_epoch_beats_it(shapes, tmp_pa
     assert beaten["best_epoch"] == 1 and not same_weights(tmp_path / "beaten" / "checkpoints" / "best.pt", start)
 
 
+def test_a_signal_while_the_starting_checkpoint_is_scored_scores_it_again_on_resume(shapes, tmp_path, monkeypatch):
+    """SIGTERM during epoch 0's validation saves last.pt before anything trained; the resumed run scores the
+    starting checkpoint again (else best.pt could end below it) and ends as the uninterrupted run."""
+    run(shapes, tmp_path / "xe", "trainer.max_epochs=1")
+    init = f"trainer.init_from={tmp_path / 'xe' / 'checkpoints' / 'last.pt'}"
+    full = run(shapes, tmp_path / "full", "trainer.max_epochs=2", init)
+    real, calls = REAL_SCORE_SPLIT, []
+
+    def score_split(model, split, cfg, device, desc):
+        calls.append(desc)
+        if calls == ["val"]:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(model, split, cfg, device, desc)
+    monkeypatch.setattr(captioning.engine, "score_split", score_split)
+    with pytest.raises(interrupt.Interrupted):
+        run(shapes, tmp_path / "run", "trainer.max_epochs=2", init)
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["train_state"]["history"] == []
+    monkeypatch.setattr(captioning.engine, "score_split", real)
+    resumed = run(shapes, tmp_path / "run", "trainer.max_epochs=2", init, "trainer.resume=auto")
+    assert [e["epoch"] for e in resumed["epochs"]] == [0, 1, 2] and resumed["test"] == full["test"]
+    assert same_weights(tmp_path / "run" / "checkpoints" / "best.pt", tmp_path / "full" / "checkpoints" / "best.pt")
+
+
 def test_a_kill_between_writing_best_and_last_loses_nothing(shapes, tmp_path, monkeypatch):
     """best.pt is written before last.pt: dying between the two leaves last.pt one epoch behind, and the
     resumed run repeats that epoch identically, so it ends with the uninterrupted run's best weights."""

@@ -29,6 +29,7 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
     from captioning.cpus import set_threads
     from captioning.data.coco import load_coco_captions
     from captioning.data.folder import IMAGE_EXTENSIONS, ImageFolderDataset, find_images
+    from captioning.finetune import weights_digest
     from captioning.gallery import Thumbnails, summary_line, write_outputs
     from captioning.models import load_captioner
     from captioning.progress import progress
@@ -69,10 +70,11 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
     captioner = load_captioner(cfg.checkpoint, device=device)  # a list of checkpoints: their ensemble
     if with_attention:
         captioner.check_attention("with_attention=true", source=str(cfg.checkpoint))
-    if index is not None and index.encoder != captioner.encoder.spec:
+    if index is not None and (index.encoder, index.encoder_weights) != (captioner.encoder.spec,
+                                                                       weights_digest(captioner.encoder)):
         raise InputError(f"fallback={cfg.fallback} holds the features of another encoder than {cfg.checkpoint}'s "
-                         f"({index.encoder.get('name')} against {captioner.encoder.spec.get('name')}): give the "
-                         f"retrieval.pt of the training run the checkpoint comes from")
+                         f"({index.encoder.get('name')} against {captioner.encoder.spec.get('name')}, or other "
+                         f"weights): give the retrieval.pt of the training run the checkpoint comes from")
     beams = decode["beam_size"] if decode["method"] == "beam" else 1
     if index is not None:  # every beam in the fallback's pool, as in the training run's row
         decode["num_return"] = max(decode["num_return"], beams)
@@ -135,8 +137,8 @@ def apply_fallback(rows: list[dict], index, keep: int) -> str:
             row.pop("scores", None)
         elif "captions" in row:
             row["captions"], row["scores"] = row["captions"][:keep], row["scores"][:keep]
-        if back:
-            row.update(model_caption=row["caption"], caption=caption, retrieval=True)
+        if back:  # the score is the model's caption's
+            row.update(model_caption=row["caption"], model_score=row.pop("score"), caption=caption, retrieval=True)
     return (f"fallback: {int(fell_back.sum())} of {len(captioned)} images are less like the training images than "
             f"the threshold ({index.threshold:.4f}, the {index.quantile:g} quantile of validation) and were captioned "
             f"by retrieval (k={index.k})")
