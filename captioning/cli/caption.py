@@ -29,7 +29,6 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
     from captioning.cpus import set_threads
     from captioning.data.coco import load_coco_captions
     from captioning.data.folder import IMAGE_EXTENSIONS, ImageFolderDataset, find_images
-    from captioning.finetune import weights_digest
     from captioning.gallery import Thumbnails, summary_line, write_outputs
     from captioning.models import load_captioner
     from captioning.progress import progress
@@ -39,12 +38,7 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
     with_attention = cfg.with_attention
     options = options_from(DecodeOptions, cfg.decode, "decode")
     check(options)  # before any image is read
-    problems = [f"{name} must be at least {low}, got {cfg[name]}"
-                for name, low in (("batch_size", 1), ("num_workers", 0)) if cfg[name] < low]
-    if cfg.threads is not None and cfg.threads < 1:
-        problems.append(f"threads must be at least 1 or null, got {cfg.threads}")
-    if problems:
-        raise InputError("; ".join(problems))
+    check_options(cfg)
     decode = asdict(options)
     device = resolve_device(cfg.device)
     precision, why = resolve_precision(cfg.precision, device)
@@ -53,10 +47,7 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
         raise InputError(f"images folder {not_there(root, folder=True)}: {root}")
     if out_dir.is_file():
         raise InputError(f"output={out_dir} is a file; give a folder for captions.json, captions.csv and index.html")
-    index = None
-    if cfg.fallback:  # read before any image, as the references
-        from captioning.baselines import FallbackIndex
-        index = FallbackIndex.load(Path(cfg.fallback).expanduser())
+    index = load_fallback(cfg.fallback)  # read before any image, as the references
     references = None
     if cfg.references:  # read before any image: a bad file fails now
         coco = load_coco_captions(cfg.references)
@@ -70,14 +61,7 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
     captioner = load_captioner(cfg.checkpoint, device=device)  # a list of checkpoints: their ensemble
     if with_attention:
         captioner.check_attention("with_attention=true", source=str(cfg.checkpoint))
-    if index is not None and (index.encoder, index.encoder_weights) != (captioner.encoder.spec,
-                                                                       weights_digest(captioner.encoder)):
-        raise InputError(f"fallback={cfg.fallback} holds the features of another encoder than {cfg.checkpoint}'s "
-                         f"({index.encoder.get('name')} against {captioner.encoder.spec.get('name')}, or other "
-                         f"weights): give the retrieval.pt of the training run the checkpoint comes from")
-    beams = decode["beam_size"] if decode["method"] == "beam" else 1
-    if index is not None:  # every beam in the fallback's pool, as in the training run's row
-        decode["num_return"] = max(decode["num_return"], beams)
+    decode = decode if index is None else fallback_decoding(index, captioner, cfg, decode)  # every beam for the pool
     check_writable(out_dir)  # a read-only or full folder: now, not after the CNN has seen every image
     threads, threads_why = set_threads(cfg.threads)
     print(f"{len(paths)} images; CNN and decoder in {precision} ({why}); {threads} threads ({threads_why})",
@@ -116,6 +100,37 @@ def caption_folder(cfg: DictConfig) -> list[dict]:
                             attention=attention, thumbnails_made={i for i, r in enumerate(rows) if "caption" in r})
     print(f"{summary_line(rows)}; gallery: {written['html']}  (also {written['json'].name}, {written['csv'].name})")
     return rows
+
+
+def check_options(cfg: DictConfig) -> None:
+    """InputError naming every option outside its range (before any image is read)."""
+    problems = [f"{name} must be at least {low}, got {cfg[name]}"
+                for name, low in (("batch_size", 1), ("num_workers", 0)) if cfg[name] < low]
+    if cfg.threads is not None and cfg.threads < 1:
+        problems.append(f"threads must be at least 1 or null, got {cfg.threads}")
+    if problems:
+        raise InputError("; ".join(problems))
+
+
+def load_fallback(path: str | None):
+    """The training run's `FallbackIndex` (retrieval.pt), or None without `fallback=`."""
+    if not path:
+        return None
+    from captioning.baselines import FallbackIndex
+    return FallbackIndex.load(Path(path).expanduser())
+
+
+def fallback_decoding(index, captioner, cfg: DictConfig, decode: dict) -> dict:
+    """The decoding options with every beam returned, for the fallback's pool as in the training run's row; InputError
+    for an index made by another encoder (or the same one with other weights) than the checkpoint's."""
+    from captioning.finetune import weights_digest
+
+    if (index.encoder, index.encoder_weights) != (captioner.encoder.spec, weights_digest(captioner.encoder)):
+        raise InputError(f"fallback={cfg.fallback} holds the features of another encoder than {cfg.checkpoint}'s "
+                         f"({index.encoder.get('name')} against {captioner.encoder.spec.get('name')}, or other "
+                         f"weights): give the retrieval.pt of the training run the checkpoint comes from")
+    beams = decode["beam_size"] if decode["method"] == "beam" else 1
+    return {**decode, "num_return": max(decode["num_return"], beams)}
 
 
 def apply_fallback(rows: list[dict], index, keep: int) -> str:
