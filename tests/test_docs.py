@@ -191,6 +191,11 @@ COVERAGE = {
         f"trainer.init_from=multirun/{d}_default_now/$s/checkpoints/best.pt trainer.threads=1 trainer.tensorboard=false "
         f"hydra.run.dir=multirun/{d}_scst_e0/$s; done",
         f"captioning-report multirun/{d}_default_now multirun/{d}_scst_e0 --output {d}_scst_e0.md")},
+    "for s in 0 1 2; do captioning-train dataset=shapes_shifted +experiment=scst seed=$s "
+    "trainer.init_from=multirun/shapes_shifted_default_now/$s/checkpoints/best.pt scst.xe_weight=1 trainer.threads=1 "
+    "trainer.tensorboard=false hydra.run.dir=multirun/shapes_shifted_scst_xe1/$s; done": COMPOSE,
+    "captioning-report multirun/shapes_shifted_default_now multirun/shapes_shifted_scst_e0 "
+    "multirun/shapes_shifted_scst_xe1 --output shapes_shifted_scst_xe1.md": COMPOSE,
     # SCST's settings on the icons' seed-1 checkpoint, and its captions by decoding (scst.md)
     **{f"captioning-train dataset=icons seed=1 +experiment=scst "
        f"trainer.init_from=multirun/icons_default_now/1/checkpoints/best.pt {setting} trainer.threads=1 "
