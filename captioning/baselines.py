@@ -127,18 +127,15 @@ class NearestNeighbourCaptioner:
             out.append(pool[max(range(len(pool)), key=support.__getitem__)])
         return out, fell_back
 
-    def caption_with_fallback(self, captioner, features, val_features, quantile: float, k: int,
-                              decode: dict) -> FallbackCaptions:
+    def caption_with_fallback(self, captioner, features, threshold: float, k: int, decode: dict) -> FallbackCaptions:
         """`fallback` for a captioner (its `decode` options, all its beams in the pool) on a split's cached
-        features (pooled, or an attention encoder's grids), with the threshold below which `quantile` of the
-        validation images' `familiarity` falls."""
+        features (pooled, or an attention encoder's grids), with a familiarity threshold (`threshold`)."""
         beams = decode["beam_size"] if decode.get("method", "beam") == "beam" else 1
         own = []
         for start in range(0, len(features), 256):
             chunk = torch.as_tensor(np.asarray(features[start:start + 256], dtype=np.float32))  # a grid: a memmap
             rows = captioner.describe_features(chunk, **{**decode, "num_return": beams})
             own += [row.get("captions", [row["caption"]]) for row in rows]
-        threshold = self.threshold(val_features, quantile)
         captions, fell_back = self.fallback(pooled(features), own, threshold, k)
         return FallbackCaptions(captions, [c[0] for c in own], threshold, fell_back)
 

@@ -265,6 +265,8 @@ def score_tests(model: Captioner, splits: dict[str, SplitData], features: dict, 
     knn = None
     if config.baseline.k and features["train"] is not None:
         knn = NearestNeighbourCaptioner.of_split(splits["train"].coco, features["train"])
+    q = config.baseline.fallback  # the threshold from validation's cached features, for every test split and the index
+    threshold = knn.threshold(features["val"], q) if knn is not None and q is not None and splits["val"].cached else None
     metrics = {}
     for name in config.dataset.test_names:
         scores, results = score_split(model, splits[name], config, device, desc=name)
@@ -275,16 +277,15 @@ def score_tests(model: Captioner, splits: dict[str, SplitData], features: dict, 
         for k in config.baseline.k if knn is not None else []:
             captions = knn.caption_split(splits[name].coco, features[name], k)
             metrics[f"{name}_knn{k}"] = {"k": k, **caption_scores(captions, references)}
-        if knn is not None and config.baseline.fallback is not None and splits[name].cached:  # reads these features
-            hybrid = knn.caption_with_fallback(model, features[name], features["val"], config.baseline.fallback,
-                                               max(config.baseline.k), asdict(config.decode))
+        if threshold is not None:  # the splits' cached features (not after the CNN was fine-tuned)
+            hybrid = knn.caption_with_fallback(model, features[name], threshold, max(config.baseline.k),
+                                               asdict(config.decode))
             metrics[f"{name}_fallback"] = {**hybrid.summary(), **caption_scores(
                 dict(zip(splits[name].coco.image_ids, hybrid.captions)), references)}
         if out_dir is not None:
             atomic_write_json(out_dir / f"{name}_captions.json",
                               [{"image_id": i, "caption": c} for i, c in sorted(results.items())])
-    if out_dir is not None and knn is not None and (q := config.baseline.fallback) is not None and \
-            splits["val"].cached:  # as the rows: not for a CNN trained since the cache was made
-        FallbackIndex(knn.features, knn.captions, knn.threshold(features["val"], q), q, max(config.baseline.k),
-                      model.encoder.spec, weights_digest(model.encoder)).save(out_dir / "retrieval.pt")
+    if out_dir is not None and threshold is not None:
+        FallbackIndex(knn.features, knn.captions, threshold, q, max(config.baseline.k), model.encoder.spec,
+                      weights_digest(model.encoder)).save(out_dir / "retrieval.pt")
     return metrics

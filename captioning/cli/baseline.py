@@ -90,7 +90,8 @@ def fallback_scores(cfg: DictConfig, knn, features: dict, target, k: int) -> dic
 
     captioner = load_captioner(cfg.checkpoint, device=resolve_device(cfg.device))
     decode = {"method": "beam", "beam_size": DecodeOptions().beam_size}
-    hybrid = knn.caption_with_fallback(captioner, features[cfg.split], features["val"], cfg.fallback, k, decode)
+    hybrid = knn.caption_with_fallback(captioner, features[cfg.split], knn.threshold(features["val"], cfg.fallback), k,
+                                       decode)
     results = {"model": hybrid.model, "fallback": hybrid.captions}
     report = {}
     for name, captions in results.items():
