@@ -196,6 +196,11 @@ COVERAGE = {
     "trainer.tensorboard=false hydra.run.dir=multirun/shapes_shifted_scst_xe1/$s; done": COMPOSE,
     "captioning-report multirun/shapes_shifted_default_now multirun/shapes_shifted_scst_e0 "
     "multirun/shapes_shifted_scst_xe1 --output shapes_shifted_scst_xe1.md": COMPOSE,
+    # the fallback on a folder of real icons (captioning.md)
+    "captioning-train dataset=icons seed=0 trainer.tensorboard=false hydra.run.dir=multirun/icons_fallback_cli/0": COMPOSE,
+    "captioning-caption checkpoint=multirun/icons_fallback_cli/0/checkpoints/best.pt "
+    "fallback=multirun/icons_fallback_cli/0/retrieval.pt images=data/icons/images/test_shifted "
+    "references=data/icons/captions_test_shifted.json output=runs/icons_fallback": COMPOSE,
     # SCST's settings on the icons' seed-1 checkpoint, and its captions by decoding (scst.md)
     **{f"captioning-train dataset=icons seed=1 +experiment=scst "
        f"trainer.init_from=multirun/icons_default_now/1/checkpoints/best.pt {setting} trainer.threads=1 "
