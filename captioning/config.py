@@ -280,6 +280,8 @@ class SCSTOptions:
     top_k: Optional[int] = None    # sampling: from the k most likely words only
     max_len: int = 20              # tokens per sampled caption, <end> included
     xe_weight: float = 0.0         # the mixed objective: SCST's loss + xe_weight * the references' cross-entropy
+    holdout: float = 0.0           # the share of training images set aside for SCST: cross-entropy (scst disabled)
+                                   # trains on the others, SCST on these; give both stages the same value
 
     def problems(self) -> list[str]:
         problems = []
@@ -296,4 +298,6 @@ class SCSTOptions:
             problems.append(f"scst.max_len must be at least 1, got {self.max_len}")
         if not (self.xe_weight >= 0 and math.isfinite(self.xe_weight)):
             problems.append(f"scst.xe_weight must be a finite number >= 0, got {self.xe_weight}")
+        if not 0 <= self.holdout < 1:
+            problems.append(f"scst.holdout must be at least 0 and below 1, got {self.holdout}")
         return problems

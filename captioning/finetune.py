@@ -15,6 +15,7 @@ require gradients.
 from __future__ import annotations
 
 import hashlib
+from typing import Callable
 
 import torch
 
@@ -55,9 +56,11 @@ def weights_digest(module: torch.nn.Module) -> str:
     return digest.hexdigest()[:24]
 
 
-def image_splits(cocos: dict[str, CocoCaptions], vocab: Vocabulary, encoder: Encoder, config: RunConfig
-                 ) -> dict[str, SplitData]:
-    """Every split read as images through the encoder's transform, the training split augmented."""
+def image_splits(cocos: dict[str, CocoCaptions], vocab: Vocabulary, encoder: Encoder, config: RunConfig,
+                 images_of: Callable[[str], set[int] | None]) -> dict[str, SplitData]:
+    """Every split read as images through the encoder's transform, the training split augmented; `images_of(split)`
+    the images each split keeps (None: all)."""
     augment = Augment(config.dataset.augment)
     return {s: SplitData(coco, vocab, None, encoder.transform, config.dataset.max_caption_len,
-                         augment=augment if s == "train" else None, seed=config.seed) for s, coco in cocos.items()}
+                         augment=augment if s == "train" else None, seed=config.seed, image_ids=images_of(s))
+            for s, coco in cocos.items()}

@@ -110,7 +110,8 @@ class Trainer:
             return
         self.model.encoder.finetune(enc.finetune_blocks)
         self.stepper.encoder = distributed.data_parallel(self.model.encoder, self.device)
-        self.splits = image_splits(self.run.cocos, self.run.vocab, self.model.encoder, self.run.config)
+        self.splits = image_splits(self.run.cocos, self.run.vocab, self.model.encoder, self.run.config,
+                                   self.run.images_of)
         self.loader = self._train_loader()
         if self.main:
             blocks = enc.finetune_blocks

@@ -28,7 +28,7 @@ from captioning.config import TrainerOptions
 from captioning.cpus import keep_freed_memory, set_threads
 from captioning.data.coco import CocoCaptions
 from captioning.data.features import cache_path, cached_features
-from captioning.data.splits import SplitData, check_images, load_splits
+from captioning.data.splits import SplitData, check_images, load_splits, stage_images
 from captioning.engine import score_tests
 from captioning.finetune import cache_spec, image_splits, prepare_encoder
 from captioning.io import InputError, atomic_write_json, remove_stale_temp_files
@@ -94,6 +94,12 @@ class RunInputs:
         """Whether the decoder trains on cached features (all run, or until encoder.finetune_from_epoch)."""
         return not self.config.encoder.trainable
 
+    def images_of(self, split: str) -> set[int] | None:
+        """The images of `split` this stage trains or scores on (None: all): the training split's share under
+        `scst.holdout` (`stage_images`)."""
+        scst = self.config.scst
+        return stage_images(self.cocos[split], scst.holdout, scst.enabled) if split == "train" else None
+
 
 def train(cfg: dict | RunConfig, run_dir: str | Path, make_optimizer: Callable) -> dict:
     """Train, validate every epoch, then score the best checkpoint on the test split.
@@ -135,6 +141,7 @@ def read_inputs(config: RunConfig, run_dir: Path, device: torch.device) -> RunIn
     init_from = starting_point(opts, config.scst.enabled, run_dir / "checkpoints", resume, ckpt)
     init = load_checkpoint(init_from) if init_from else None  # its weights, vocabulary and decoder
     config = config.with_trainer(init_from=init_from)  # as the run was started, in its checkpoints
+    check_holdout(config.scst.holdout, {resume: ckpt, init_from: init})
     if ckpt is not None or init is not None:
         vocab = Vocabulary.from_dict((ckpt or init)["vocab"])
     else:
@@ -178,7 +185,7 @@ def load_data(run: RunInputs, model: Captioner, spec: dict, device: torch.device
     model.to(device)
     features = {s: None for s in run.names}
     if not run.cached:
-        return image_splits(run.cocos, run.vocab, model.encoder, run.config), features
+        return image_splits(run.cocos, run.vocab, model.encoder, run.config, run.images_of), features
     enc, main = run.config.encoder, distributed.is_main()
 
     def split_features(build: bool) -> dict:
@@ -192,7 +199,8 @@ def load_data(run: RunInputs, model: Captioner, spec: dict, device: torch.device
     if not main:
         features = split_features(build=False)
     max_len = run.config.dataset.max_caption_len
-    return {s: SplitData(run.cocos[s], run.vocab, features[s], None, max_len) for s in run.names}, features
+    return {s: SplitData(run.cocos[s], run.vocab, features[s], None, max_len, image_ids=run.images_of(s))
+            for s in run.names}, features
 
 
 def test_best(run: RunInputs, trainer: Trainer, features: dict, device: torch.device) -> dict:
@@ -214,6 +222,16 @@ def test_best(run: RunInputs, trainer: Trainer, features: dict, device: torch.de
             "parameters": sum(p.numel() for p in trained), "precision": run.opts.precision, "threads": run.threads,
             "train_seconds": sum(row.get("train_seconds", 0.0) for row in state.history), **tests,
             "epochs": state.history}
+
+
+def check_holdout(holdout: float, checkpoints: dict) -> None:
+    """InputError when a checkpoint this run resumes or starts from was trained with another `scst.holdout`:
+    the stages would disagree on which training images cross-entropy has seen."""
+    for path, ckpt in checkpoints.items():
+        saved = ((ckpt or {}).get("run_config") or {}).get("scst", {}).get("holdout", 0.0)
+        if ckpt is not None and saved != holdout:
+            raise InputError(f"scst.holdout={holdout}, but {path} was trained with scst.holdout={saved} (the share of "
+                             f"training images cross-entropy leaves to SCST): give every stage the same scst.holdout")
 
 
 def unknown_words(vocab: Vocabulary, train: CocoCaptions, source: str, at_most: float = 0.01) -> str | None:

@@ -4,6 +4,7 @@ through captioning-train from a checkpoint, resumably."""
 from __future__ import annotations
 
 import math
+import types
 
 import pytest
 import torch
@@ -11,11 +12,14 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from captioning.baselines import FallbackIndex
 from captioning.checkpoint import load_checkpoint
 from captioning.cli._conf import CONF_DIR
 from captioning.config import DecodeOptions, SCSTOptions
+from captioning.data.coco import load_coco_captions
 from captioning.data.collate import CaptionBatch
 from captioning.data.shapes import make_shapes_dataset
+from captioning.data.splits import stage_images
 from captioning.decoding import keep_top_k
 from captioning.io import InputError
 from captioning.models import CaptionDecoder, DecoderConfig, build_decoder
@@ -269,3 +273,33 @@ def test_a_run_is_not_resumed_under_the_other_objective(xe_checkpoint):
                                          rf"cross-entropy; start a new stage from its weights with "
                                          rf"trainer.init_from={last}"):
         run(xe_checkpoint, "xe", "+experiment=scst", "trainer.max_epochs=3", f"trainer.resume={last}")
+
+
+def test_stage_images_splits_the_training_images_between_the_stages_whatever_the_seed():
+    ids = list(range(100, 140))
+    train = types.SimpleNamespace(image_ids=ids[::-1])  # the order of the file does not matter
+    held, rest = stage_images(train, 0.25, scst=True), stage_images(train, 0.25, scst=False)
+    assert len(held) == 10 and held | rest == set(ids) and not held & rest
+    assert stage_images(types.SimpleNamespace(image_ids=ids), 0.25, scst=True) == held
+    assert stage_images(train, 0.0, scst=True) is None and stage_images(train, 0.0, scst=False) is None
+
+
+def test_scst_holdout_trains_each_stage_on_its_images_and_retrieval_on_all(xe_checkpoint):
+    """Cross-entropy trains on the images SCST does not get; SCST on the held-out ones; the retrieval index (k=1
+    and the fallback) and the reward's statistics keep every training image; a stage with another holdout is
+    refused before anything trains."""
+    root = xe_checkpoint
+    train = load_coco_captions(root / "shapes" / "captions_train.json", root / "shapes" / "images" / "train",
+                               check_images=False)
+    kept = stage_images(train, 0.25, scst=False)
+    xe = run(root, "xe_held", "scst.holdout=0.25", "trainer.max_epochs=1")
+    assert xe["epochs"][-1]["step"] == math.ceil(sum(len(train.captions[i]) for i in kept) / 4)  # batch 4
+    init = f"trainer.init_from={root / 'xe_held' / 'checkpoints' / 'best.pt'}"
+    scst = run(root, "scst_held", "+experiment=scst", init, "scst.holdout=0.25", "trainer.max_epochs=2")
+    assert [e["step"] for e in scst["epochs"]] == [0, 1, 2]  # 4 held-out images of 16: one step of 4 an epoch
+    index = FallbackIndex.load(root / "scst_held" / "retrieval.pt")
+    assert len(index.features) == len(train) == 16
+    with pytest.raises(InputError, match=r"scst.holdout=0.0, but .*xe_held.*best.pt was trained with "
+                                         r"scst.holdout=0.25 .*give every stage the same scst.holdout"):
+        run(root, "scst_other", "+experiment=scst", init)
+    assert not (root / "scst_other" / "checkpoints").exists()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import random
 from array import array
-from typing import Callable
+from typing import Callable, Collection
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ class CaptionDataset(Dataset):
 
     def __init__(self, coco: CocoCaptions, vocab: Vocabulary, features: torch.Tensor | np.ndarray | None = None,
                  transform: Transform | None = None, per_image: bool = False, max_len: int | None = None,
-                 augment: Augment | None = None, seed: int = 0):
+                 augment: Augment | None = None, seed: int = 0, image_ids: Collection[int] | None = None):
         if features is not None and len(features) != len(coco.image_ids):
             raise InputError(f"features for {coco.path} have {len(features)} rows but the split has "
                              f"{len(coco.image_ids)} images")
@@ -51,9 +51,11 @@ class CaptionDataset(Dataset):
         self.per_image, self.max_len = per_image, max_len
         self.augment, self.seed, self.epoch = augment, seed, 0
         # item k: image row rows[k] in coco.image_ids, caption ids[starts[k]:starts[k + 1]]; per_image keeps only
-        # each image's first caption
+        # each image's first caption; `image_ids` (None: all) keeps only those images' items
         rows, ids, lengths = array("q"), array("q"), array("q")  # 8 bytes an entry, not a Python int each
         for row, image_id in enumerate(coco.image_ids):
+            if image_ids is not None and image_id not in image_ids:
+                continue
             for caption in coco.captions[image_id][:1] if per_image else coco.captions[image_id]:
                 encoded = vocab.encode_caption(caption, max_len)
                 rows.append(row)

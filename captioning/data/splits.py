@@ -2,6 +2,8 @@
 datasets over the vocabulary and (with a frozen encoder) the cached features."""
 from __future__ import annotations
 
+import random
+
 import torch
 from torch.utils.data import DataLoader
 
@@ -36,15 +38,32 @@ def check_images(coco: CocoCaptions) -> None:
                          f"cannot be used: {id_list(problems)}")
 
 
+def stage_images(train: CocoCaptions, holdout: float, scst: bool) -> set[int] | None:
+    """The training images a stage trains on when `scst.holdout` sets a share of them aside for SCST (None: all).
+
+    SCST rewards what the model says about an image. On images cross-entropy has fitted, the model already
+    says their references, and the reward only teaches which reference scores more; on images it has not seen it
+    teaches what carries to new ones. So with holdout h the cross-entropy stage trains on the other images and
+    SCST on round(h N) of the N training images, the same ones in both stages (a fixed shuffle of the sorted
+    ids, whatever the seed). The vocabulary, the reward's n-gram statistics and the retrieval baselines use all."""
+    if not holdout:
+        return None
+    ids = sorted(train.image_ids)
+    random.Random(0).shuffle(ids)
+    held = set(ids[:round(holdout * len(ids))])
+    return held if scst else set(ids) - held
+
+
 class SplitData:
     """One split's annotations with its datasets: all captions (loss) and one item per image (BLEU); their
-    items are cached features (`cached`) or images read through `transform` (augmented first, with `augment`)."""
+    items are cached features (`cached`) or images read through `transform` (augmented first, with `augment`);
+    `image_ids` (None: all) keeps only those images (the training split under `scst.holdout`)."""
 
     def __init__(self, coco: CocoCaptions, vocab: Vocabulary, features: torch.Tensor | None, transform,
-                 max_len: int, augment: Augment | None = None, seed: int = 0):
+                 max_len: int, augment: Augment | None = None, seed: int = 0, image_ids: set[int] | None = None):
         self.coco, self.cached = coco, features is not None
         kw = dict(features=features, transform=None if self.cached else transform, max_len=max_len,
-                  augment=None if self.cached else augment, seed=seed)
+                  augment=None if self.cached else augment, seed=seed, image_ids=image_ids)
         self.captions = CaptionDataset(coco, vocab, **kw)
         self.images = CaptionDataset(coco, vocab, per_image=True, **kw)
 
