@@ -292,8 +292,11 @@ def test_scst_holdout_trains_each_stage_on_its_images_and_retrieval_on_all(xe_ch
     train = load_coco_captions(root / "shapes" / "captions_train.json", root / "shapes" / "images" / "train",
                                check_images=False)
     kept = stage_images(train, 0.25, scst=False)
+    steps = math.ceil(sum(len(train.captions[i]) for i in kept) / 4)  # batch 4
     xe = run(root, "xe_held", "scst.holdout=0.25", "trainer.max_epochs=1")
-    assert xe["epochs"][-1]["step"] == math.ceil(sum(len(train.captions[i]) for i in kept) / 4)  # batch 4
+    assert xe["epochs"][-1]["step"] == steps
+    cnn = run(root, "xe_held_cnn", "scst.holdout=0.25", "trainer.max_epochs=1", "encoder.trainable=true")
+    assert cnn["epochs"][-1]["step"] == steps  # images through a CNN that trains: the same share
     init = f"trainer.init_from={root / 'xe_held' / 'checkpoints' / 'best.pt'}"
     scst = run(root, "scst_held", "+experiment=scst", init, "scst.holdout=0.25", "trainer.max_epochs=2")
     assert [e["step"] for e in scst["epochs"]] == [0, 1, 2]  # 4 held-out images of 16: one step of 4 an epoch
