@@ -196,6 +196,17 @@ COVERAGE = {
     "trainer.tensorboard=false hydra.run.dir=multirun/shapes_shifted_scst_xe1/$s; done": COMPOSE,
     "captioning-report multirun/shapes_shifted_default_now multirun/shapes_shifted_scst_e0 "
     "multirun/shapes_shifted_scst_xe1 --output shapes_shifted_scst_xe1.md": COMPOSE,
+    # SCST on the training images cross-entropy left to it (training.md, scst.md)
+    "captioning-train dataset=shapes_shifted scst.holdout=0.2 hydra.run.dir=runs/xe_held": COMPOSE,
+    "captioning-train dataset=shapes_shifted +experiment=scst scst.holdout=0.2 trainer.max_epochs=15 "
+    "trainer.init_from=runs/xe_held/checkpoints/best.pt hydra.run.dir=runs/scst_held": COMPOSE,
+    **{cmd: COMPOSE for d, short in (("icons", "icons"), ("shapes_shifted", "shapes")) for cmd in (
+        f"for s in 0 1 2; do captioning-train dataset={d} scst.holdout=0.2 seed=$s trainer.threads=1 "
+        f"trainer.tensorboard=false hydra.run.dir=multirun/{short}_hoxe/$s; done",
+        f"for s in 0 1 2; do captioning-train dataset={d} +experiment=scst scst.holdout=0.2 trainer.max_epochs=15 "
+        f"seed=$s trainer.init_from=multirun/{short}_hoxe/$s/checkpoints/best.pt trainer.threads=1 "
+        f"trainer.tensorboard=false hydra.run.dir=multirun/{short}_hoscst/$s; done",
+        f"captioning-report multirun/{short}_hoxe multirun/{short}_hoscst --output {short}_holdout.md")},
     # the fallback on a folder of real icons (captioning.md)
     "captioning-train dataset=icons seed=0 trainer.tensorboard=false hydra.run.dir=multirun/icons_fallback_cli/0": COMPOSE,
     "captioning-caption checkpoint=multirun/icons_fallback_cli/0/checkpoints/best.pt "
