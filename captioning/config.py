@@ -283,6 +283,12 @@ class SCSTOptions:
     holdout: float = 0.0           # the share of training images set aside for SCST: cross-entropy (scst disabled)
                                    # trains on the others, SCST on these; give both stages the same value
 
+    def holdout_problems(self) -> list[str]:
+        """The holdout is read by both stages: checked whether SCST is enabled or not."""
+        if not (0 <= self.holdout < 1 and math.isfinite(self.holdout)):
+            return [f"scst.holdout must be at least 0 and below 1, got {self.holdout}"]
+        return []
+
     def problems(self) -> list[str]:
         problems = []
         if self.baseline not in SCST_BASELINES:
@@ -298,6 +304,4 @@ class SCSTOptions:
             problems.append(f"scst.max_len must be at least 1, got {self.max_len}")
         if not (self.xe_weight >= 0 and math.isfinite(self.xe_weight)):
             problems.append(f"scst.xe_weight must be a finite number >= 0, got {self.xe_weight}")
-        if not 0 <= self.holdout < 1:
-            problems.append(f"scst.holdout must be at least 0 and below 1, got {self.holdout}")
         return problems

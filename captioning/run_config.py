@@ -243,7 +243,8 @@ class RunConfig:
         """Every value that cannot work, each group's and the rules between groups."""
         problems = [*self.dataset.problems(), *self.encoder.problems(), *self.decoder.problems(),
                     *self.optim.problems(), *self.trainer.problems(), *self.decode.problems(),
-                    *self.baseline.problems(), *(self.scst.problems() if self.scst.enabled else [])]
+                    *self.baseline.problems(), *(self.scst.problems() if self.scst.enabled else []),
+                    *self.scst.holdout_problems()]
         if self.scst.enabled and not (self.trainer.init_from or self.trainer.resume):
             problems.append(SCST_NEEDS_INIT)
         if self.scst.enabled and self.encoder.trains:  # its captions are sampled from features, without gradient

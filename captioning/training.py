@@ -142,6 +142,7 @@ def read_inputs(config: RunConfig, run_dir: Path, device: torch.device) -> RunIn
     init = load_checkpoint(init_from) if init_from else None  # its weights, vocabulary and decoder
     config = config.with_trainer(init_from=init_from)  # as the run was started, in its checkpoints
     check_holdout(config.scst.holdout, {resume: ckpt, init_from: init})
+    stage_images(cocos["train"], config.scst.holdout, config.scst.enabled)  # a share of no image fails now
     if ckpt is not None or init is not None:
         vocab = Vocabulary.from_dict((ckpt or init)["vocab"])
     else:
@@ -231,7 +232,7 @@ def check_holdout(holdout: float, checkpoints: dict) -> None:
         saved = ((ckpt or {}).get("run_config") or {}).get("scst", {}).get("holdout", 0.0)
         if ckpt is not None and saved != holdout:
             raise InputError(f"scst.holdout={holdout}, but {path} was trained with scst.holdout={saved} (the share of "
-                             f"training images cross-entropy leaves to SCST): give every stage the same scst.holdout")
+                             f"training images cross-entropy leaves to SCST): run with scst.holdout={saved}")
 
 
 def unknown_words(vocab: Vocabulary, train: CocoCaptions, source: str, at_most: float = 0.01) -> str | None:

@@ -303,6 +303,21 @@ def test_scst_holdout_trains_each_stage_on_its_images_and_retrieval_on_all(xe_ch
     index = FallbackIndex.load(root / "scst_held" / "retrieval.pt")
     assert len(index.features) == len(train) == 16
     with pytest.raises(InputError, match=r"scst.holdout=0.0, but .*xe_held.*best.pt was trained with "
-                                         r"scst.holdout=0.25 .*give every stage the same scst.holdout"):
+                                         r"scst.holdout=0.25 .*: run with scst.holdout=0.25$"):
         run(root, "scst_other", "+experiment=scst", init)
     assert not (root / "scst_other" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("holdout, message", [
+    ("-0.25", r"scst.holdout must be at least 0 and below 1, got -0.25"),
+    ("1", r"scst.holdout must be at least 0 and below 1, got 1"),
+    ("0.01", r"scst.holdout=0.01 sets aside 0 of the 16 training images of .*captions_train.json: choose a share "
+             r"that leaves images to both stages"),
+    ("0.99", r"scst.holdout=0.99 sets aside 16 of the 16 training images"),
+])
+def test_a_holdout_that_leaves_a_stage_no_image_is_refused_in_either_stage(xe_checkpoint, holdout, message):
+    """The cross-entropy stage reads the holdout too (scst disabled): a share of no image, or of every image, is
+    refused before any feature is made, not found out as a run that trained nothing."""
+    with pytest.raises(InputError, match=message):
+        run(xe_checkpoint, "bad_holdout", f"scst.holdout={holdout}")
+    assert not (xe_checkpoint / "bad_holdout" / "checkpoints").exists()

@@ -49,8 +49,12 @@ def stage_images(train: CocoCaptions, holdout: float, scst: bool) -> set[int] | 
     if not holdout:
         return None
     ids = sorted(train.image_ids)
+    n = round(holdout * len(ids))
+    if not 0 < n < len(ids):
+        raise InputError(f"scst.holdout={holdout} sets aside {n} of the {len(ids)} training images of {train.path}: "
+                         f"choose a share that leaves images to both stages")
     random.Random(0).shuffle(ids)
-    held = set(ids[:round(holdout * len(ids))])
+    held = set(ids[:n])
     return held if scst else set(ids) - held
 
 
