@@ -206,7 +206,11 @@ COVERAGE = {
         f"for s in 0 1 2; do captioning-train dataset={d} +experiment=scst scst.holdout=0.2 trainer.max_epochs=15 "
         f"seed=$s trainer.init_from=multirun/{short}_hoxe/$s/checkpoints/best.pt trainer.threads=1 "
         f"trainer.tensorboard=false hydra.run.dir=multirun/{short}_hoscst/$s; done",
-        f"captioning-report multirun/{short}_hoxe multirun/{short}_hoscst --output {short}_holdout.md")},
+        f"captioning-report multirun/{short}_hoxe multirun/{short}_hoscst --output {short}_holdout.md",
+        f"for s in 0 1 2; do captioning-train dataset={d} +experiment=scst scst.holdout=0.2 trainer.max_epochs=15 "
+        f"optim.optimizer.lr=3e-5 seed=$s trainer.init_from=multirun/{short}_hoxe/$s/checkpoints/best.pt "
+        f"trainer.threads=1 trainer.tensorboard=false hydra.run.dir=multirun/{short}_hoscst_lr3e-5/$s; done",
+        f"captioning-report multirun/{short}_hoxe multirun/{short}_hoscst_lr3e-5 --output {short}_holdout_lr.md")},
     # the fallback on a folder of real icons (captioning.md)
     "captioning-train dataset=icons seed=0 trainer.tensorboard=false hydra.run.dir=multirun/icons_fallback_cli/0": COMPOSE,
     "captioning-caption checkpoint=multirun/icons_fallback_cli/0/checkpoints/best.pt "
