@@ -76,6 +76,7 @@ class RunInputs:
     ckpt: dict | None = None
     init: dict | None = None
     threads: int = 1  # CPU threads the run uses
+    train_images: set[int] | None = None  # the training images this stage trains on (None: all; `scst.holdout`)
 
     @property
     def opts(self) -> TrainerOptions:
@@ -95,10 +96,8 @@ class RunInputs:
         return not self.config.encoder.trainable
 
     def images_of(self, split: str) -> set[int] | None:
-        """The images of `split` this stage trains or scores on (None: all): the training split's share under
-        `scst.holdout` (`stage_images`)."""
-        scst = self.config.scst
-        return stage_images(self.cocos[split], scst.holdout, scst.enabled) if split == "train" else None
+        """The images of `split` this stage trains or scores on (None: all)."""
+        return self.train_images if split == "train" else None
 
 
 def train(cfg: dict | RunConfig, run_dir: str | Path, make_optimizer: Callable) -> dict:
@@ -142,7 +141,7 @@ def read_inputs(config: RunConfig, run_dir: Path, device: torch.device) -> RunIn
     init = load_checkpoint(init_from) if init_from else None  # its weights, vocabulary and decoder
     config = config.with_trainer(init_from=init_from)  # as the run was started, in its checkpoints
     check_holdout(config.scst.holdout, {resume: ckpt, init_from: init})
-    stage_images(cocos["train"], config.scst.holdout, config.scst.enabled)  # a share of no image fails now
+    train_images = stage_images(cocos["train"], config.scst.holdout, config.scst.enabled)  # before any feature
     if ckpt is not None or init is not None:
         vocab = Vocabulary.from_dict((ckpt or init)["vocab"])
     else:
@@ -156,7 +155,7 @@ def read_inputs(config: RunConfig, run_dir: Path, device: torch.device) -> RunIn
                 warnings.warn(f"trainer.init_from={init_from}: the decoder is the checkpoint's: {', '.join(overridden)}")
             if message := unknown_words(vocab, cocos["train"], init_from):
                 warnings.warn(message)
-    return RunInputs(config, run_dir, cocos, vocab, resume, ckpt, init, threads)
+    return RunInputs(config, run_dir, cocos, vocab, resume, ckpt, init, threads, train_images)
 
 
 def load_model(run: RunInputs) -> tuple[Captioner, dict, dict]:
@@ -229,8 +228,8 @@ def check_holdout(holdout: float, checkpoints: dict) -> None:
     """InputError when a checkpoint this run resumes or starts from was trained with another `scst.holdout`:
     the stages would disagree on which training images cross-entropy has seen."""
     for path, ckpt in checkpoints.items():
-        saved = ((ckpt or {}).get("run_config") or {}).get("scst", {}).get("holdout", 0.0)
-        if ckpt is not None and saved != holdout:
+        saved = (ckpt.get("run_config") or {}).get("scst", {}).get("holdout", 0.0) if ckpt is not None else holdout
+        if saved != holdout:
             raise InputError(f"scst.holdout={holdout}, but {path} was trained with scst.holdout={saved} (the share of "
                              f"training images cross-entropy leaves to SCST): run with scst.holdout={saved}")
 
