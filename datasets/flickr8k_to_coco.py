@@ -7,11 +7,9 @@ DIR holds Flickr_8k.{train,dev,test}Images.txt (dev becomes val). Images go in a
 their own (the release's Flicker8k_Dataset/), given to training as the split's images directory.
 """
 import argparse
-import json
-import sys
 
-from captioning.data.convert import flickr8k_to_coco
-from captioning.io import InputError
+from captioning.cli.common import user_errors
+from captioning.data.convert import flickr8k_to_coco, print_written
 
 
 def main() -> None:
@@ -20,12 +18,8 @@ def main() -> None:
     p.add_argument("--splits-dir", required=True, help="folder with Flickr_8k.{train,dev,test}Images.txt")
     p.add_argument("--out", required=True, help="output folder")
     args = p.parse_args()
-    try:
-        for split, path in flickr8k_to_coco(args.captions, args.splits_dir, args.out).items():
-            data = json.loads(path.read_text(encoding="utf-8"))
-            print(f"{split:>5}: {len(data['images'])} images, {len(data['annotations'])} captions -> {path}")
-    except InputError as e:
-        sys.exit(f"error: {e}")
+    with user_errors():
+        print_written(flickr8k_to_coco(args.captions, args.splits_dir, args.out))
 
 
 if __name__ == "__main__":

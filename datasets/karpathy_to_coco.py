@@ -5,11 +5,9 @@ to COCO captions files OUT/captions_{train,val,test[,restval]}.json.
     python datasets/karpathy_to_coco.py dataset_coco.json --out data/coco --restval-into-train
 """
 import argparse
-import json
-import sys
 
-from captioning.data.convert import karpathy_to_coco
-from captioning.io import InputError
+from captioning.cli.common import user_errors
+from captioning.data.convert import karpathy_to_coco, print_written
 
 
 def main() -> None:
@@ -20,12 +18,8 @@ def main() -> None:
                    help="put COCO's 'restval' images into train (113k training images) instead of "
                         "captions_restval.json")
     args = p.parse_args()
-    try:
-        for split, path in karpathy_to_coco(args.karpathy_json, args.out, args.restval_into_train).items():
-            data = json.loads(path.read_text(encoding="utf-8"))
-            print(f"{split:>7}: {len(data['images'])} images, {len(data['annotations'])} captions -> {path}")
-    except InputError as e:
-        sys.exit(f"error: {e}")
+    with user_errors():
+        print_written(karpathy_to_coco(args.karpathy_json, args.out, args.restval_into_train))
 
 
 if __name__ == "__main__":

@@ -10,13 +10,12 @@ Result: OUT/images/{train,val,test,test_shifted}/*.png and OUT/captions_{split}.
 `captioning-train dataset=icons` reads.
 """
 import argparse
-import sys
 import time
 from pathlib import Path
 
+from captioning.cli.common import user_errors
 from captioning.data.icons import METADATA, PNGS, fetch, make_icons_dataset, write_slice
 from captioning.data.shapes import format_summary, summary
-from captioning.io import InputError
 
 
 def main() -> None:
@@ -34,7 +33,7 @@ def main() -> None:
                    help="instead: write tarballs of N random icons to OUT (a small real set, as in tests/data/icons)")
     args = p.parse_args()
     start = time.perf_counter()
-    try:
+    with user_errors():
         out, downloads = Path(args.out), Path(args.downloads or Path(args.out) / "downloads")
         pngs = Path(args.pngs) if args.pngs else fetch(PNGS, downloads)
         metadata = Path(args.metadata) if args.metadata else fetch(METADATA, downloads)
@@ -45,8 +44,6 @@ def main() -> None:
         make_icons_dataset(out, pngs, metadata, args.val, args.test, args.shifted, args.seed, args.demo_images)
         print(f"wrote {out} in {time.perf_counter() - start:.1f} s")
         print(format_summary(summary(out)))
-    except InputError as e:
-        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -5,11 +5,10 @@
     python datasets/make_shapes.py --out data/shapes_shifted --distractors 2 --shifted-style outline
 """
 import argparse
-import sys
 import time
 
+from captioning.cli.common import user_errors
 from captioning.data.shapes import Drawing, format_summary, make_shapes_dataset, summary
-from captioning.io import InputError
 
 
 def main() -> None:
@@ -28,14 +27,12 @@ def main() -> None:
     p.add_argument("--distractors", type=int, default=0, help="up to this many unmentioned grey shapes per image")
     args = p.parse_args()
     start = time.perf_counter()
-    try:
+    with user_errors():
         make_shapes_dataset(args.out, args.train, args.val, args.test, seed=args.seed, image_size=args.size,
                             workers=args.workers, demo_images=args.demo_images, progress="auto",
                             drawing=Drawing(args.style, args.shifted_style, args.distractors))
         print(f"wrote {args.out} in {time.perf_counter() - start:.1f} s")
         print(format_summary(summary(args.out)))
-    except InputError as e:
-        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,13 @@ FLICKR8K_SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.
                         "test": "Flickr_8k.testImages.txt"}
 
 
+def print_written(files: dict[str, Path]) -> None:
+    """One line per split written by a converter: its images and captions, counted from the file."""
+    for split, path in files.items():
+        data = read_json(path)
+        print(f"{split:>7}: {len(data['images'])} images, {len(data['annotations'])} captions -> {path}")
+
+
 def write_coco_split(path: Path, images: list[dict], annotations: list[dict], description: str) -> None:
     atomic_write_json(path, {"info": {"description": description}, "licenses": [], "type": "captions",
                              "images": images, "annotations": annotations}, indent=None)
