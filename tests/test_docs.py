@@ -211,6 +211,19 @@ COVERAGE = {
         f"optim.optimizer.lr=3e-5 seed=$s trainer.init_from=multirun/{short}_hoxe/$s/checkpoints/best.pt "
         f"trainer.threads=1 trainer.tensorboard=false hydra.run.dir=multirun/{short}_hoscst_lr3e-5/$s; done",
         f"captioning-report multirun/{short}_hoxe multirun/{short}_hoscst_lr3e-5 --output {short}_holdout_lr.md")},
+    # the setting that loses least (scst.md)
+    **{f"for s in 0 1 2; do captioning-train dataset={d} +experiment=scst scst.xe_weight=0 optim.optimizer.lr=3e-5 "
+       f"seed=$s trainer.init_from=multirun/{start}/$s/checkpoints/best.pt trainer.threads=1 "
+       f"trainer.tensorboard=false hydra.run.dir=multirun/{short}_scst_e0_lr3e-5/$s; done": COMPOSE
+       for d, start, short in (("icons", "icons_default_now", "icons"),
+                               ("shapes_shifted", "shapes_shifted_default_now", "shapes"))},
+    "for s in 0 1 2; do captioning-train dataset=icons +experiment=scst scst.xe_weight=1 seed=$s "
+    "trainer.init_from=multirun/icons_default_now/$s/checkpoints/best.pt trainer.threads=1 trainer.tensorboard=false "
+    "hydra.run.dir=multirun/icons_scst_e0_xe1/$s; done": COMPOSE,
+    "captioning-report multirun/icons_default_now multirun/icons_scst_e0 multirun/icons_scst_e0_lr3e-5 "
+    "multirun/icons_scst_e0_xe1 --output icons_scst_least.md": COMPOSE,
+    "captioning-report multirun/shapes_shifted_default_now multirun/shapes_shifted_scst_e0 "
+    "multirun/shapes_scst_e0_lr3e-5 multirun/shapes_shifted_scst_xe1 --output shapes_scst_least.md": COMPOSE,
     # the fallback on a folder of real icons (captioning.md)
     "captioning-train dataset=icons seed=0 trainer.tensorboard=false hydra.run.dir=multirun/icons_fallback_cli/0": COMPOSE,
     "captioning-caption checkpoint=multirun/icons_fallback_cli/0/checkpoints/best.pt "

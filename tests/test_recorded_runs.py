@@ -53,10 +53,10 @@ RUNS: dict[str, tuple[str | None, list[str]]] = {
                               "dataset.augment.hflip=true"]),
     "init_from": (XE, ["decode=greedy", "trainer.max_epochs=1"]),
     "resume": (XE, ["decode=greedy", "trainer.max_epochs=10"]),
-    "scst_greedy": (XE, ["+experiment=scst", "trainer.max_epochs=2", "optim.optimizer.lr=1e-3", "scst.baseline=greedy", "decode=greedy"]),
-    "scst_mean_top_k": (XE, ["+experiment=scst", "trainer.max_epochs=2", "optim.optimizer.lr=1e-3", "scst.baseline=mean", "scst.top_k=3",
+    "scst_greedy": (XE, ["+experiment=scst", "scst.xe_weight=0", "trainer.max_epochs=2", "optim.optimizer.lr=1e-3", "scst.baseline=greedy", "decode=greedy"]),
+    "scst_mean_top_k": (XE, ["+experiment=scst", "scst.xe_weight=0", "trainer.max_epochs=2", "optim.optimizer.lr=1e-3", "scst.baseline=mean", "scst.top_k=3",
                                 "decode.beam_size=2"]),
-    "scst_attention": ("xe_attention_beam", ["decoder=attention", "+experiment=scst", "trainer.max_epochs=2", "optim.optimizer.lr=1e-3",
+    "scst_attention": ("xe_attention_beam", ["decoder=attention", "+experiment=scst", "scst.xe_weight=0", "trainer.max_epochs=2", "optim.optimizer.lr=1e-3",
                                                    "decode=greedy"]),
 }
 
