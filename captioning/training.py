@@ -228,7 +228,9 @@ def check_holdout(holdout: float, checkpoints: dict) -> None:
     """InputError when a checkpoint this run resumes or starts from was trained with another `scst.holdout`:
     the stages would disagree on which training images cross-entropy has seen."""
     for path, ckpt in checkpoints.items():
-        saved = (ckpt.get("run_config") or {}).get("scst", {}).get("holdout", 0.0) if ckpt is not None else holdout
+        if ckpt is None:  # no run to resume, or none to start from
+            continue
+        saved = (ckpt.get("run_config") or {}).get("scst", {}).get("holdout", 0.0)
         if saved != holdout:
             raise InputError(f"scst.holdout={holdout}, but {path} was trained with scst.holdout={saved} (the share of "
                              f"training images cross-entropy leaves to SCST): run with scst.holdout={saved}")
