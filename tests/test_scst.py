@@ -300,6 +300,13 @@ def test_scst_holdout_trains_each_stage_on_its_images_and_retrieval_on_all(xe_ch
     init = f"trainer.init_from={root / 'xe_held' / 'checkpoints' / 'best.pt'}"
     scst = run(root, "scst_held", "+experiment=scst", init, "scst.holdout=0.25", "trainer.max_epochs=2")
     assert [e["step"] for e in scst["epochs"]] == [0, 1, 2]  # 4 held-out images of 16: one step of 4 an epoch
+    run(root, "scst_held_resumed", "+experiment=scst", init, "scst.holdout=0.25", "trainer.max_epochs=1")
+    resumed = run(root, "scst_held_resumed", "+experiment=scst", init, "scst.holdout=0.25", "trainer.max_epochs=2",
+                  "trainer.resume=auto")  # the same held-out images again: the uninterrupted run's weights
+    assert [e.get("train_reward") for e in resumed["epochs"]] == [e.get("train_reward") for e in scst["epochs"]]
+    a, b = (load_checkpoint(root / d / "checkpoints" / "last.pt")["model"]
+            for d in ("scst_held", "scst_held_resumed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
     index = FallbackIndex.load(root / "scst_held" / "retrieval.pt")
     assert len(index.features) == len(train) == 16
     with pytest.raises(InputError, match=r"scst.holdout=0.0, but .*xe_held.*best.pt was trained with "
